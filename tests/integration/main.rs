@@ -1,0 +1,38 @@
+//! headstream's integration tests, linked into one binary. They run the real model (fetched on
+//! first use into `models/`, or `$HEADSTREAM_MODEL`) and the real `headstream` binary.
+//!
+//! Module map:
+//! - `encoder_parity`: the encoder against sentence-transformers outputs for our own sentences
+//!   (`tests/fixtures/encoder`, made by `scripts/make_encoder_fixtures.py`).
+//! - `cli_embed`: `headstream embed` end to end: output schema, `--tokens`, bad input.
+//! - `cli_model`: `headstream model fetch|info` on the fetched model.
+//! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
+//!   default; `.ci/run` runs them with `--ignored`, since a user's clone has no `../shared`).
+
+mod cli_embed;
+mod cli_model;
+mod encoder_parity;
+mod shared_reference;
+
+use std::process::{Command, Output};
+
+/// Runs the `headstream` binary with `args`, feeding `stdin`.
+pub fn headstream(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_headstream"))
+        .args(args)
+        .env("HEADSTREAM_MODEL", headstream_test_util::model_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start headstream: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin)
+            .unwrap_or_else(|e| panic!("cannot write stdin: {e}"));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("headstream did not finish: {e}"))
+}
