@@ -25,6 +25,8 @@ pub enum Command {
     },
     /// Encode JSONL texts ({"id","text"} per line) into sentence embeddings (JSONL).
     Embed(EmbedArgs),
+    /// Scaffold a new task-head plugin crate from plugins/template.
+    NewHead(NewHeadArgs),
     /// Measure throughput; prints one JSON line of figures.
     Bench {
         #[command(subcommand)]
@@ -76,11 +78,48 @@ pub struct EmbedArgs {
     pub batch_size: u32,
 }
 
+/// `headstream new-head`
+#[derive(Debug, Args)]
+pub struct NewHeadArgs {
+    /// The head's crate name (lowercase letters, digits, '-').
+    pub name: String,
+    /// The plugins workspace to add it to.
+    #[arg(long, default_value = "plugins")]
+    pub dir: PathBuf,
+}
+
 /// `headstream bench ...`
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Encoder throughput on a JSONL file of texts, comparable to ../shared/tools/peer_bench.py.
     Encoder(BenchEncoderArgs),
+    /// What task heads cost next to the encoder: compile, cached load, per-message call cost.
+    Heads(BenchHeadsArgs),
+}
+
+/// `headstream bench heads`
+#[derive(Debug, Args)]
+pub struct BenchHeadsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL file with a "text" field per line (the first batch is used).
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// The linear-classifier component to run (built by `cargo plugins`).
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/linear_classifier.wasm"
+    )]
+    pub plugin: PathBuf,
+    /// How many copies of the head run on each batch.
+    #[arg(long, default_value_t = 10)]
+    pub heads: usize,
+    /// Texts per batch.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Timed passes; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub passes: usize,
 }
 
 /// `headstream bench encoder`

@@ -31,9 +31,13 @@ fn main() -> ExitCode {
             command: ModelCommand::Info(args),
         } => cmd::model::info(&args),
         Command::Embed(args) => cmd::embed::run(&args),
+        Command::NewHead(args) => cmd::new_head::run(&args),
         Command::Bench {
             command: BenchCommand::Encoder(args),
         } => cmd::bench::encoder(&args, threads),
+        Command::Bench {
+            command: BenchCommand::Heads(args),
+        } => cmd::bench_heads::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

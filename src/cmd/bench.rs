@@ -6,6 +6,7 @@ use headstream_encoder::{BatchLimits, plan_batches};
 use serde_json::json;
 
 use super::jsonl::{parse_records, read_input};
+use super::{median, round};
 use crate::cli::BenchEncoderArgs;
 
 /// Runs the encoder benchmark and prints one JSON line (field names follow peer_bench.py).
@@ -84,21 +85,6 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
     });
     println!("{result}");
     Ok(())
-}
-
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let mid = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[mid]
-    } else {
-        (xs[mid - 1] + xs[mid]) / 2.0
-    }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
 }
 
 /// The 1-minute load average, from /proc/loadavg where it exists.

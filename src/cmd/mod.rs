@@ -1,9 +1,11 @@
 //! Implementations of the subcommands; each takes its parsed arguments.
 
 pub mod bench;
+pub mod bench_heads;
 pub mod embed;
 pub mod jsonl;
 pub mod model;
+pub mod new_head;
 
 use anyhow::Context as _;
 use headstream_encoder::{BatchLimits, Encoder, EncoderOptions};
@@ -22,4 +24,21 @@ pub fn load_encoder(dir: &std::path::Path, batch_size: usize) -> anyhow::Result<
     };
     Encoder::load(dir, options)
         .with_context(|| format!("cannot load the encoder from {}", dir.display()))
+}
+
+/// Median of `xs` (sorts in place); the mean of the middle two for an even count, 0 if empty.
+pub fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    match xs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => xs[mid],
+        _ => (xs[mid - 1] + xs[mid]) / 2.0,
+    }
+}
+
+/// `x` rounded to `digits` decimal places, for printed figures.
+pub fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
 }

@@ -6,12 +6,17 @@
 //!   (`tests/fixtures/encoder`, made by `scripts/make_encoder_fixtures.py`).
 //! - `cli_embed`: `headstream embed` end to end: output schema, `--tokens`, bad input.
 //! - `cli_model`: `headstream model fetch|info` on the fetched model.
+//! - `cli_new_head`: `headstream new-head` scaffolding.
+//! - `heads`: shipped heads (prototype, token classifier) over the real encoder's output; needs
+//!   `cargo plugins`.
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
 //!   default; `.ci/run` runs them with `--ignored`, since a user's clone has no `../shared`).
 
 mod cli_embed;
 mod cli_model;
+mod cli_new_head;
 mod encoder_parity;
+mod heads;
 mod shared_reference;
 
 use std::process::{Command, Output};

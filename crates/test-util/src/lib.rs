@@ -86,3 +86,33 @@ pub fn one_minus_cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     1.0 - dot / (na * nb)
 }
+
+/// The built component for plugin crate `name` (e.g. `keyword-flags`), from `cargo plugins`.
+/// Panics with the command to run when it has not been built.
+pub fn plugin_path(name: &str) -> PathBuf {
+    let file = workspace_root()
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    if !file.is_file() {
+        panic!(
+            "plugin {name} is not built ({} is missing): run `cargo plugins` first",
+            file.display()
+        );
+    }
+    file
+}
+
+/// A safetensors file holding the given f32 tensors: `(name, shape, values)`.
+pub fn safetensors_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors.iter().zip(&bytes).map(|((name, shape, _), data)| {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), data)
+                .unwrap_or_else(|e| panic!("tensor {name}: {e}"));
+        (*name, view)
+    });
+    safetensors::serialize(views, None).unwrap_or_else(|e| panic!("safetensors: {e}"))
+}

@@ -1,0 +1,324 @@
+//! The engine, the linker, the compiled-component cache and the epoch ticker.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::PluginError;
+use crate::bindings::{TaskHead, host, types};
+use crate::head::{Embedder, Head, HeadConfig, Limiter};
+
+/// How often the epoch advances; CPU deadlines are multiples of it.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Imports a plugin may not have, even though WASI is linked (prefixes of import names).
+const DENIED_IMPORTS: &[&str] = &["wasi:sockets/", "wasi:http/", "wasi:filesystem/preopens"];
+
+/// Settings for a [`PluginHost`].
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where compiled components are cached (`None`: no cache, compile on every load).
+    pub cache_dir: Option<PathBuf>,
+    /// Most plugin instances alive at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// Largest linear memory any plugin may reach; per-head caps ([`crate::Limits`]) are
+    /// usually lower.
+    pub max_memory_bytes: usize,
+    /// The running encoder's fingerprint; heads built for another encoder are refused.
+    pub encoder: Option<headstream_encoder::Fingerprint>,
+    /// Serves the `embed` import while heads configure.
+    pub embedder: Option<Arc<dyn Embedder>>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: 64,
+            max_memory_bytes: 256 << 20,
+            encoder: None,
+            embedder: None,
+        }
+    }
+}
+
+/// Per-instance state: the deny-all WASI context, limits, and what the host imports need.
+pub(crate) struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) head: String,
+    pub(crate) configuring: bool,
+    embedder: Option<Arc<dyn Embedder>>,
+}
+
+impl State {
+    pub(crate) fn new(
+        head: String,
+        memory_bytes: usize,
+        embedder: Option<Arc<dyn Embedder>>,
+        stderr: MemoryOutputPipe,
+    ) -> Self {
+        // Deny-all WASI: no preopens, env, args or sockets; empty stdin, stdout discarded,
+        // stderr captured (bounded) so a panic message can be reported; frozen clocks.
+        let wasi = WasiCtx::builder()
+            .stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(memory_bytes),
+            head,
+            configuring: false,
+            embedder,
+        }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for State {}
+
+impl host::Host for State {
+    fn log(&mut self, level: host::Level, message: String) {
+        let head = self.head.as_str();
+        match level {
+            host::Level::Trace => tracing::trace!(head, "{message}"),
+            host::Level::Debug => tracing::debug!(head, "{message}"),
+            host::Level::Info => tracing::info!(head, "{message}"),
+            host::Level::Warn => tracing::warn!(head, "{message}"),
+            host::Level::Error => tracing::error!(head, "{message}"),
+        }
+    }
+
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
+        if !self.configuring {
+            return Err("embed is only available while the head configures".into());
+        }
+        match &self.embedder {
+            Some(embedder) => embedder.embed(&texts),
+            None => Err("this host has no encoder to embed with".into()),
+        }
+    }
+}
+
+/// Clocks for plugins: always zero, so a plugin cannot observe time.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Loads and runs task-head plugins. One per process; cheap to share by reference.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<State>,
+    config: HostConfig,
+    engine_key: String,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("config", &self.config.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// Creates the engine (epoch interruption, pooling allocator) and starts its epoch ticker.
+    pub fn new(config: HostConfig) -> Result<Self, PluginError> {
+        let engine_err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .max_memory_size(config.max_memory_bytes)
+            .max_unused_warm_slots(8);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Bounded address-space reservation: each memory slot reserves only what it may use.
+            .memory_reservation(config.max_memory_bytes as u64)
+            .memory_guard_size(64 << 10)
+            .max_wasm_stack(512 << 10);
+        let engine = Engine::new(&wasm).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        TaskHead::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(engine_err)?;
+
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = format!("{:016x}", hasher.finish());
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("headstream-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            config,
+            engine_key,
+        })
+    }
+
+    /// The running encoder's fingerprint, if the host was given one.
+    pub fn encoder(&self) -> Option<&headstream_encoder::Fingerprint> {
+        self.config.encoder.as_ref()
+    }
+
+    /// Loads the plugin component at `path`: digest pin, compile (or cache), import policy,
+    /// contract check, `describe`, encoder check, `configure`.
+    pub fn load(&self, path: &Path, config: HeadConfig) -> Result<Head, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let digest = hex(&Sha256::digest(&bytes));
+        if let Some(expected) = config
+            .sha256
+            .as_ref()
+            .filter(|e| !e.eq_ignore_ascii_case(&digest))
+        {
+            return Err(PluginError::DigestMismatch {
+                path: path.to_owned(),
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let component = self.compile(path, &bytes, &digest)?;
+        self.check_imports(path, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Contract {
+                path: path.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = crate::bindings::TaskHeadPre::new(pre).map_err(|e| PluginError::Contract {
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        Head::start(
+            path,
+            pre,
+            digest,
+            config,
+            self.config.encoder.as_ref(),
+            self.config.embedder.clone(),
+        )
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8], digest: &str) -> Result<Component, PluginError> {
+        let cached = self
+            .config
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{digest}-{}.cwasm", self.engine_key)));
+        if let Some(component) = cached
+            .as_ref()
+            .filter(|f| f.is_file())
+            .and_then(|f| self.load_cached(f))
+        {
+            tracing::debug!(plugin = %path.display(), "loaded compiled component from cache");
+            return Ok(component);
+        }
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| PluginError::Invalid {
+                path: path.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
+        if let Some(Err(e)) = cached.as_ref().map(|file| write_cache(&component, file)) {
+            tracing::warn!(plugin = %path.display(), "cannot cache the compiled component: {e}");
+        }
+        Ok(component)
+    }
+
+    #[allow(unsafe_code)]
+    fn load_cached(&self, file: &Path) -> Option<Component> {
+        // Read into memory rather than mmap: a cache file replaced or truncated by another
+        // process must not be able to fault a running host.
+        let bytes = std::fs::read(file).ok()?;
+        // SAFETY: the file is in headstream's own cache directory, named by the digest of the
+        // source component and this engine's compatibility hash, and was written by
+        // `Component::serialize` of this wasmtime version (to a temporary name, then renamed, so
+        // it is never partial). wasmtime validates the header and engine compatibility again.
+        match unsafe { Component::deserialize(&self.engine, &bytes) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "ignoring unusable cached component: {e:#}");
+                None
+            }
+        }
+    }
+
+    fn check_imports(&self, path: &Path, component: &Component) -> Result<(), PluginError> {
+        for (name, _) in component.component_type().imports(&self.engine) {
+            if DENIED_IMPORTS.iter().any(|denied| name.starts_with(denied)) {
+                return Err(PluginError::DisallowedImport {
+                    path: path.to_owned(),
+                    import: name.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_cache(component: &Component, file: &Path) -> std::io::Result<()> {
+    let bytes = component
+        .serialize()
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,690 @@
+//! A loaded head: its instance, limits, output checks and circuit breaker.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::PluginError;
+use crate::bindings::{TaskHead, TaskHeadPre, types};
+use crate::engine::{EPOCH_TICK, State};
+
+/// Serves the `embed` host import (implemented by the runtime over the shared encoder).
+pub trait Embedder: Send + Sync + fmt::Debug {
+    /// Embeds `texts`, one pooled vector per text.
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+impl Embedder for headstream_encoder::Encoder {
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let encoded = self.encode(&texts, false).map_err(|e| e.to_string())?;
+        Ok(encoded.into_iter().map(|e| e.embedding).collect())
+    }
+}
+
+/// Per-head resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Cap on the head's linear memory.
+    pub memory_bytes: usize,
+    /// CPU deadline for one `run` call.
+    pub deadline: Duration,
+    /// CPU deadline for instantiation, `describe` and `configure` together.
+    pub setup_deadline: Duration,
+    /// Largest output for one text, in bytes of JSON.
+    pub max_output_bytes: usize,
+    /// Failed batches in a row after which the head is switched off.
+    pub max_consecutive_failures: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_millis(100),
+            setup_deadline: Duration::from_secs(5),
+            max_output_bytes: 64 << 10,
+            max_consecutive_failures: 5,
+        }
+    }
+}
+
+/// A named asset handed to the head's `configure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asset {
+    /// The name the head looks it up by.
+    pub name: String,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// How a pipeline sets up one head.
+#[derive(Debug, Clone, Default)]
+pub struct HeadConfig {
+    /// Required sha256 of the component file, if the pipeline pins one.
+    pub sha256: Option<String>,
+    /// Per-pipeline settings passed to `configure` (a JSON object).
+    pub config: Value,
+    /// Assets passed to `configure`.
+    pub assets: Vec<Asset>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Fingerprint of the encoder the head's assets were trained on (from its package
+    /// manifest), checked like the one the head declares itself.
+    pub encoder: Option<String>,
+}
+
+/// What a task head does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskKind {
+    /// One label per text.
+    Classify,
+    /// Spans of the text.
+    Tokens,
+    /// Anything else.
+    Other,
+}
+
+/// A head's self-description.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Description {
+    /// Short name.
+    pub name: String,
+    /// Semver version.
+    pub version: String,
+    /// Task kind.
+    pub kind: TaskKind,
+    /// Labels the head can emit.
+    pub labels: Vec<String>,
+    /// Whether the head wants token states.
+    pub needs_token_states: bool,
+    /// Encoder fingerprint the head was built for, if any.
+    pub encoder: Option<String>,
+    /// JSON Schema of JSON outputs, or empty.
+    pub output_schema: String,
+}
+
+/// Token states of one text, borrowed from the encoder's output.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenStates<'a> {
+    /// Token ids.
+    pub ids: &'a [u32],
+    /// Byte span of each token in the text.
+    pub offsets: &'a [(usize, usize)],
+    /// Row-major `ids.len() × hidden_size` states.
+    pub states: &'a [f32],
+    /// Width of one state.
+    pub hidden_size: usize,
+}
+
+/// One encoded text for [`Head::run`].
+#[derive(Debug, Clone)]
+pub struct Item<'a> {
+    /// Message id.
+    pub id: &'a str,
+    /// Original text.
+    pub text: &'a str,
+    /// Sentence embedding.
+    pub embedding: &'a [f32],
+    /// Token states (passed only to heads that need them).
+    pub token_states: Option<TokenStates<'a>>,
+    /// Upstream heads' outputs: (head name, JSON output).
+    pub upstream: Vec<(String, String)>,
+}
+
+/// Why a head produced no result for a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The call ran past its CPU deadline.
+    Timeout,
+    /// The head hit its memory cap.
+    MemoryLimit,
+    /// The head overflowed its stack (e.g. unbounded recursion).
+    StackOverflow,
+    /// The head trapped (a panic, an `unreachable`, an out-of-bounds access).
+    Trap,
+    /// The head returned something that breaks the contract (wrong count, bad JSON, bad span).
+    MalformedOutput,
+    /// The head's output for one text is over the size limit.
+    OutputTooLarge,
+    /// The head rejected the input.
+    InvalidInput,
+    /// The head reported an error for this text.
+    HeadError,
+    /// The head rejected its configuration.
+    Config,
+    /// The head is switched off after repeated failures.
+    Disabled,
+}
+
+impl FailureKind {
+    /// Stable snake_case name for error records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::StackOverflow => "stack_overflow",
+            FailureKind::Trap => "trap",
+            FailureKind::MalformedOutput => "malformed_output",
+            FailureKind::OutputTooLarge => "output_too_large",
+            FailureKind::InvalidInput => "invalid_input",
+            FailureKind::HeadError => "head_error",
+            FailureKind::Config => "config",
+            FailureKind::Disabled => "disabled",
+        }
+    }
+}
+
+/// A head's failure on one text (or on a whole batch, repeated per text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", kind.as_str())]
+pub struct Failure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// Specifics, for people.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Memory cap that remembers when it refused growth, so the failure can be named.
+pub(crate) struct Limiter {
+    inner: StoreLimits,
+    pub(crate) memory_denied: bool,
+}
+
+impl Limiter {
+    pub(crate) fn new(memory_bytes: usize) -> Self {
+        let inner = StoreLimitsBuilder::new()
+            .memory_size(memory_bytes)
+            .instances(32)
+            .tables(64)
+            .memories(8)
+            .table_elements(100_000)
+            .build();
+        Self {
+            inner,
+            memory_denied: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        self.memory_denied |= !ok;
+        Ok(ok)
+    }
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// A live instance: its store (with the head's configured state) and bindings.
+struct Instance {
+    store: Store<State>,
+    bindings: TaskHead,
+    stderr: MemoryOutputPipe,
+}
+
+/// A loaded, configured head. Safe to share across threads; calls are serialised per head.
+pub struct Head {
+    path: PathBuf,
+    digest: String,
+    description: Description,
+    pre: TaskHeadPre<State>,
+    config_json: String,
+    config: HeadConfig,
+    embedder: Option<Arc<dyn Embedder>>,
+    instance: Mutex<Option<Instance>>,
+    consecutive_failures: AtomicU32,
+    disabled: AtomicBool,
+}
+
+impl fmt::Debug for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Head")
+            .field("path", &self.path)
+            .field("description", &self.description)
+            .field("disabled", &self.is_disabled())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ticks(deadline: Duration) -> u64 {
+    (deadline.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+impl Head {
+    pub(crate) fn start(
+        path: &Path,
+        pre: TaskHeadPre<State>,
+        digest: String,
+        config: HeadConfig,
+        encoder: Option<&headstream_encoder::Fingerprint>,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<Self, PluginError> {
+        let file_name = path.display().to_string();
+        let setup_err = |head: &str, failure| PluginError::Setup {
+            head: head.to_owned(),
+            failure,
+        };
+        let mut instance = instantiate(&pre, &file_name, &config.limits, embedder.clone())
+            .map_err(|f| setup_err(&file_name, f))?;
+        instance
+            .store
+            .set_epoch_deadline(ticks(config.limits.setup_deadline));
+        let described = instance
+            .bindings
+            .headstream_plugin_head()
+            .call_describe(&mut instance.store);
+        let description = described.map_err(|e| setup_err(&file_name, classify(&e, &instance)))?;
+        let description = convert_description(description);
+        if let Some(running) = encoder {
+            for wanted in [&description.encoder, &config.encoder]
+                .into_iter()
+                .flatten()
+            {
+                let compatible = headstream_encoder::Fingerprint::parse(wanted)
+                    .is_some_and(|w| w.is_compatible(running));
+                if !compatible {
+                    return Err(PluginError::EncoderMismatch {
+                        head: description.name.clone(),
+                        expected: wanted.clone(),
+                        actual: running.to_string(),
+                    });
+                }
+            }
+        }
+        let config_json = config.config.to_string();
+        instance.store.data_mut().head = description.name.clone();
+        let head = Self {
+            path: path.to_owned(),
+            digest,
+            description,
+            pre,
+            config_json,
+            config,
+            embedder,
+            instance: Mutex::new(None),
+            consecutive_failures: AtomicU32::new(0),
+            disabled: AtomicBool::new(false),
+        };
+        head.configure(&mut instance)
+            .map_err(|f| setup_err(&head.description.name, f))?;
+        *head.lock() = Some(instance);
+        Ok(head)
+    }
+
+    /// The head's self-description.
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+
+    /// sha256 of the component file.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// `name@version`, as results name the head that produced them.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.description.name, self.description.version)
+    }
+
+    /// Whether the circuit breaker has switched the head off.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instance>> {
+        // A panic while holding the lock cannot leave the Option inconsistent; keep going.
+        self.instance
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn configure(&self, instance: &mut Instance) -> Result<(), Failure> {
+        let assets: Vec<types::Asset> = self
+            .config
+            .assets
+            .iter()
+            .map(|a| types::Asset {
+                name: a.name.clone(),
+                data: a.data.clone(),
+            })
+            .collect();
+        instance
+            .store
+            .set_epoch_deadline(ticks(self.config.limits.setup_deadline));
+        instance.store.data_mut().configuring = true;
+        let result = instance.bindings.headstream_plugin_head().call_configure(
+            &mut instance.store,
+            &self.config_json,
+            &assets,
+        );
+        instance.store.data_mut().configuring = false;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::new(FailureKind::Config, config_error(e))),
+            Err(e) => Err(classify(&e, instance)),
+        }
+    }
+
+    /// Runs the head over `items`; one result per item, in order. A failure of the whole call
+    /// (trap, timeout, memory, malformed output) is repeated for every item of the batch.
+    pub fn run(&self, items: &[Item<'_>]) -> Vec<Result<Value, Failure>> {
+        if self.is_disabled() {
+            let failure = Failure::new(
+                FailureKind::Disabled,
+                format!(
+                    "head {} is switched off after {} failed batches in a row",
+                    self.id(),
+                    self.config.limits.max_consecutive_failures
+                ),
+            );
+            return vec![Err(failure); items.len()];
+        }
+        match self.run_batch(items) {
+            Ok(results) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                results
+            }
+            Err(failure) => {
+                let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(head = %self.id(), failures = n, "batch failed: {failure}");
+                if n >= self.config.limits.max_consecutive_failures {
+                    self.disabled.store(true, Ordering::Relaxed);
+                    tracing::error!(head = %self.id(), "switched off after {n} failed batches in a row");
+                }
+                vec![Err(failure); items.len()]
+            }
+        }
+    }
+
+    fn run_batch(&self, items: &[Item<'_>]) -> Result<Vec<Result<Value, Failure>>, Failure> {
+        let batch: Vec<types::Item> = items.iter().map(|i| self.to_wit(i)).collect();
+        let mut slot = self.lock();
+        let instance = match slot.as_mut() {
+            Some(instance) => instance,
+            None => {
+                let mut fresh = instantiate(
+                    &self.pre,
+                    &self.description.name,
+                    &self.config.limits,
+                    self.embedder.clone(),
+                )?;
+                self.configure(&mut fresh)?;
+                slot.insert(fresh)
+            }
+        };
+        instance
+            .store
+            .set_epoch_deadline(ticks(self.config.limits.deadline));
+        let outputs = match instance
+            .bindings
+            .headstream_plugin_head()
+            .call_run(&mut instance.store, &batch)
+        {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                let failure = classify(&e, instance);
+                // A trapped instance refuses further calls: start afresh next time.
+                *slot = None;
+                return Err(failure);
+            }
+        };
+        drop(slot);
+        if outputs.len() != items.len() {
+            return Err(Failure::new(
+                FailureKind::MalformedOutput,
+                format!(
+                    "returned {} results for a batch of {}",
+                    outputs.len(),
+                    items.len()
+                ),
+            ));
+        }
+        Ok(outputs
+            .into_iter()
+            .zip(items)
+            .map(|(out, item)| self.check_output(out, item))
+            .collect())
+    }
+
+    fn to_wit(&self, item: &Item<'_>) -> types::Item {
+        let token_states = item
+            .token_states
+            .filter(|_| self.description.needs_token_states)
+            .map(|t| types::TokenStates {
+                tokens: t
+                    .ids
+                    .iter()
+                    .zip(t.offsets)
+                    .map(|(&id, &(start, end))| types::Token {
+                        id,
+                        start: start as u32,
+                        end: end as u32,
+                    })
+                    .collect(),
+                hidden_size: t.hidden_size as u32,
+                states: t.states.to_vec(),
+            });
+        types::Item {
+            id: item.id.to_owned(),
+            text: item.text.to_owned(),
+            embedding: item.embedding.to_vec(),
+            token_states,
+            upstream: item
+                .upstream
+                .iter()
+                .map(|(head, output)| types::Upstream {
+                    head: head.clone(),
+                    output: output.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn check_output(
+        &self,
+        out: Result<types::Output, types::HeadError>,
+        item: &Item<'_>,
+    ) -> Result<Value, Failure> {
+        let max = self.config.limits.max_output_bytes;
+        let too_large = |n: usize| {
+            Failure::new(
+                FailureKind::OutputTooLarge,
+                format!("output for {} is {n} bytes, the limit is {max}", item.id),
+            )
+        };
+        let malformed = |m: String| Failure::new(FailureKind::MalformedOutput, m);
+        match out {
+            Err(types::HeadError::InvalidInput(m)) => {
+                Err(Failure::new(FailureKind::InvalidInput, m))
+            }
+            Err(types::HeadError::Failed(m)) => Err(Failure::new(FailureKind::HeadError, m)),
+            Ok(types::Output::Json(text)) => {
+                if text.len() > max {
+                    return Err(too_large(text.len()));
+                }
+                serde_json::from_str(&text)
+                    .map_err(|e| malformed(format!("output is not JSON: {e}")))
+            }
+            Ok(types::Output::Classification(c)) => {
+                let size: usize =
+                    c.label.len() + c.scores.iter().map(|s| s.label.len() + 16).sum::<usize>();
+                if size > max {
+                    return Err(too_large(size));
+                }
+                let finite = c.score.is_finite() && c.scores.iter().all(|s| s.score.is_finite());
+                if !finite {
+                    return Err(malformed(
+                        "classification score is not a finite number".into(),
+                    ));
+                }
+                let scores: Map<String, Value> = c
+                    .scores
+                    .into_iter()
+                    .map(|s| (s.label, json!(s.score)))
+                    .collect();
+                Ok(json!({ "label": c.label, "score": c.score, "scores": scores }))
+            }
+            Ok(types::Output::Entities(entities)) => {
+                let size: usize = entities
+                    .iter()
+                    .map(|e| e.text.len() + e.label.len() + 48)
+                    .sum();
+                if size > max {
+                    return Err(too_large(size));
+                }
+                let mut list = Vec::with_capacity(entities.len());
+                for e in entities {
+                    let (start, end) = (e.start as usize, e.end as usize);
+                    if item.text.get(start..end).is_none() {
+                        return Err(malformed(format!(
+                            "entity span {start}..{end} is not a valid byte range of the {}-byte text",
+                            item.text.len()
+                        )));
+                    }
+                    list.push(json!({ "text": e.text, "label": e.label, "start": start, "end": end, "score": e.score }));
+                }
+                Ok(json!({ "entities": list }))
+            }
+        }
+    }
+}
+
+fn instantiate(
+    pre: &TaskHeadPre<State>,
+    head: &str,
+    limits: &Limits,
+    embedder: Option<Arc<dyn Embedder>>,
+) -> Result<Instance, Failure> {
+    let stderr = MemoryOutputPipe::new(8 << 10);
+    let state = State::new(
+        head.to_owned(),
+        limits.memory_bytes,
+        embedder,
+        stderr.clone(),
+    );
+    let mut store = Store::new(pre.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(ticks(limits.setup_deadline));
+    let bindings = match pre.instantiate(&mut store) {
+        Ok(b) => b,
+        Err(e) => {
+            let memory = store.data().limiter.memory_denied;
+            return Err(if memory {
+                Failure::new(
+                    FailureKind::MemoryLimit,
+                    format!("instantiation exceeds the memory cap: {e:#}"),
+                )
+            } else {
+                Failure::new(FailureKind::Trap, format!("cannot instantiate: {e:#}"))
+            });
+        }
+    };
+    Ok(Instance {
+        store,
+        bindings,
+        stderr,
+    })
+}
+
+/// Names a wasmtime error from a call, using the store's limiter and the guest's stderr.
+fn classify(err: &wasmtime::Error, instance: &Instance) -> Failure {
+    let stderr = instance.stderr.contents();
+    let said = String::from_utf8_lossy(&stderr);
+    // The guest's last words, without the std hint about backtraces; a panic is named as such.
+    let last = said
+        .lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with("note:"));
+    let said = match last {
+        Some(line) if said.contains("panicked at") => format!("panicked: {line}"),
+        Some(line) => line.to_owned(),
+        None => String::new(),
+    };
+    let memory_denied = instance.store.data().limiter.memory_denied;
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::new(FailureKind::Timeout, "ran past its CPU deadline"),
+        Some(Trap::StackOverflow) => {
+            Failure::new(FailureKind::StackOverflow, "overflowed its stack")
+        }
+        _ if memory_denied => Failure::new(
+            FailureKind::MemoryLimit,
+            format!(
+                "exceeded its memory cap{}",
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({said})")
+                }
+            ),
+        ),
+        Some(trap) if !said.is_empty() => {
+            Failure::new(FailureKind::Trap, format!("{said} ({trap})"))
+        }
+        Some(trap) => Failure::new(FailureKind::Trap, trap.to_string()),
+        None => Failure::new(FailureKind::Trap, format!("{err:#}")),
+    }
+}
+
+fn config_error(e: types::ConfigError) -> String {
+    match e {
+        types::ConfigError::Invalid(m) => format!("invalid config: {m}"),
+        types::ConfigError::MissingAsset(m) => format!("missing asset: {m}"),
+        types::ConfigError::BadAsset(m) => format!("bad asset: {m}"),
+    }
+}
+
+fn convert_description(d: types::Description) -> Description {
+    Description {
+        name: d.name,
+        version: d.version,
+        kind: match d.kind {
+            types::TaskKind::Classify => TaskKind::Classify,
+            types::TaskKind::Tokens => TaskKind::Tokens,
+            types::TaskKind::Other => TaskKind::Other,
+        },
+        labels: d.labels,
+        needs_token_states: d.needs_token_states,
+        encoder: d.encoder,
+        output_schema: d.output_schema,
+    }
+}

@@ -1,0 +1,94 @@
+//! `hostile`: a test fixture that misbehaves on purpose, as its `mode` config says. The host
+//! must contain each behaviour with a specific error while other heads keep working.
+//!
+//! Modes (checked when `run` is called on a text containing `boom`; other texts are answered
+//! normally, so a batch with and without the trigger can be told apart):
+//! `loop` (spins forever), `memory` (allocates without bound), `recursion` (unbounded
+//! recursion), `huge-output` (a multi-megabyte JSON result), `panic`, `wrong-count` (returns
+//! fewer results than items), `bad-json`, `bad-span` (an entity outside the text),
+//! `config-fails` (rejects its config).
+
+use headstream_sdk::{
+    Assets, Config, ConfigError, Description, Entity, Head, HeadError, Item, Output, TaskKind,
+};
+
+struct Hostile {
+    mode: String,
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(depth % 256) as usize] = depth as u8;
+    let next = recurse(depth + 1, pad);
+    std::hint::black_box(next) + u64::from(pad[0])
+}
+
+impl Head for Hostile {
+    fn describe() -> Description {
+        headstream_sdk::describe("hostile", env!("CARGO_PKG_VERSION"), TaskKind::Other)
+    }
+
+    fn configure(config: Config, _assets: Assets) -> Result<Self, ConfigError> {
+        let mode: String = config.require("mode")?;
+        if mode == "config-fails" {
+            return Err(ConfigError::Invalid(
+                "this head always rejects its config".into(),
+            ));
+        }
+        Ok(Self { mode })
+    }
+
+    fn run(&self, batch: Vec<Item>) -> Vec<Result<Output, HeadError>> {
+        let triggered = batch.iter().any(|i| i.text.contains("boom"));
+        if triggered {
+            match self.mode.as_str() {
+                "loop" => {
+                    let mut x: u64 = 0;
+                    loop {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                }
+                "memory" => {
+                    let mut hoard: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        hoard.push(vec![1u8; 1 << 20]);
+                        std::hint::black_box(&hoard);
+                    }
+                }
+                "recursion" => {
+                    let mut pad = [0u8; 256];
+                    let n = recurse(0, &mut pad);
+                    return vec![Ok(Output::Json(n.to_string()))];
+                }
+                "panic" => panic!("hostile head panicked on purpose"),
+                "wrong-count" => return Vec::new(),
+                _ => {}
+            }
+        }
+        batch
+            .iter()
+            .map(|item| {
+                let boom = item.text.contains("boom");
+                Ok(match (self.mode.as_str(), boom) {
+                    ("huge-output", true) => Output::Json(format!("\"{}\"", "x".repeat(2 << 20))),
+                    ("bad-json", true) => Output::Json("{not json".into()),
+                    ("bad-span", true) => Output::Entities(vec![Entity {
+                        text: "nowhere".into(),
+                        label: "X".into(),
+                        start: 0,
+                        end: item.text.len() as u32 + 10,
+                        score: 1.0,
+                    }]),
+                    _ => Output::Json(format!("{{\"len\":{}}}", item.text.len())),
+                })
+            })
+            .collect()
+    }
+
+    fn run_one(&self, _item: &Item) -> Result<Output, HeadError> {
+        Err(HeadError::Failed("unused: run is overridden".into()))
+    }
+}
+
+headstream_sdk::export_head!(Hostile);

@@ -1,0 +1,131 @@
+//! `headstream bench heads`: what task heads cost next to the encoder.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use headstream_plugin_host::{Asset, HeadConfig, HostConfig, Item, PluginHost};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use serde_json::json;
+
+use super::jsonl::{parse_records, read_input};
+use super::{median, round};
+use crate::cli::BenchHeadsArgs;
+
+/// Measures compile, cached load, and per-message cost of 1 and N heads against the encoder.
+pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
+    let source = args.input.display().to_string();
+    let records = parse_records(&read_input(Some(&args.input))?, &source)?;
+    anyhow::ensure!(!records.is_empty(), "{source} has no texts");
+    let batch = args.batch_size as usize;
+    let texts: Vec<&str> = (0..batch)
+        .map(|i| records[i % records.len()].text.as_str())
+        .collect();
+    let encoder = super::load_encoder(&args.model.model, batch)?;
+    let hidden = encoder.hidden_size();
+
+    // Encoder time per message on this batch (median of passes).
+    let mut encode_times = Vec::new();
+    let mut encoded = Vec::new();
+    for _ in 0..args.passes.max(1) + 1 {
+        let t = Instant::now();
+        encoded = encoder.encode(&texts, false)?;
+        encode_times.push(t.elapsed().as_secs_f64());
+    }
+    encode_times.remove(0);
+    let encode_s = median(&mut encode_times);
+
+    // A realistic head: a 3-label linear classifier over the embedding.
+    let weights = linear_weights(3, hidden)?;
+    let config = || HeadConfig {
+        config: json!({ "labels": ["a", "b", "c"] }),
+        assets: vec![Asset {
+            name: "weights".into(),
+            data: weights.clone(),
+        }],
+        ..HeadConfig::default()
+    };
+    let cache = tempfile::tempdir().context("cannot create a cache directory")?;
+    let host_config = || HostConfig {
+        cache_dir: Some(cache.path().to_owned()),
+        max_instances: (args.heads as u32 + 4).max(16),
+        encoder: Some(encoder.fingerprint().clone()),
+        ..HostConfig::default()
+    };
+    let t = Instant::now();
+    let host = PluginHost::new(host_config())?;
+    host.load(&args.plugin, config())?;
+    let compile_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let host = PluginHost::new(host_config())?;
+    host.load(&args.plugin, config())?;
+    let cached_load_s = t.elapsed().as_secs_f64();
+    let heads = (0..args.heads)
+        .map(|_| host.load(&args.plugin, config()))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let items: Vec<Item<'_>> = encoded
+        .iter()
+        .zip(&texts)
+        .enumerate()
+        .map(|(i, (e, text))| Item {
+            id: ID[i % ID.len()],
+            text,
+            embedding: &e.embedding,
+            token_states: None,
+            upstream: Vec::new(),
+        })
+        .collect();
+    let time_heads = |n: usize| -> anyhow::Result<f64> {
+        let mut times = Vec::new();
+        for pass in 0..args.passes.max(1) + 1 {
+            let t = Instant::now();
+            for head in &heads[..n] {
+                let out = head.run(&items);
+                anyhow::ensure!(
+                    out.iter().all(Result::is_ok),
+                    "head failed: {:?}",
+                    out.iter().find(|r| r.is_err())
+                );
+            }
+            if pass > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(median(&mut times))
+    };
+    let one_s = time_heads(1)?;
+    let all_s = time_heads(heads.len())?;
+    let per_msg = |s: f64| s / batch as f64 * 1e6;
+    let result = json!({
+        "bench": "heads",
+        "plugin": args.plugin.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "batch_size": batch,
+        "heads": heads.len(),
+        "compile_ms": round(compile_s * 1e3, 2),
+        "cached_load_ms": round(cached_load_s * 1e3, 2),
+        "encoder_us_per_message": round(per_msg(encode_s), 1),
+        "one_head_us_per_message": round(per_msg(one_s), 2),
+        "all_heads_us_per_message": round(per_msg(all_s), 2),
+        "all_heads_share_of_encoder": round(all_s / encode_s, 4),
+    });
+    println!("{result}");
+    Ok(())
+}
+
+const ID: [&str; 4] = ["a", "b", "c", "d"];
+
+fn linear_weights(labels: usize, hidden: usize) -> anyhow::Result<Vec<u8>> {
+    let weight: Vec<u8> = (0..labels * hidden)
+        .flat_map(|i| (((i * 7919) % 97) as f32 / 97.0 - 0.5).to_le_bytes())
+        .collect();
+    let bias = vec![0u8; labels * 4];
+    let tensors = [
+        (
+            "weight",
+            TensorView::new(Dtype::F32, vec![labels, hidden], &weight)?,
+        ),
+        ("bias", TensorView::new(Dtype::F32, vec![labels], &bias)?),
+    ];
+    Ok(safetensors::serialize(tensors, None)?)
+}
