@@ -95,6 +95,18 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
         Ok(median(&mut times))
     };
     let one_s = time_heads(1)?;
+    // A fresh instance (what a trap costs): reset, then run; minus a plain run.
+    let mut restart_times = Vec::new();
+    for _ in 0..args.passes.max(1) {
+        heads[0].reset();
+        let t = Instant::now();
+        heads[0].run(&items[..1]);
+        let with_restart = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        heads[0].run(&items[..1]);
+        restart_times.push(with_restart - t.elapsed().as_secs_f64());
+    }
+    let restart_s = median(&mut restart_times);
     let all_s = time_heads(heads.len())?;
     let per_msg = |s: f64| s / batch as f64 * 1e6;
     let result = json!({
@@ -104,6 +116,7 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
         "heads": heads.len(),
         "compile_ms": round(compile_s * 1e3, 2),
         "cached_load_ms": round(cached_load_s * 1e3, 2),
+        "reinstantiate_and_configure_us": round(restart_s * 1e6, 1),
         "encoder_us_per_message": round(per_msg(encode_s), 1),
         "one_head_us_per_message": round(per_msg(one_s), 2),
         "all_heads_us_per_message": round(per_msg(all_s), 2),

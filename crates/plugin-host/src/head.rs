@@ -365,6 +365,12 @@ impl Head {
         format!("{}@{}", self.description.name, self.description.version)
     }
 
+    /// Drops the live instance; the next [`Head::run`] starts and configures a fresh one (what
+    /// happens after a trap). For benchmarks and operators who want a clean slate.
+    pub fn reset(&self) {
+        *self.lock() = None;
+    }
+
     /// Whether the circuit breaker has switched the head off.
     pub fn is_disabled(&self) -> bool {
         self.disabled.load(Ordering::Relaxed)

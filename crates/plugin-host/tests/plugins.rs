@@ -440,3 +440,19 @@ fn template_head_works_as_shipped() {
         Ok(json!("statement"))
     );
 }
+
+/// `headstream:plugin@0.1.0` is published: its text must not change. To evolve the contract,
+/// copy it to `wit/deps/headstream-plugin-0.1.0/`, bump the version in `wit/plugin.wit`, and
+/// update this digest.
+#[test]
+fn published_wit_is_frozen() -> TestResult {
+    let wit = headstream_test_util::workspace_root().join("wit/plugin.wit");
+    let text = std::fs::read(&wit)?;
+    assert!(String::from_utf8_lossy(&text).contains("package headstream:plugin@0.1.0;"));
+    assert_eq!(
+        sha256_hex(&text),
+        "2f90102c9de3cdfdb38c53efa392ba0a6fa5bdbf555d62a9d18f9ee4a25b5297",
+        "wit/plugin.wit changed, but headstream:plugin@0.1.0 is published and frozen"
+    );
+    Ok(())
+}
