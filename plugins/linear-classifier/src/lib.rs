@@ -7,8 +7,8 @@
 //! `abstain_label` (default `"abstain"`).
 
 use headstream_sdk::{
-    Assets, ClassScore, Classification, Config, ConfigError, Dense, Description, Head, HeadError,
-    Item, Output, TaskKind, softmax, top_k,
+    Assets, Config, ConfigError, Dense, Description, Head, HeadError, Item, Output, TaskKind,
+    classify,
 };
 
 struct LinearClassifier {
@@ -62,27 +62,11 @@ impl Head for LinearClassifier {
                 self.layer.inputs()
             ))
         })?;
-        let probs = softmax(&logits);
-        let best = top_k(&probs, 1).first().copied().unwrap_or(0);
-        let score = probs[best];
-        let label = match self.threshold {
-            Some(t) if score < t => self.abstain_label.clone(),
-            _ => self.labels[best].clone(),
-        };
-        let scores = self
-            .labels
-            .iter()
-            .zip(&probs)
-            .map(|(l, &p)| ClassScore {
-                label: l.clone(),
-                score: p,
-            })
-            .collect();
-        Ok(Output::Classification(Classification {
-            label,
-            score,
-            scores,
-        }))
+        let mut result = classify(&self.labels, &logits);
+        if self.threshold.is_some_and(|t| result.score < t) {
+            result.label = self.abstain_label.clone();
+        }
+        Ok(Output::Classification(result))
     }
 }
 

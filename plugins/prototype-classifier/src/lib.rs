@@ -7,8 +7,7 @@
 //! `temperature` (default 0.05) — softmax temperature over cosines.
 
 use headstream_sdk::{
-    Assets, ClassScore, Classification, Config, ConfigError, Description, Head, HeadError, Item,
-    Output, TaskKind, softmax, top_k,
+    Assets, Config, ConfigError, Description, Head, HeadError, Item, Output, TaskKind, classify,
 };
 
 struct Prototypes {
@@ -93,22 +92,7 @@ impl Head for Prototypes {
                     / self.temperature
             })
             .collect();
-        let probs = softmax(&logits);
-        let best = top_k(&probs, 1).first().copied().unwrap_or(0);
-        let scores = self
-            .labels
-            .iter()
-            .zip(&probs)
-            .map(|(l, &p)| ClassScore {
-                label: l.clone(),
-                score: p,
-            })
-            .collect();
-        Ok(Output::Classification(Classification {
-            label: self.labels[best].clone(),
-            score: probs[best],
-            scores,
-        }))
+        Ok(Output::Classification(classify(&self.labels, &logits)))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Numeric and decoding helpers for heads.
 
-use crate::{ConfigError, Entity};
+use crate::{ClassScore, Classification, ConfigError, Entity};
 
 /// Softmax of `logits`, computed stably (max subtracted). Empty in, empty out.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -16,6 +16,30 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
     idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     idx.truncate(k);
     idx
+}
+
+/// A classification over `labels` from their `logits`: softmax probabilities, the most likely
+/// label and its probability. `labels` and `logits` must have the same length (extra entries
+/// of either are ignored); empty input gives an empty label with score 0.
+pub fn classify(labels: &[String], logits: &[f32]) -> Classification {
+    let probs = softmax(logits);
+    let best = top_k(&probs, 1).first().copied();
+    let scores = labels
+        .iter()
+        .zip(&probs)
+        .map(|(l, &p)| ClassScore {
+            label: l.clone(),
+            score: p,
+        })
+        .collect();
+    Classification {
+        label: best
+            .and_then(|b| labels.get(b))
+            .cloned()
+            .unwrap_or_default(),
+        score: best.and_then(|b| probs.get(b)).copied().unwrap_or(0.0),
+        scores,
+    }
 }
 
 /// A dense layer `y = W x + b` with `W` of shape `[outputs, inputs]`, f32.
@@ -175,6 +199,9 @@ mod tests {
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(p[2] > p[1] && p[1] > p[0]);
         assert_eq!(top_k(&p, 2), vec![2, 1]);
+        let c = classify(&["a".into(), "b".into(), "c".into()], &[1.0, 2.0, 3.0]);
+        assert_eq!((c.label.as_str(), c.score), ("c", p[2]));
+        assert_eq!(c.scores.len(), 3);
     }
 
     #[test]

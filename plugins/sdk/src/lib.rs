@@ -28,14 +28,14 @@
 //! Build with `cargo build --target wasm32-wasip2 --release`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component.
 //!
-//! Helpers for common heads: [`softmax`], [`top_k`], [`Dense`] (a linear layer read from a
+//! Helpers for common heads: [`softmax`], [`top_k`], [`classify`], [`Dense`] (a linear layer read from a
 //! safetensors asset), [`decode_bio`] (BIO/IOB2 tags to byte-offset entity spans).
 
 #![deny(missing_docs)]
 
 mod helpers;
 
-pub use helpers::{Dense, TaggedToken, decode_bio, softmax, top_k};
+pub use helpers::{Dense, TaggedToken, classify, decode_bio, softmax, top_k};
 
 /// The generated bindings for `headstream:plugin` (wit-bindgen). Plugin code rarely needs this
 /// module directly; [`export_head!`] uses it.
