@@ -25,6 +25,8 @@ pub enum Command {
     },
     /// Encode JSONL texts ({"id","text"} per line) into sentence embeddings (JSONL).
     Embed(EmbedArgs),
+    /// Run a pipeline over JSONL messages without NATS (the embedded default).
+    Run(RunArgs),
     /// Scaffold a new task-head plugin crate from plugins/template.
     NewHead(NewHeadArgs),
     /// Measure throughput; prints one JSON line of figures.
@@ -76,6 +78,25 @@ pub struct EmbedArgs {
     /// Most texts per forward pass.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+}
+
+/// `headstream run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The pipeline config (TOML).
+    #[arg(long, short)]
+    pub pipeline: PathBuf,
+    /// JSONL messages, one {"id"?, "text", "meta"?} per line (default: stdin).
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// JSONL results (default: stdout).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// JSONL error records for unusable messages (default: stderr).
+    #[arg(long)]
+    pub errors: Option<PathBuf>,
 }
 
 /// `headstream new-head`

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             command: ModelCommand::Info(args),
         } => cmd::model::info(&args),
         Command::Embed(args) => cmd::embed::run(&args),
+        Command::Run(args) => cmd::run::run(&args),
         Command::NewHead(args) => cmd::new_head::run(&args),
         Command::Bench {
             command: BenchCommand::Encoder(args),

@@ -6,6 +6,7 @@ pub mod embed;
 pub mod jsonl;
 pub mod model;
 pub mod new_head;
+pub mod run;
 
 use anyhow::Context as _;
 use headstream_encoder::{BatchLimits, Encoder, EncoderOptions};

@@ -7,6 +7,7 @@
 //! - `cli_embed`: `headstream embed` end to end: output schema, `--tokens`, bad input.
 //! - `cli_model`: `headstream model fetch|info` on the fetched model.
 //! - `cli_new_head`: `headstream new-head` scaffolding.
+//! - `cli_run`: `headstream run`, the embedded pipeline runner (needs `cargo plugins`).
 //! - `heads`: shipped heads (prototype, token classifier) over the real encoder's output; needs
 //!   `cargo plugins`.
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
@@ -15,6 +16,7 @@
 mod cli_embed;
 mod cli_model;
 mod cli_new_head;
+mod cli_run;
 mod encoder_parity;
 mod heads;
 mod shared_reference;

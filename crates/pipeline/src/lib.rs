@@ -1,0 +1,436 @@
+//! Pipeline configs: which task heads run over a stream of texts, in what order, and where
+//! results and errors go.
+//!
+//! A pipeline is a TOML file (see `pipelines/` for examples). [`Pipeline::load`] parses it with
+//! unknown keys rejected, validates it (version, names, subjects, head references, no cycles
+//! among heads that consume other heads' outputs), resolves component and asset paths relative
+//! to the file, and orders the heads so every head runs after the heads it consumes. Every error
+//! names the file, line, column and key ([`PipelineError`]).
+//!
+//! ```no_run
+//! let pipeline = headstream_pipeline::Pipeline::load("pipelines/support-triage.toml".as_ref())?;
+//! for head in pipeline.heads() {
+//!     println!("{} <- {}", head.name, head.component.display());
+//! }
+//! # Ok::<(), headstream_pipeline::PipelineError>(())
+//! ```
+#![deny(missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The only config format version this release reads.
+pub const VERSION: u32 = 1;
+
+/// A config error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {key}: {message}", file.display())]
+pub struct PipelineError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line of the offending key or value.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The key at fault, as a path (`heads[1].after`), or `toml` for syntax errors.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// `[input]`: where messages come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// NATS subject the pipeline reads (`subject = "support.in"`).
+    pub subject: Spanned<String>,
+}
+
+/// `[output]`: where results and error records go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Subject for results (`subject = "support.out"`).
+    pub subject: Spanned<String>,
+    /// Subject for error records: unusable messages and their payloads (`errors = "..."`).
+    pub errors: Spanned<String>,
+}
+
+/// `[delivery]`: how messages are consumed from NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// `core` (at-most-once, queue group) or `jetstream` (at-least-once, durable consumer).
+    #[serde(default = "default_mode")]
+    pub mode: Spanned<String>,
+    /// Queue group shared by the hosts serving this pipeline (`core`); defaults to the name.
+    pub queue_group: Option<String>,
+    /// JetStream stream name (`jetstream`).
+    pub stream: Option<String>,
+    /// JetStream durable consumer name (`jetstream`).
+    pub consumer: Option<String>,
+    /// Deliveries before a message goes to the error subject (`jetstream`).
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    /// Milliseconds before an unacknowledged message is redelivered (`jetstream`).
+    #[serde(default = "default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            mode: default_mode(),
+            queue_group: None,
+            stream: None,
+            consumer: None,
+            max_deliver: default_max_deliver(),
+            ack_wait_ms: default_ack_wait_ms(),
+        }
+    }
+}
+
+fn default_mode() -> Spanned<String> {
+    Spanned::new(0..0, "core".to_owned())
+}
+fn default_max_deliver() -> u32 {
+    5
+}
+fn default_ack_wait_ms() -> u64 {
+    30_000
+}
+
+/// `[batching]`: how messages are grouped before encoding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batching {
+    /// Most messages per batch (`max_batch_size`, 1 to 1024; default 32).
+    #[serde(default = "default_batch")]
+    pub max_batch_size: Spanned<u32>,
+    /// Longest wait in milliseconds to fill a batch (`max_wait_ms`, default 5).
+    #[serde(default = "default_wait")]
+    pub max_wait_ms: u64,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_batch_size: default_batch(),
+            max_wait_ms: default_wait(),
+        }
+    }
+}
+
+fn default_batch() -> Spanned<u32> {
+    Spanned::new(0..0, 32)
+}
+fn default_wait() -> u64 {
+    5
+}
+
+/// `[heads.limits]`: a head's resource limits (defaults from the plugin host).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory cap in MiB (`memory_mb`).
+    pub memory_mb: Option<u32>,
+    /// CPU deadline per batch in milliseconds (`deadline_ms`).
+    pub deadline_ms: Option<u64>,
+    /// Largest output per text in KiB (`max_output_kb`).
+    pub max_output_kb: Option<u32>,
+}
+
+/// One `[[heads]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Head {
+    /// The head's name in this pipeline; results are keyed by it (`name`).
+    pub name: Spanned<String>,
+    /// Path of the plugin component, relative to the pipeline file (`component`); absolute
+    /// after [`Pipeline::load`].
+    #[serde(deserialize_with = "spanned_path")]
+    pub component: PathBuf,
+    /// Required sha256 of the component (`sha256`), if pinned.
+    pub sha256: Option<String>,
+    /// Settings passed to the head's `configure`, as a JSON object (`[heads.config]`).
+    #[serde(default, deserialize_with = "table_to_json")]
+    pub config: serde_json::Value,
+    /// Named asset files, relative to the pipeline file (`[heads.assets]`); absolute after load.
+    #[serde(default)]
+    pub assets: BTreeMap<String, PathBuf>,
+    /// Heads whose outputs this head consumes; it runs after them (`after = ["topic"]`).
+    #[serde(default)]
+    pub after: Vec<Spanned<String>>,
+    /// Resource limits (`[heads.limits]`).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn spanned_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    String::deserialize(d).map(PathBuf::from)
+}
+
+fn table_to_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    let table = toml::Table::deserialize(d)?;
+    serde_json::to_value(table).map_err(serde::de::Error::custom)
+}
+
+/// A validated pipeline with its heads in run order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Config format version (`version = 1`).
+    pub version: Spanned<u32>,
+    /// Pipeline name; results carry it (`name`).
+    pub name: Spanned<String>,
+    /// `[input]`.
+    pub input: Input,
+    /// `[output]`.
+    pub output: Output,
+    /// `[delivery]`.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// `[batching]`.
+    #[serde(default)]
+    pub batching: Batching,
+    /// `[[heads]]`, reordered by [`Pipeline::load`] so each head follows the heads it consumes.
+    heads: Vec<Head>,
+}
+
+impl Pipeline {
+    /// Reads, validates and resolves the pipeline file at `path`.
+    pub fn load(path: &Path) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError {
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            key: "file".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates pipeline `text` as if read from `path` (paths resolve against its
+    /// directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PipelineError> {
+        let at = |span: std::ops::Range<usize>, key: &str, message: String| {
+            let (line, column) = line_col(text, span.start);
+            PipelineError {
+                file: path.to_owned(),
+                line,
+                column,
+                key: key.to_owned(),
+                message,
+            }
+        };
+        let mut pipeline: Pipeline = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim();
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next());
+            let key = missing
+                .or_else(|| text.get(span.clone()).filter(|k| is_bare_key(k)))
+                .unwrap_or("toml")
+                .to_owned();
+            at(span, &key, message.to_owned())
+        })?;
+
+        if *pipeline.version.get_ref() != VERSION {
+            return Err(at(
+                pipeline.version.span(),
+                "version",
+                format!(
+                    "unsupported version {} (this headstream reads version {VERSION})",
+                    pipeline.version.get_ref()
+                ),
+            ));
+        }
+        check_name(&pipeline.name, "name").map_err(|m| at(pipeline.name.span(), "name", m))?;
+        for (key, subject) in [
+            ("input.subject", &pipeline.input.subject),
+            ("output.subject", &pipeline.output.subject),
+            ("output.errors", &pipeline.output.errors),
+        ] {
+            let s = subject.get_ref();
+            let wildcard_ok = key == "input.subject";
+            let bad = s.is_empty()
+                || s.contains(char::is_whitespace)
+                || s.split('.').any(str::is_empty)
+                || (!wildcard_ok && (s.contains('*') || s.contains('>')));
+            if bad {
+                return Err(at(
+                    subject.span(),
+                    key,
+                    format!("{s:?} is not a valid NATS subject"),
+                ));
+            }
+        }
+        let mode = pipeline.delivery.mode.get_ref().as_str();
+        if mode != "core" && mode != "jetstream" {
+            return Err(at(
+                pipeline.delivery.mode.span(),
+                "delivery.mode",
+                format!("{mode:?} is not `core` or `jetstream`"),
+            ));
+        }
+        let batch = *pipeline.batching.max_batch_size.get_ref();
+        if !(1..=1024).contains(&batch) {
+            return Err(at(
+                pipeline.batching.max_batch_size.span(),
+                "batching.max_batch_size",
+                format!("{batch} is outside 1..=1024"),
+            ));
+        }
+        if pipeline.heads.is_empty() {
+            return Err(at(
+                0..0,
+                "heads",
+                "a pipeline needs at least one [[heads]] entry".into(),
+            ));
+        }
+
+        let mut index = HashMap::new();
+        for (i, head) in pipeline.heads.iter().enumerate() {
+            let key = format!("heads[{i}].name");
+            check_name(&head.name, &key).map_err(|m| at(head.name.span(), &key, m))?;
+            if index.insert(head.name.get_ref().clone(), i).is_some() {
+                return Err(at(
+                    head.name.span(),
+                    &key,
+                    format!("duplicate head name {:?}", head.name.get_ref()),
+                ));
+            }
+        }
+        for (i, head) in pipeline.heads.iter().enumerate() {
+            for dep in &head.after {
+                let key = format!("heads[{i}].after");
+                match index.get(dep.get_ref()) {
+                    None => {
+                        return Err(at(
+                            dep.span(),
+                            &key,
+                            format!("unknown head {:?}", dep.get_ref()),
+                        ));
+                    }
+                    Some(&j) if j == i => {
+                        return Err(at(
+                            dep.span(),
+                            &key,
+                            format!("head {:?} cannot consume itself", dep.get_ref()),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let order = topological_order(&pipeline.heads, &index).map_err(|(i, cycle)| {
+            let head = &pipeline.heads[i];
+            let span = head.after.first().map_or(head.name.span(), Spanned::span);
+            at(
+                span,
+                &format!("heads[{i}].after"),
+                format!("heads form a cycle: {}", cycle.join(" -> ")),
+            )
+        })?;
+
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut heads: Vec<Option<Head>> = std::mem::take(&mut pipeline.heads)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for i in order {
+            if let Some(mut head) = heads[i].take() {
+                head.component = dir.join(&head.component);
+                for asset in head.assets.values_mut() {
+                    *asset = dir.join(&*asset);
+                }
+                if !head.config.is_object() {
+                    head.config = serde_json::Value::Object(serde_json::Map::new());
+                }
+                pipeline.heads.push(head);
+            }
+        }
+        Ok(pipeline)
+    }
+
+    /// The heads in run order: each after every head it consumes, otherwise in file order.
+    pub fn heads(&self) -> &[Head] {
+        &self.heads
+    }
+}
+
+fn check_name(name: &Spanned<String>, key: &str) -> Result<(), String> {
+    let n = name.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n:?} is not a valid {key} (ASCII letters, digits, '-', '_', '.'; 1-64 chars)"
+        ))
+    }
+}
+
+/// Kahn's algorithm, stable in file order. On a cycle, returns a head on it and the cycle.
+fn topological_order(
+    heads: &[Head],
+    index: &HashMap<String, usize>,
+) -> Result<Vec<usize>, (usize, Vec<String>)> {
+    let deps: Vec<Vec<usize>> = heads
+        .iter()
+        .map(|h| {
+            h.after
+                .iter()
+                .filter_map(|d| index.get(d.get_ref()).copied())
+                .collect()
+        })
+        .collect();
+    let mut done = vec![false; heads.len()];
+    let mut order = Vec::with_capacity(heads.len());
+    while order.len() < heads.len() {
+        let next = (0..heads.len()).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d]));
+        match next {
+            Some(i) => {
+                done[i] = true;
+                order.push(i);
+            }
+            None => {
+                // Walk unfinished dependencies from any unfinished head until one repeats.
+                let mut path = Vec::new();
+                let mut at = (0..heads.len()).find(|&i| !done[i]).unwrap_or(0);
+                while !path.contains(&at) {
+                    path.push(at);
+                    at = deps[at].iter().copied().find(|&d| !done[d]).unwrap_or(at);
+                }
+                let start = path.iter().position(|&p| p == at).unwrap_or(0);
+                let mut cycle: Vec<String> = path[start..]
+                    .iter()
+                    .map(|&i| heads[i].name.get_ref().clone())
+                    .collect();
+                cycle.push(heads[at].name.get_ref().clone());
+                return Err((at, cycle));
+            }
+        }
+    }
+    Ok(order)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn is_bare_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}

@@ -1,0 +1,109 @@
+//! Golden-file tests: every `tests/fixtures/pipelines/invalid/X.toml` fails to load with exactly
+//! the message in `X.err` (file name, line, column, key, reason); every shipped pipeline in
+//! `pipelines/` loads. `BLESS=1 cargo test -p headstream-pipeline` rewrites the `.err` files.
+
+use std::path::{Path, PathBuf};
+
+use headstream_pipeline::Pipeline;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn invalid_configs_fail_with_file_line_and_reason() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = root().join("tests/fixtures/pipelines/invalid");
+    let mut checked = 0;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let err = match Pipeline::load(&file) {
+            Ok(_) => panic!("{} loaded but must fail", file.display()),
+            Err(e) => e,
+        };
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert_eq!(err.file, file, "the error names the file");
+        let got = format!(
+            "{name}:{}:{}: {}: {}\n",
+            err.line, err.column, err.key, err.message
+        );
+        let golden = file.with_extension("err");
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(&golden, &got)?;
+        }
+        let want = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
+            panic!("{}: {e} (run with BLESS=1 to create it)", golden.display())
+        });
+        assert_eq!(got, want, "{}", file.display());
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} invalid fixtures found");
+    Ok(())
+}
+
+#[test]
+fn shipped_pipelines_load() -> Result<(), Box<dyn std::error::Error>> {
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(root().join("pipelines"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let pipeline = Pipeline::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!pipeline.heads().is_empty());
+            for head in pipeline.heads() {
+                assert!(head.component.is_absolute() || head.component.starts_with(root()));
+            }
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 1);
+    Ok(())
+}
+
+#[test]
+fn heads_run_after_the_heads_they_consume() -> Result<(), Box<dyn std::error::Error>> {
+    let text = r#"
+version = 1
+name = "dag"
+[input]
+subject = "in.>"
+[output]
+subject = "out"
+errors = "err"
+[[heads]]
+name = "summary"
+component = "s.wasm"
+after = ["topic", "sentiment"]
+[[heads]]
+name = "topic"
+component = "t.wasm"
+[[heads]]
+name = "sentiment"
+component = "x.wasm"
+after = ["topic"]
+[heads.config]
+threshold = 0.5
+labels = ["a", "b"]
+"#;
+    let p = Pipeline::parse(text, Path::new("/etc/headstream/dag.toml"))?;
+    let order: Vec<&str> = p
+        .heads()
+        .iter()
+        .map(|h| h.name.get_ref().as_str())
+        .collect();
+    assert_eq!(order, vec!["topic", "sentiment", "summary"]);
+    assert_eq!(p.heads()[0].component, Path::new("/etc/headstream/t.wasm"));
+    assert_eq!(
+        p.heads()[1].config,
+        serde_json::json!({ "threshold": 0.5, "labels": ["a", "b"] })
+    );
+    assert_eq!(p.delivery.mode.get_ref(), "core");
+    assert_eq!(*p.batching.max_batch_size.get_ref(), 32);
+    Ok(())
+}

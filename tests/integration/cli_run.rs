@@ -1,0 +1,147 @@
+//! `headstream run`: the embedded default. The shipped support-triage pipeline classifies the
+//! example messages with the real encoder and real plugins (needs `cargo plugins`); unusable
+//! lines become error records with their payload; a misbehaving head fails only its own result;
+//! a bad pipeline fails at load with file and line.
+
+use headstream_test_util::{plugin_path, workspace_root};
+use serde_json::{Value, json};
+
+use crate::headstream;
+
+fn records(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn support_triage_example_classifies_and_reports_bad_lines()
+-> Result<(), Box<dyn std::error::Error>> {
+    plugin_path("prototype-classifier");
+    plugin_path("keyword-flags");
+    let root = workspace_root();
+    let dir = tempfile::tempdir()?;
+    let errors = dir.path().join("errors.jsonl");
+    let run = headstream(
+        &[
+            "run",
+            "--pipeline",
+            &root.join("pipelines/support-triage.toml").to_string_lossy(),
+            "--input",
+            &root.join("examples/support.jsonl").to_string_lossy(),
+            "--errors",
+            &errors.to_string_lossy(),
+        ],
+        b"",
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let results = records(&run.stdout);
+    let topics: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or(""),
+                r["results"]["topic"]["label"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        vec![
+            ("t-101", "billing"),
+            ("t-102", "technical"),
+            ("t-103", "shipping"),
+            ("t-104", "billing")
+        ]
+    );
+    let first = &results[0];
+    assert_eq!(
+        first["results"]["flags"],
+        json!({ "flags": ["refund", "urgent"] })
+    );
+    assert_eq!(first["meta"], json!({ "channel": "email" }));
+    assert_eq!(first["pipeline"], "support-triage");
+    assert_eq!(first["errors"], json!({}));
+    assert_eq!(
+        first["heads"],
+        json!({ "topic": "prototype-classifier@0.1.0", "flags": "keyword-flags@0.1.0" })
+    );
+    assert!(
+        first["encoder"]
+            .as_str()
+            .is_some_and(|f| f.contains("@sha256:"))
+    );
+
+    let errors = records(&std::fs::read(&errors)?);
+    let kinds: Vec<&str> = errors
+        .iter()
+        .map(|e| e["error"]["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, vec!["empty_text", "not_json"]);
+    assert_eq!(errors[1]["payload"], "not a json line");
+    assert!(
+        errors[1]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("line 6:"))
+    );
+    Ok(())
+}
+
+#[test]
+fn misbehaving_head_fails_only_its_own_result() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let pipeline = dir.path().join("p.toml");
+    let text = format!(
+        "version = 1\nname = \"mixed\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n\
+         [[heads]]\nname = \"bad\"\ncomponent = {:?}\n[heads.config]\nmode = \"loop\"\n[heads.limits]\ndeadline_ms = 50\n\
+         [[heads]]\nname = \"flags\"\ncomponent = {:?}\n[heads.config.flags]\nurgent = [\"asap\"]\n\
+         [[heads]]\nname = \"after-bad\"\ncomponent = {:?}\nafter = [\"bad\"]\n[heads.config.flags]\n",
+        plugin_path("hostile"),
+        plugin_path("keyword-flags"),
+        plugin_path("keyword-flags"),
+    );
+    std::fs::write(&pipeline, text)?;
+    let run = headstream(
+        &["run", "--pipeline", &pipeline.to_string_lossy()],
+        b"{\"id\":\"1\",\"text\":\"boom asap\"}\n",
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out = records(&run.stdout);
+    assert_eq!(
+        out[0]["results"],
+        json!({ "flags": { "flags": ["urgent"] } })
+    );
+    assert!(
+        out[0]["errors"]["bad"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("timeout:")),
+        "{}",
+        out[0]
+    );
+    assert_eq!(out[0]["errors"]["after-bad"], "upstream head bad failed");
+    Ok(())
+}
+
+#[test]
+fn invalid_pipeline_fails_at_load_with_file_and_line() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let pipeline = dir.path().join("broken.toml");
+    std::fs::write(&pipeline, "version = 1\nname = \"x\"\nbogus = true\n")?;
+    let run = headstream(&["run", "--pipeline", &pipeline.to_string_lossy()], b"");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("broken.toml:3:1: bogus: unknown field `bogus`"),
+        "{stderr}"
+    );
+    Ok(())
+}
