@@ -27,6 +27,12 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Run a pipeline over JSONL messages without NATS (the embedded default).
     Run(RunArgs),
+    /// Serve pipelines over NATS (queue groups; results to the output subject and to replies).
+    Serve(ServeArgs),
+    /// Publish texts (or JSONL messages) to a subject.
+    Publish(PublishArgs),
+    /// Send texts as requests and print the replies (one JSON line each).
+    Request(RequestArgs),
     /// Scaffold a new task-head plugin crate from plugins/template.
     NewHead(NewHeadArgs),
     /// Measure throughput; prints one JSON line of figures.
@@ -97,6 +103,56 @@ pub struct RunArgs {
     /// JSONL error records for unusable messages (default: stderr).
     #[arg(long)]
     pub errors: Option<PathBuf>,
+}
+
+/// `headstream serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A pipeline config to serve (repeat for several).
+    #[arg(long, short, required = true)]
+    pub pipeline: Vec<PathBuf>,
+    /// NATS server URL.
+    #[arg(long, env = "HEADSTREAM_NATS", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+}
+
+/// `headstream publish`
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// NATS server URL.
+    #[arg(long, env = "HEADSTREAM_NATS", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// The pipeline's input subject.
+    #[arg(long, short)]
+    pub subject: String,
+    /// One text to send as {"text": ...}; otherwise JSONL messages from --input or stdin.
+    #[arg(long, short)]
+    pub text: Option<String>,
+    /// JSONL messages, sent as they are, one per line.
+    #[arg(long, short, conflicts_with = "text")]
+    pub input: Option<PathBuf>,
+}
+
+/// `headstream request`
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// NATS server URL.
+    #[arg(long, env = "HEADSTREAM_NATS", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// The pipeline's input subject.
+    #[arg(long, short)]
+    pub subject: String,
+    /// One text to send as {"text": ...}; otherwise JSONL messages from --input or stdin.
+    #[arg(long, short)]
+    pub text: Option<String>,
+    /// JSONL messages, sent as they are, one per line.
+    #[arg(long, short, conflicts_with = "text")]
+    pub input: Option<PathBuf>,
+    /// How long to wait for each reply.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
 }
 
 /// `headstream new-head`

