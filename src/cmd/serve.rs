@@ -46,7 +46,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let runners = pipelines
         .iter()
         .map(|p| Runner::new(p, encoder.clone(), Some(super::run::component_cache())).map(Arc::new))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     runtime()?.block_on(async {
         let client = connect(&args.nats).await?;
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);

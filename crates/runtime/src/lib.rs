@@ -16,7 +16,6 @@ pub use serve::{ServeOptions, serve};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use headstream_encoder::Encoder;
 use headstream_pipeline::Pipeline;
@@ -53,6 +52,53 @@ pub struct Message {
     pub text: String,
     /// Caller metadata, echoed in the result.
     pub meta: Value,
+}
+
+/// Why the runtime could not start or keep serving a pipeline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// A head's asset file could not be read.
+    #[error("head {head}: cannot read asset {asset} ({}): {source}", path.display())]
+    Asset {
+        /// The head's name in the pipeline.
+        head: String,
+        /// The asset's name.
+        asset: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A head could not be loaded.
+    #[error("head {head}: {source}")]
+    Head {
+        /// The head's name in the pipeline.
+        head: String,
+        /// Why.
+        #[source]
+        source: headstream_plugin_host::PluginError,
+    },
+    /// The plugin host could not be created.
+    #[error(transparent)]
+    Host(headstream_plugin_host::PluginError),
+    /// Encoding a batch failed.
+    #[error(transparent)]
+    Encoder(#[from] headstream_encoder::EncoderError),
+    /// A NATS operation failed.
+    #[error("NATS: cannot {action} {subject}: {reason}")]
+    Nats {
+        /// What was attempted (`subscribe to`, `publish to`, `flush`).
+        action: &'static str,
+        /// The subject involved.
+        subject: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The worker thread running a batch panicked.
+    #[error("the batch worker panicked: {0}")]
+    Worker(String),
 }
 
 /// Why a message could not be processed; `kind` is stable (`not_json`, `no_text`, ...).
@@ -126,17 +172,17 @@ pub fn error_record(pipeline: &str, error: &InputError, payload: &[u8]) -> Value
 }
 
 /// Loads every head of `pipeline` into `host`, in run order.
-fn load_stages(host: &PluginHost, pipeline: &Pipeline) -> anyhow::Result<Vec<Stage>> {
+fn load_stages(host: &PluginHost, pipeline: &Pipeline) -> Result<Vec<Stage>, RuntimeError> {
     let mut stages = Vec::new();
     for spec in pipeline.heads() {
         let name = spec.name.get_ref().clone();
         let mut assets = Vec::new();
         for (asset, path) in &spec.assets {
-            let data = std::fs::read(path).with_context(|| {
-                format!(
-                    "head {name}: cannot read asset {asset} ({})",
-                    path.display()
-                )
+            let data = std::fs::read(path).map_err(|source| RuntimeError::Asset {
+                head: name.clone(),
+                asset: asset.clone(),
+                path: path.clone(),
+                source,
             })?;
             assets.push(Asset {
                 name: asset.clone(),
@@ -168,7 +214,10 @@ fn load_stages(host: &PluginHost, pipeline: &Pipeline) -> anyhow::Result<Vec<Sta
         };
         let head = host
             .load(&spec.component, config)
-            .with_context(|| format!("head {name}"))?;
+            .map_err(|source| RuntimeError::Head {
+                head: name.clone(),
+                source,
+            })?;
         let after = spec.after.iter().map(|a| a.get_ref().clone()).collect();
         stages.push(Stage { name, head, after });
     }
@@ -246,13 +295,14 @@ impl Runner {
         pipeline: &Pipeline,
         encoder: Arc<Encoder>,
         cache_dir: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, RuntimeError> {
         let host = PluginHost::new(HostConfig {
             cache_dir,
             encoder: Some(encoder.fingerprint().clone()),
             embedder: Some(encoder.clone()),
             ..HostConfig::default()
-        })?;
+        })
+        .map_err(RuntimeError::Host)?;
         let stages = load_stages(&host, pipeline)?;
         let needs_tokens = stages
             .iter()
@@ -278,7 +328,7 @@ impl Runner {
     }
 
     /// Encodes the messages once, runs every head, and returns one result record per message.
-    pub fn process(&self, messages: &[Message]) -> anyhow::Result<Vec<Value>> {
+    pub fn process(&self, messages: &[Message]) -> Result<Vec<Value>, RuntimeError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use headstream_pipeline::Pipeline;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::{Message, Runner, error_record, parse_message};
+use crate::{Message, Runner, RuntimeError, error_record, parse_message};
 
 /// How [`serve`] consumes a pipeline's input.
 #[derive(Debug, Clone)]
@@ -56,11 +55,11 @@ pub async fn serve(
     runner: Arc<Runner>,
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), RuntimeError> {
     let mut subscription = client
         .queue_subscribe(options.subject.clone(), options.queue_group.clone())
         .await
-        .with_context(|| format!("cannot subscribe to {}", options.subject))?;
+        .map_err(|e| nats_error("subscribe to", &options.subject, e))?;
     tracing::info!(pipeline = runner.name(), subject = %options.subject, group = %options.queue_group, "serving");
     tokio::pin!(shutdown);
     loop {
@@ -80,7 +79,10 @@ pub async fn serve(
         handle_batch(&client, &runner, &options, batch).await?;
     }
     subscription.unsubscribe().await.ok();
-    client.flush().await.context("cannot flush to NATS")?;
+    client
+        .flush()
+        .await
+        .map_err(|e| nats_error("flush", "", e))?;
     Ok(())
 }
 
@@ -89,7 +91,7 @@ async fn handle_batch(
     runner: &Arc<Runner>,
     options: &ServeOptions,
     batch: Vec<async_nats::Message>,
-) -> anyhow::Result<()> {
+) -> Result<(), RuntimeError> {
     let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for nats_message in batch {
@@ -123,7 +125,7 @@ async fn handle_batch(
     let worker = runner.clone();
     let records: Vec<Value> = tokio::task::spawn_blocking(move || worker.process(&messages))
         .await
-        .context("the batch worker panicked")??;
+        .map_err(|e| RuntimeError::Worker(e.to_string()))??;
     for (record, reply) in records.into_iter().zip(replies) {
         let body = Bytes::from(record.to_string());
         publish(client, &options.output, body.clone()).await?;
@@ -134,11 +136,23 @@ async fn handle_batch(
     Ok(())
 }
 
-async fn publish(client: &async_nats::Client, subject: &str, body: Bytes) -> anyhow::Result<()> {
+async fn publish(
+    client: &async_nats::Client,
+    subject: &str,
+    body: Bytes,
+) -> Result<(), RuntimeError> {
     client
         .publish(subject.to_owned(), body)
         .await
-        .with_context(|| format!("cannot publish to {subject}"))
+        .map_err(|e| nats_error("publish to", subject, e))
+}
+
+fn nats_error(action: &'static str, subject: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Nats {
+        action,
+        subject: subject.to_owned(),
+        reason: e.to_string(),
+    }
 }
 
 /// A process-unique message id for messages that bring none.
