@@ -118,9 +118,9 @@ pub struct ServeArgs {
     pub nats: String,
 }
 
-/// `headstream publish`
+/// What `publish` and `request` send, and where.
 #[derive(Debug, Args)]
-pub struct PublishArgs {
+pub struct SendArgs {
     /// NATS server URL.
     #[arg(long, env = "HEADSTREAM_NATS", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
@@ -135,21 +135,18 @@ pub struct PublishArgs {
     pub input: Option<PathBuf>,
 }
 
+/// `headstream publish`
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub send: SendArgs,
+}
+
 /// `headstream request`
 #[derive(Debug, Args)]
 pub struct RequestArgs {
-    /// NATS server URL.
-    #[arg(long, env = "HEADSTREAM_NATS", default_value = "nats://127.0.0.1:4222")]
-    pub nats: String,
-    /// The pipeline's input subject.
-    #[arg(long, short)]
-    pub subject: String,
-    /// One text to send as {"text": ...}; otherwise JSONL messages from --input or stdin.
-    #[arg(long, short)]
-    pub text: Option<String>,
-    /// JSONL messages, sent as they are, one per line.
-    #[arg(long, short, conflicts_with = "text")]
-    pub input: Option<PathBuf>,
+    #[command(flatten)]
+    pub send: SendArgs,
     /// How long to wait for each reply.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,

@@ -96,34 +96,39 @@ async fn shutdown_signal() {
 
 /// Publishes `--text` or each JSONL line of the input as a message.
 pub fn publish(args: &PublishArgs) -> anyhow::Result<()> {
-    let bodies = bodies(args.text.as_deref(), args.input.as_deref())?;
+    let bodies = bodies(args.send.text.as_deref(), args.send.input.as_deref())?;
     runtime()?.block_on(async {
-        let client = connect(&args.nats).await?;
+        let client = connect(&args.send.nats).await?;
         for body in &bodies {
             client
-                .publish(args.subject.clone(), body.clone().into())
+                .publish(args.send.subject.clone(), body.clone().into())
                 .await?;
         }
         client.flush().await?;
-        eprintln!("published {} message(s) to {}", bodies.len(), args.subject);
+        eprintln!(
+            "published {} message(s) to {}",
+            bodies.len(),
+            args.send.subject
+        );
         anyhow::Ok(())
     })
 }
 
 /// Sends each message as a request and prints each reply (one JSON line each).
 pub fn request(args: &RequestArgs) -> anyhow::Result<()> {
-    let bodies = bodies(args.text.as_deref(), args.input.as_deref())?;
+    let send = &args.send;
+    let bodies = bodies(send.text.as_deref(), send.input.as_deref())?;
     runtime()?.block_on(async {
-        let client = connect(&args.nats).await?;
+        let client = connect(&send.nats).await?;
         let mut stdout = std::io::stdout().lock();
         for body in bodies {
             let reply = tokio::time::timeout(
                 Duration::from_millis(args.timeout_ms),
-                client.request(args.subject.clone(), body.into()),
+                client.request(send.subject.clone(), body.into()),
             )
             .await
-            .with_context(|| format!("no reply on {} within {} ms", args.subject, args.timeout_ms))?
-            .with_context(|| format!("request to {} failed", args.subject))?;
+            .with_context(|| format!("no reply on {} within {} ms", send.subject, args.timeout_ms))?
+            .with_context(|| format!("request to {} failed", send.subject))?;
             stdout.write_all(&reply.payload)?;
             stdout.write_all(b"\n")?;
         }

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use headstream_encoder::{EncodedText, Encoder, EncoderOptions};
-use headstream_plugin_host::{Asset, HeadConfig, HostConfig, Item, PluginHost, TokenStates};
+use headstream_encoder::{Encoder, EncoderOptions};
+use headstream_plugin_host::{Asset, HeadConfig, HostConfig, Item, PluginHost};
+use headstream_runtime::item;
 use headstream_test_util::{model_dir, plugin_path, safetensors_f32};
 use serde_json::{Value, json};
 
@@ -13,21 +14,6 @@ fn encoder() -> Arc<Encoder> {
     Arc::new(
         Encoder::load(&model_dir(), EncoderOptions::default()).unwrap_or_else(|e| panic!("{e}")),
     )
-}
-
-fn item<'a>(id: &'a str, text: &'a str, e: &'a EncodedText, hidden: usize) -> Item<'a> {
-    Item {
-        id,
-        text,
-        embedding: &e.embedding,
-        token_states: e.token_states.as_deref().map(|states| TokenStates {
-            ids: &e.input_ids,
-            offsets: &e.offsets,
-            states,
-            hidden_size: hidden,
-        }),
-        upstream: Vec::new(),
-    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use headstream_encoder::Encoder;
+use headstream_encoder::{EncodedText, Encoder};
 use headstream_pipeline::Pipeline;
 use headstream_plugin_host::{
     Asset, Head, HeadConfig, HostConfig, Item, Limits, PluginHost, TokenStates,
@@ -269,6 +269,28 @@ fn run_stages(stages: &[Stage], items: Vec<Item<'_>>) -> (Vec<PerHead>, Vec<PerH
     (results, failures)
 }
 
+/// The plugin-host view of one encoded text: embedding, and token states with their spans when
+/// the encoder produced them.
+pub fn item<'a>(
+    id: &'a str,
+    text: &'a str,
+    encoded: &'a EncodedText,
+    hidden_size: usize,
+) -> Item<'a> {
+    Item {
+        id,
+        text,
+        embedding: &encoded.embedding,
+        token_states: encoded.token_states.as_deref().map(|states| TokenStates {
+            ids: &encoded.input_ids,
+            offsets: &encoded.offsets,
+            states,
+            hidden_size,
+        }),
+        upstream: Vec::new(),
+    }
+}
+
 /// A pipeline ready to process batches: its heads loaded, sharing one encoder.
 pub struct Runner {
     name: String,
@@ -338,18 +360,7 @@ impl Runner {
         let items: Vec<Item<'_>> = messages
             .iter()
             .zip(&encoded)
-            .map(|(m, e)| Item {
-                id: &m.id,
-                text: &m.text,
-                embedding: &e.embedding,
-                token_states: e.token_states.as_deref().map(|states| TokenStates {
-                    ids: &e.input_ids,
-                    offsets: &e.offsets,
-                    states,
-                    hidden_size: hidden,
-                }),
-                upstream: Vec::new(),
-            })
+            .map(|(m, e)| item(&m.id, &m.text, e, hidden))
             .collect();
         let (results, failures) = run_stages(&self.stages, items);
         Ok(messages
