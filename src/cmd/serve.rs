@@ -50,32 +50,42 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let client = connect(&args.nats).await?;
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-        let mut tasks = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
         for (pipeline, runner) in pipelines.iter().zip(runners) {
             let mut stopped = stop.subscribe();
             let shutdown = async move {
                 let _ = stopped.recv().await;
             };
             let options = ServeOptions::from_pipeline(pipeline);
-            tasks.push(tokio::spawn(headstream_runtime::serve(
+            tasks.spawn(headstream_runtime::serve(
                 client.clone(),
                 runner,
                 options,
                 shutdown,
-            )));
+            ));
         }
         eprintln!(
             "headstream serving {} pipeline(s) on {}",
             tasks.len(),
             args.nats
         );
-        shutdown_signal().await;
-        eprintln!("shutting down: finishing in-flight batches");
+        // Run until a signal, or until a pipeline stops on its own (an error: e.g. NATS
+        // refused a publish).
+        let stopped_early = tokio::select! {
+            () = shutdown_signal() => None,
+            done = tasks.join_next() => done,
+        };
         let _ = stop.send(());
-        for task in tasks {
-            task.await.context("a pipeline task panicked")??;
-        }
-        anyhow::Ok(())
+        let Some(first) = stopped_early else {
+            eprintln!("shutting down: finishing in-flight batches");
+            while let Some(done) = tasks.join_next().await {
+                done.context("a pipeline task panicked")??;
+            }
+            return anyhow::Ok(());
+        };
+        tasks.abort_all();
+        first.context("a pipeline task panicked")??;
+        anyhow::bail!("a pipeline stopped serving")
     })
 }
 

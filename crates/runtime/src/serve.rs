@@ -9,10 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use headstream_pipeline::Pipeline;
-use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::{Message, Runner, RuntimeError, error_record, parse_message};
+use crate::{InputError, Message, Runner, RuntimeError, error_record, parse_message};
 
 /// How [`serve`] consumes a pipeline's input.
 #[derive(Debug, Clone)]
@@ -94,6 +93,7 @@ async fn handle_batch(
 ) -> Result<(), RuntimeError> {
     let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
+    let mut payloads = Vec::with_capacity(batch.len());
     for nats_message in batch {
         let header_id = nats_message
             .headers
@@ -106,6 +106,7 @@ async fn handle_batch(
             Ok(message) => {
                 messages.push(message);
                 replies.push(nats_message.reply);
+                payloads.push(nats_message.payload);
             }
             Err(error) => {
                 tracing::debug!(kind = error.kind, "rejected message: {}", error.message);
@@ -123,14 +124,35 @@ async fn handle_batch(
         return Ok(());
     }
     let worker = runner.clone();
-    let records: Vec<Value> = tokio::task::spawn_blocking(move || worker.process(&messages))
+    let outcome = tokio::task::spawn_blocking(move || worker.process(&messages))
         .await
-        .map_err(|e| RuntimeError::Worker(e.to_string()))??;
-    for (record, reply) in records.into_iter().zip(replies) {
-        let body = Bytes::from(record.to_string());
-        publish(client, &options.output, body.clone()).await?;
-        if let Some(reply) = reply {
-            publish(client, &reply, body).await?;
+        .map_err(|e| RuntimeError::Worker(e.to_string()))
+        .and_then(|r| r);
+    match outcome {
+        Ok(records) => {
+            for (record, reply) in records.into_iter().zip(replies) {
+                let body = Bytes::from(record.to_string());
+                publish(client, &options.output, body.clone()).await?;
+                if let Some(reply) = reply {
+                    publish(client, &reply, body).await?;
+                }
+            }
+        }
+        // The batch as a whole failed (the encoder, a worker panic): every message gets an
+        // error record with its payload, and the loop goes on.
+        Err(failure) => {
+            tracing::error!(pipeline = runner.name(), "batch failed: {failure}");
+            let error = InputError {
+                kind: "processing_failed",
+                message: failure.to_string(),
+            };
+            for (payload, reply) in payloads.iter().zip(replies) {
+                let record = Bytes::from(error_record(runner.name(), &error, payload).to_string());
+                publish(client, &options.errors, record.clone()).await?;
+                if let Some(reply) = reply {
+                    publish(client, &reply, record).await?;
+                }
+            }
         }
     }
     Ok(())
