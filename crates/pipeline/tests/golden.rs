@@ -107,3 +107,33 @@ labels = ["a", "b"]
     assert_eq!(*p.batching.max_batch_size.get_ref(), 32);
     Ok(())
 }
+
+#[test]
+fn host_file_lists_pipelines_relative_to_itself() -> Result<(), Box<dyn std::error::Error>> {
+    use headstream_pipeline::HostFile;
+    let shipped = HostFile::load(&root().join("headstream.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shipped.pipelines.len(), 1);
+    assert!(shipped.pipelines[0].get_ref().is_file());
+    assert_eq!(shipped.nats.url.as_deref(), Some("nats://127.0.0.1:4222"));
+
+    let dir = tempfile::tempdir()?;
+    let host = dir.path().join("headstream.toml");
+    std::fs::write(&host, "version = 1\npipelines = [\"missing.toml\"]\n")?;
+    let err = HostFile::load(&host)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let missing = dir.path().join("missing.toml");
+    let expected = format!(":2:14: pipelines[0]: {} does not exist", missing.display());
+    assert!(err.ends_with(&expected), "{err}");
+    std::fs::write(
+        &host,
+        "version = 1\npipelines = []\n[nats]\nurl = \"nats://x:1\"\ntls = true\n",
+    )?;
+    let err = HostFile::load(&host)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains(":5:1: tls: unknown field `tls`"), "{err}");
+    Ok(())
+}
