@@ -203,52 +203,16 @@ pub struct Pipeline {
 impl Pipeline {
     /// Reads, validates and resolves the pipeline file at `path`.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PipelineError {
-            file: path.to_owned(),
-            line: 1,
-            column: 1,
-            key: "file".into(),
-            message: format!("cannot read: {e}"),
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_file(path)?, path)
     }
 
     /// Parses and validates pipeline `text` as if read from `path` (paths resolve against its
     /// directory).
     pub fn parse(text: &str, path: &Path) -> Result<Self, PipelineError> {
-        let at = |span: std::ops::Range<usize>, key: &str, message: String| {
-            let (line, column) = line_col(text, span.start);
-            PipelineError {
-                file: path.to_owned(),
-                line,
-                column,
-                key: key.to_owned(),
-                message,
-            }
-        };
-        let mut pipeline: Pipeline = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            let message = e.message().trim();
-            let missing = message
-                .strip_prefix("missing field `")
-                .and_then(|m| m.split('`').next());
-            let key = missing
-                .or_else(|| text.get(span.clone()).filter(|k| is_bare_key(k)))
-                .unwrap_or("toml")
-                .to_owned();
-            at(span, &key, message.to_owned())
-        })?;
-
-        if *pipeline.version.get_ref() != VERSION {
-            return Err(at(
-                pipeline.version.span(),
-                "version",
-                format!(
-                    "unsupported version {} (this headstream reads version {VERSION})",
-                    pipeline.version.get_ref()
-                ),
-            ));
-        }
+        let source = Source { text, path };
+        let at = |span, key: &str, message| source.at(span, key, message);
+        let mut pipeline: Pipeline = source.deserialize()?;
+        source.check_version(&pipeline.version)?;
         check_name(&pipeline.name, "name").map_err(|m| at(pipeline.name.span(), "name", m))?;
         for (key, subject) in [
             ("input.subject", &pipeline.input.subject),
@@ -422,6 +386,63 @@ fn topological_order(
     Ok(order)
 }
 
+fn read_file(path: &Path) -> Result<String, PipelineError> {
+    std::fs::read_to_string(path).map_err(|e| PipelineError {
+        file: path.to_owned(),
+        line: 1,
+        column: 1,
+        key: "file".into(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+/// A config file's text, for locating errors in it.
+struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Source<'_> {
+    /// An error at byte `span` of the file, for `key`.
+    fn at(&self, span: std::ops::Range<usize>, key: &str, message: String) -> PipelineError {
+        let (line, column) = line_col(self.text, span.start);
+        PipelineError {
+            file: self.path.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    /// Deserializes the whole file; TOML and schema errors name the key when one is known.
+    fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, PipelineError> {
+        toml::from_str(self.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim();
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next());
+            let key = missing
+                .or_else(|| self.text.get(span.clone()).filter(|k| is_bare_key(k)))
+                .unwrap_or("toml")
+                .to_owned();
+            self.at(span, &key, message.to_owned())
+        })
+    }
+
+    fn check_version(&self, version: &Spanned<u32>) -> Result<(), PipelineError> {
+        if *version.get_ref() == VERSION {
+            return Ok(());
+        }
+        let message = format!(
+            "unsupported version {} (this headstream reads version {VERSION})",
+            version.get_ref()
+        );
+        Err(self.at(version.span(), "version", message))
+    }
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -462,42 +483,11 @@ pub struct NatsSettings {
 impl HostFile {
     /// Reads and validates the host config at `path`; every listed pipeline file must exist.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PipelineError {
-            file: path.to_owned(),
-            line: 1,
-            column: 1,
-            key: "file".into(),
-            message: format!("cannot read: {e}"),
-        })?;
-        let at = |span: std::ops::Range<usize>, key: &str, message: String| {
-            let (line, column) = line_col(&text, span.start);
-            PipelineError {
-                file: path.to_owned(),
-                line,
-                column,
-                key: key.to_owned(),
-                message,
-            }
-        };
-        let mut host: HostFile = toml::from_str(&text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            let key = text
-                .get(span.clone())
-                .filter(|k| is_bare_key(k))
-                .unwrap_or("toml")
-                .to_owned();
-            at(span, &key, e.message().trim().to_owned())
-        })?;
-        if *host.version.get_ref() != VERSION {
-            return Err(at(
-                host.version.span(),
-                "version",
-                format!(
-                    "unsupported version {} (this headstream reads version {VERSION})",
-                    host.version.get_ref()
-                ),
-            ));
-        }
+        let text = read_file(path)?;
+        let source = Source { text: &text, path };
+        let at = |span, key: &str, message| source.at(span, key, message);
+        let mut host: HostFile = source.deserialize()?;
+        source.check_version(&host.version)?;
         if host.pipelines.is_empty() {
             return Err(at(
                 0..0,
