@@ -35,6 +35,10 @@ pub enum Command {
     Request(RequestArgs),
     /// Scaffold a new task-head plugin crate from plugins/template.
     NewHead(NewHeadArgs),
+    /// Train a task head on labelled examples and write a deployable plugin package.
+    Train(TrainArgs),
+    /// Evaluate a plugin package on labelled data; prints its metrics as JSON.
+    Eval(EvalArgs),
     /// Measure throughput; prints one JSON line of figures.
     Bench {
         #[command(subcommand)]
@@ -119,6 +123,10 @@ pub struct ServeArgs {
     /// NATS server URL (default: the host config's, else nats://127.0.0.1:4222).
     #[arg(long, env = "HEADSTREAM_NATS")]
     pub nats: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; default: the host
+    /// config's `metrics`, else none).
+    #[arg(long)]
+    pub metrics: Option<String>,
 }
 
 /// What `publish` and `request` send, and where.
@@ -163,6 +171,109 @@ pub struct NewHeadArgs {
     /// The plugins workspace to add it to.
     #[arg(long, default_value = "plugins")]
     pub dir: PathBuf,
+}
+
+/// What a head is trained to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainKind {
+    /// One label per text, from the sentence embedding (data: {"text","label"} JSONL or CSV).
+    Classify,
+    /// BIO entity tags per word, from token states (data: {"tokens","tags"} JSONL).
+    Tokens,
+}
+
+/// How training examples are weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClassWeightArg {
+    /// Every example counts once.
+    Uniform,
+    /// Every label counts as much in total (for imbalanced data).
+    Balanced,
+}
+
+/// Where the embedding cache lives.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Directory of the on-disk embedding cache (keyed by encoder fingerprint and text digest).
+    #[arg(long, env = "HEADSTREAM_EMBEDDING_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Encode everything afresh; neither read nor write the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// `headstream train`
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// The task kind.
+    #[arg(long, value_enum)]
+    pub kind: TrainKind,
+    /// Labelled training data.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Held-out labelled data; its metrics are printed and written into the manifest.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// The package directory to write.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// The head's name (default: the package directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The package's semver version.
+    #[arg(long = "package-version", default_value = "1.0.0")]
+    pub package_version: String,
+    /// Train on this many examples per label (few-shot), sampled with --seed.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub shots: Option<u32>,
+    /// Seed for few-shot sampling and cross-validation folds.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Inverse L2 strength (scikit-learn's C; the standard probe setting is 1.0).
+    #[arg(long, default_value_t = 1.0)]
+    pub c: f64,
+    /// Choose C by stratified k-fold cross-validation on the training data instead (classify;
+    /// the scores of every candidate go into the manifest).
+    #[arg(long, conflicts_with = "c")]
+    pub cv: bool,
+    /// Cross-validation folds for --cv.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    pub folds: u32,
+    /// Example weighting.
+    #[arg(long, value_enum, default_value_t = ClassWeightArg::Uniform)]
+    pub class_weight: ClassWeightArg,
+    /// Most optimiser iterations.
+    #[arg(long, default_value_t = 1000)]
+    pub max_iter: u32,
+    /// Tokens: also feed the states of this many neighbouring pieces on each side (0 or 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1))]
+    pub window: u32,
+    /// Tokens: leave out the word-shape features (capitals, digits, first word).
+    #[arg(long)]
+    pub no_shape: bool,
+    /// The generic component to package (default: the linear or token classifier built by
+    /// `cargo plugins`).
+    #[arg(long)]
+    pub component: Option<PathBuf>,
+}
+
+/// `headstream eval`
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// The plugin package directory.
+    #[arg(long)]
+    pub plugin: PathBuf,
+    /// Labelled data in the package's format.
+    #[arg(long)]
+    pub data: PathBuf,
 }
 
 /// `headstream bench ...`
@@ -219,4 +330,13 @@ pub struct BenchEncoderArgs {
     /// Untimed warm-up passes.
     #[arg(long, default_value_t = 1)]
     pub warmup: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -36,6 +36,8 @@ fn main() -> ExitCode {
         Command::Publish(args) => cmd::serve::publish(&args),
         Command::Request(args) => cmd::serve::request(&args),
         Command::NewHead(args) => cmd::new_head::run(&args),
+        Command::Train(args) => cmd::train::train(&args),
+        Command::Eval(args) => cmd::train::eval(&args),
         Command::Bench {
             command: BenchCommand::Encoder(args),
         } => cmd::bench::encoder(&args, threads),

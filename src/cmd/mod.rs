@@ -8,6 +8,7 @@ pub mod model;
 pub mod new_head;
 pub mod run;
 pub mod serve;
+pub mod train;
 
 use anyhow::Context as _;
 use headstream_encoder::{BatchLimits, Encoder, EncoderOptions};
@@ -43,4 +44,14 @@ pub fn median(xs: &mut [f64]) -> f64 {
 pub fn round(x: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (x * scale).round() / scale
+}
+
+/// `<cache>/<what>`, where `<cache>` is `$HEADSTREAM_CACHE`, else `~/.cache/headstream`.
+pub fn cache_dir(what: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("HEADSTREAM_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/headstream")))
+        .unwrap_or_else(|| PathBuf::from(".headstream-cache"))
+        .join(what)
 }

@@ -70,9 +70,5 @@ fn sink(
 
 /// Where compiled components are cached: `$HEADSTREAM_CACHE`, else `~/.cache/headstream`.
 pub fn component_cache() -> PathBuf {
-    std::env::var_os("HEADSTREAM_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/headstream")))
-        .unwrap_or_else(|| PathBuf::from(".headstream-cache"))
-        .join("components")
+    super::cache_dir("components")
 }

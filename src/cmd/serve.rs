@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use std::path::PathBuf;
 
-use headstream_pipeline::{HostFile, Pipeline};
-use headstream_runtime::{Runner, ServeOptions};
+use headstream_pipeline::{HostFile, NatsSettings, Pipeline};
+use headstream_runtime::{Metrics, Runner, ServeOptions};
 
 use super::jsonl::read_input;
 use crate::cli::{PublishArgs, RequestArgs, ServeArgs};
@@ -22,24 +22,53 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    connect_with(url, None).await
+    connect_with(url, &NatsSettings::default()).await
 }
 
-async fn connect_with(
-    url: &str,
-    credentials: Option<&std::path::Path>,
-) -> anyhow::Result<async_nats::Client> {
+/// Connects with the host config's authentication and TLS settings. Reconnects forever after a
+/// connection loss (subscriptions and consumers resume), logging each disconnect.
+async fn connect_with(url: &str, settings: &NatsSettings) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new();
-    if let Some(creds) = credentials {
+    if let Some(creds) = &settings.credentials {
         options = options
             .credentials_file(creds)
             .await
             .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
     }
+    let secret = |var: &str| {
+        std::env::var(var)
+            .with_context(|| format!("the host config names ${var}, which is not set"))
+    };
+    if let Some(user) = &settings.user {
+        let password = match &settings.password_env {
+            Some(var) => secret(var)?,
+            None => String::new(),
+        };
+        options = options.user_and_password(user.clone(), password);
+    }
+    if let Some(var) = &settings.token_env {
+        options = options.token(secret(var)?);
+    }
+    if let Some(ca) = &settings.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
     options
         .name("headstream")
         .retry_on_initial_connect()
+        .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS connection lost; reconnecting")
+                }
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                other => tracing::info!("NATS: {other}"),
+            }
+        })
         .connect(url)
         .await
         .with_context(|| format!("cannot connect to NATS at {url}"))
@@ -63,19 +92,50 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| host.as_ref().and_then(|h| h.nats.url.clone()))
         .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
-    let credentials = host.as_ref().and_then(|h| h.nats.credentials.clone());
+    let settings = host.as_ref().map(|h| h.nats.clone()).unwrap_or_default();
+    let metrics_addr: Option<std::net::SocketAddr> = match &args.metrics {
+        Some(addr) => Some(addr.parse().with_context(|| {
+            format!("--metrics {addr:?} is not an address like 127.0.0.1:9464")
+        })?),
+        None => host
+            .as_ref()
+            .and_then(|h| h.metrics.as_ref())
+            .and_then(|a| a.get_ref().parse().ok()),
+    };
+    let model_dir = if args.model.model.as_os_str() == super::DEFAULT_MODEL_DIR {
+        host.as_ref()
+            .and_then(|h| h.model.clone())
+            .unwrap_or_else(|| args.model.model.clone())
+    } else {
+        args.model.model.clone()
+    };
     let batch = pipelines
         .iter()
         .map(|p| *p.batching.max_batch_size.get_ref() as usize)
         .max()
         .unwrap_or(32);
-    let encoder = Arc::new(super::load_encoder(&args.model.model, batch)?);
+    let encoder = Arc::new(super::load_encoder(&model_dir, batch)?);
+    let metrics = Arc::new(Metrics::new().context("cannot set up metrics")?);
     let runners = pipelines
         .iter()
-        .map(|p| Runner::new(p, encoder.clone(), Some(super::run::component_cache())).map(Arc::new))
+        .map(|p| {
+            Runner::new(p, encoder.clone(), Some(super::run::component_cache()))
+                .map(|r| Arc::new(r.with_metrics(metrics.clone())))
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    let host_id = host_id();
     runtime()?.block_on(async {
-        let client = connect_with(&url, credentials.as_deref()).await?;
+        let client = connect_with(&url, &settings).await?;
+        if let Some(addr) = metrics_addr {
+            let listener = headstream_runtime::serve_metrics(addr, metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) = listener.await {
+                    tracing::error!("metrics endpoint {addr}: {e}");
+                }
+            });
+        }
+        let _service =
+            register_service(&client, &pipelines, &encoder, &host_id, metrics.clone()).await?;
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut tasks = tokio::task::JoinSet::new();
         for (pipeline, runner) in pipelines.iter().zip(runners) {
@@ -83,7 +143,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             let shutdown = async move {
                 let _ = stopped.recv().await;
             };
-            let options = ServeOptions::from_pipeline(pipeline);
+            let mut options = ServeOptions::from_pipeline(pipeline);
+            options.host = Some(host_id.clone());
             tasks.spawn(headstream_runtime::serve(
                 client.clone(),
                 runner,
@@ -110,6 +171,63 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         first.context("a pipeline task panicked")??;
         anyhow::bail!("a pipeline stopped serving")
     })
+}
+
+/// This host's id in results and service info: hostname and process id.
+fn host_id() -> String {
+    let name = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{name}-{}", std::process::id())
+}
+
+/// Registers the host as a NATS micro service (`$SRV.PING|INFO|STATS`, `nats micro ls`), with
+/// one status endpoint per pipeline (`headstream.status.<pipeline>`) answering its counters.
+async fn register_service(
+    client: &async_nats::Client,
+    pipelines: &[Pipeline],
+    encoder: &headstream_encoder::Encoder,
+    host_id: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<async_nats::service::Service> {
+    use async_nats::service::ServiceExt as _;
+    use futures::StreamExt as _;
+    let names: Vec<String> = pipelines.iter().map(|p| p.name.get_ref().clone()).collect();
+    let metadata = std::collections::HashMap::from([
+        ("host".to_owned(), host_id.to_owned()),
+        ("encoder".to_owned(), encoder.fingerprint().to_string()),
+        ("pipelines".to_owned(), names.join(",")),
+    ]);
+    let service = client
+        .service_builder()
+        .description("headstream host: one encoder, task heads over NATS")
+        .metadata(metadata)
+        .start("headstream", env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot register the NATS micro service: {e}"))?;
+    let group = service.group("headstream.status");
+    for name in names {
+        let mut endpoint = group
+            .endpoint(name.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot add the status endpoint for {name}: {e}"))?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let count =
+                    |outcome: &str| metrics.messages.with_label_values(&[&name, outcome]).get();
+                let body = serde_json::json!({
+                    "pipeline": name,
+                    "results": count("result"),
+                    "errors": count("error"),
+                });
+                let _ = request.respond(Ok(body.to_string().into())).await;
+            }
+        });
+    }
+    Ok(service)
 }
 
 async fn shutdown_signal() {

@@ -65,11 +65,29 @@ fn support_triage_example_classifies_and_reports_bad_lines()
         json!({ "flags": ["refund", "urgent"] })
     );
     assert_eq!(first["meta"], json!({ "channel": "email" }));
+    // The trained sentiment head (a package) and the CEL route: a negative billing message is
+    // escalated, a neutral billing question is not.
+    assert_eq!(
+        first["results"]["sentiment"]["label"], "negative",
+        "{first}"
+    );
+    assert_eq!(first["routes"], json!(["escalate"]), "{first}");
+    assert_eq!(results[3]["results"]["topic"]["label"], "billing");
+    assert!(results[3].get("routes").is_none(), "{}", results[3]);
+    assert!(
+        first["results"]["entities"]["entities"].is_array(),
+        "{first}"
+    );
     assert_eq!(first["pipeline"], "support-triage");
     assert_eq!(first["errors"], json!({}));
     assert_eq!(
         first["heads"],
-        json!({ "topic": "prototype-classifier@0.1.0", "flags": "keyword-flags@0.1.0" })
+        json!({
+            "topic": "prototype-classifier@0.1.0",
+            "flags": "keyword-flags@0.1.0",
+            "sentiment": "sentiment@1.0.0",
+            "entities": "entities@1.0.0",
+        })
     );
     assert!(
         first["encoder"]

@@ -8,20 +8,28 @@
 //! - `cli_model`: `headstream model fetch|info` on the fetched model.
 //! - `cli_new_head`: `headstream new-head` scaffolding.
 //! - `cli_run`: `headstream run`, the embedded pipeline runner (needs `cargo plugins`).
+//! - `cli_train`: `headstream train|eval` on tiny fixtures: packages, metrics, cache, errors.
 //! - `heads`: shipped heads (prototype, token classifier) over the real encoder's output; needs
 //!   `cargo plugins`.
 //! - `nats_serve`: `headstream serve` against a real nats-server (results, replies, error
 //!   records, a queue group of two hosts).
+//! - `nats_jetstream`: JetStream delivery: nothing lost across a nats-server restart, messages
+//!   past `max_deliver` to the error subject.
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
 //!   default; `.ci/run` runs them with `--ignored`, since a user's clone has no `../shared`).
+//! - `shared_datasets`: shipped heads and 8-shot heads against the probe's accuracy on
+//!   ../shared/datasets (ignored by default, like `shared_reference`).
 
 mod cli_embed;
 mod cli_model;
 mod cli_new_head;
 mod cli_run;
+mod cli_train;
 mod encoder_parity;
 mod heads;
+mod nats_jetstream;
 mod nats_serve;
+mod shared_datasets;
 mod shared_reference;
 
 use std::process::{Command, Output};

@@ -17,10 +17,15 @@ struct Host(Child);
 
 impl Host {
     fn start(nats: &str) -> Self {
+        Self::start_with_args(nats, &[])
+    }
+
+    fn start_with_args(nats: &str, extra: &[&str]) -> Self {
         let pipeline = workspace_root().join("pipelines/support-triage.toml");
         let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
             .args(["serve", "--nats", nats, "--pipeline"])
             .arg(pipeline)
+            .args(extra)
             .env("HEADSTREAM_MODEL", model_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -90,7 +95,12 @@ fn json(bytes: &[u8]) -> Value {
 fn serves_results_replies_and_errors_over_nats() {
     plugin_path("prototype-classifier");
     let server = NatsServer::start();
-    let _host = Host::start(&server.url());
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let _host = Host::start_with_args(&server.url(), &["--metrics", &metrics_addr]);
     runtime().block_on(async {
         let client = async_nats::connect(server.url())
             .await
@@ -102,6 +112,10 @@ fn serves_results_replies_and_errors_over_nats() {
             .unwrap_or_else(|e| panic!("{e}"));
         let mut errors = client
             .subscribe("support.errors")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut escalations = client
+            .subscribe("support.escalations")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         client.flush().await.unwrap_or_else(|e| panic!("{e}"));
@@ -225,6 +239,80 @@ fn serves_results_replies_and_errors_over_nats() {
                 other => panic!("unexpected kind {other:?}: {record}"),
             }
         }
+
+        // The route: negative billing messages are also published to the escalation subject.
+        let escalated = tokio::time::timeout(Duration::from_secs(10), escalations.next())
+            .await
+            .unwrap_or_else(|_| panic!("no escalation arrived"))
+            .unwrap_or_else(|| panic!("subscription closed"));
+        let escalated = json(&escalated.payload);
+        assert_eq!(
+            escalated["routes"],
+            serde_json::json!(["escalate"]),
+            "{escalated}"
+        );
+        assert_eq!(
+            escalated["results"]["sentiment"]["label"], "negative",
+            "{escalated}"
+        );
+        assert!(
+            escalated["host"].as_str().is_some_and(|h| !h.is_empty()),
+            "{escalated}"
+        );
+
+        // The NATS micro service answers $SRV.PING, and its status endpoint counts results.
+        let ping = client
+            .request("$SRV.PING.headstream", "".into())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ping = json(&ping.payload);
+        assert_eq!(ping["name"], "headstream", "{ping}");
+        let status = client
+            .request("headstream.status.support-triage", "".into())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = json(&status.payload);
+        assert!(
+            status["results"].as_u64().is_some_and(|n| n >= 20),
+            "{status}"
+        );
+
+        // Prometheus metrics count what happened.
+        let text = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut socket = std::net::TcpStream::connect(&metrics_addr)
+                .unwrap_or_else(|e| panic!("metrics endpoint: {e}"));
+            socket
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut text = String::new();
+            socket
+                .read_to_string(&mut text)
+                .unwrap_or_else(|e| panic!("{e}"));
+            text
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        for expected in [
+            r#"headstream_errors_total{kind="not_json",pipeline="support-triage"} 1"#,
+            r#"headstream_errors_total{kind="not_utf8",pipeline="support-triage"} 1"#,
+            r#"headstream_stage_seconds_count{pipeline="support-triage",stage="encode"}"#,
+            r#"headstream_routes_total{pipeline="support-triage",route="escalate"}"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing from:\n{text}");
+        }
+        let results: u64 = text
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"headstream_messages_total{outcome="result",pipeline="support-triage"}"#,
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(results >= 20, "{text}");
     });
 }
 

@@ -10,7 +10,7 @@
 //! ```no_run
 //! let pipeline = headstream_pipeline::Pipeline::load("pipelines/support-triage.toml".as_ref())?;
 //! for head in pipeline.heads() {
-//!     println!("{} <- {}", head.name, head.component.display());
+//!     println!("{} <- {:?}", head.name, head.component.as_ref().or(head.package.as_ref()));
 //! }
 //! # Ok::<(), headstream_pipeline::PipelineError>(())
 //! ```
@@ -149,10 +149,14 @@ pub struct Limits {
 pub struct Head {
     /// The head's name in this pipeline; results are keyed by it (`name`).
     pub name: Spanned<String>,
-    /// Path of the plugin component, relative to the pipeline file (`component`); absolute
-    /// after [`Pipeline::load`].
-    #[serde(deserialize_with = "spanned_path")]
-    pub component: PathBuf,
+    /// Path of a plugin component, relative to the pipeline file (`component`); absolute
+    /// after [`Pipeline::load`]. A head names exactly one of `component` and `package`.
+    #[serde(default, deserialize_with = "optional_path")]
+    pub component: Option<PathBuf>,
+    /// Path of a plugin package directory as `headstream train` writes it (component, weights,
+    /// manifest), relative to the pipeline file (`package`); absolute after [`Pipeline::load`].
+    #[serde(default, deserialize_with = "optional_path")]
+    pub package: Option<PathBuf>,
     /// Required sha256 of the component (`sha256`), if pinned.
     pub sha256: Option<String>,
     /// Settings passed to the head's `configure`, as a JSON object (`[heads.config]`).
@@ -169,13 +173,38 @@ pub struct Head {
     pub limits: Limits,
 }
 
-fn spanned_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-    String::deserialize(d).map(PathBuf::from)
+fn optional_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    String::deserialize(d).map(|s| Some(PathBuf::from(s)))
 }
 
 fn table_to_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
     let table = toml::Table::deserialize(d)?;
     serde_json::to_value(table).map_err(serde::de::Error::custom)
+}
+
+/// One `[[routes]]` entry: when `when` (a CEL expression over the result record: `results`,
+/// `errors`, `meta`, `id`, `text`) is true for a result, it is also published to `subject`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The route's name; results list the routes they took (`name`).
+    pub name: Spanned<String>,
+    /// The condition, in CEL (`when = 'results.sentiment.label == "negative"'`).
+    pub when: Spanned<String>,
+    /// Where matching results go (`subject`).
+    pub subject: Spanned<String>,
+}
+
+/// Compiles a route condition; the error names the position inside the expression.
+pub fn compile_condition(source: &str) -> Result<cel::Program, String> {
+    cel::Program::compile(source).map_err(|errors| {
+        errors
+            .errors
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.pos.0, e.pos.1, e.msg))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// A validated pipeline with its heads in run order.
@@ -198,6 +227,9 @@ pub struct Pipeline {
     pub batching: Batching,
     /// `[[heads]]`, reordered by [`Pipeline::load`] so each head follows the heads it consumes.
     heads: Vec<Head>,
+    /// `[[routes]]`: extra subjects a result is published to when a condition holds.
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 impl Pipeline {
@@ -214,11 +246,22 @@ impl Pipeline {
         let mut pipeline: Pipeline = source.deserialize()?;
         source.check_version(&pipeline.version)?;
         check_name(&pipeline.name, "name").map_err(|m| at(pipeline.name.span(), "name", m))?;
-        for (key, subject) in [
+        let route_keys: Vec<String> = (0..pipeline.routes.len())
+            .map(|i| format!("routes[{i}].subject"))
+            .collect();
+        let subjects = [
             ("input.subject", &pipeline.input.subject),
             ("output.subject", &pipeline.output.subject),
             ("output.errors", &pipeline.output.errors),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            route_keys
+                .iter()
+                .map(String::as_str)
+                .zip(pipeline.routes.iter().map(|r| &r.subject)),
+        );
+        for (key, subject) in subjects {
             let s = subject.get_ref();
             let wildcard_ok = key == "input.subject";
             let bad = s.is_empty()
@@ -270,6 +313,33 @@ impl Pipeline {
             }
         }
         for (i, head) in pipeline.heads.iter().enumerate() {
+            let key = format!("heads[{i}]");
+            match (&head.component, &head.package) {
+                (None, None) => {
+                    return Err(at(
+                        head.name.span(),
+                        &key,
+                        "a head needs `component` (a .wasm file) or `package` (a trained package directory)".into(),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(at(
+                        head.name.span(),
+                        &key,
+                        "`component` and `package` are exclusive; name one".into(),
+                    ));
+                }
+                (None, Some(_)) if !head.assets.is_empty() => {
+                    return Err(at(
+                        head.name.span(),
+                        &format!("{key}.assets"),
+                        "a package brings its own assets; `assets` go with `component`".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (i, head) in pipeline.heads.iter().enumerate() {
             for dep in &head.after {
                 let key = format!("heads[{i}].after");
                 match index.get(dep.get_ref()) {
@@ -291,6 +361,25 @@ impl Pipeline {
                 }
             }
         }
+        let mut route_names = std::collections::HashSet::new();
+        for (i, route) in pipeline.routes.iter().enumerate() {
+            let key = format!("routes[{i}].name");
+            check_name(&route.name, &key).map_err(|m| at(route.name.span(), &key, m))?;
+            if !route_names.insert(route.name.get_ref().clone()) {
+                return Err(at(
+                    route.name.span(),
+                    &key,
+                    format!("duplicate route name {:?}", route.name.get_ref()),
+                ));
+            }
+            compile_condition(route.when.get_ref()).map_err(|m| {
+                at(
+                    route.when.span(),
+                    &format!("routes[{i}].when"),
+                    format!("not a valid CEL expression: {m}"),
+                )
+            })?;
+        }
         let order = topological_order(&pipeline.heads, &index).map_err(|(i, cycle)| {
             let head = &pipeline.heads[i];
             let span = head.after.first().map_or(head.name.span(), Spanned::span);
@@ -308,7 +397,8 @@ impl Pipeline {
             .collect();
         for i in order {
             if let Some(mut head) = heads[i].take() {
-                head.component = dir.join(&head.component);
+                head.component = head.component.map(|c| dir.join(c));
+                head.package = head.package.map(|p| dir.join(p));
                 for asset in head.assets.values_mut() {
                     *asset = dir.join(&*asset);
                 }
@@ -468,6 +558,11 @@ pub struct HostFile {
     /// `[nats]`: the connection.
     #[serde(default)]
     pub nats: NatsSettings,
+    /// Address to serve Prometheus metrics on (`metrics = "127.0.0.1:9464"`); none by default.
+    pub metrics: Option<Spanned<String>>,
+    /// Model directory (`model = "models/all-minilm-l6-v2"`), relative to this file; the CLI's
+    /// `--model` or `$HEADSTREAM_MODEL` win.
+    pub model: Option<PathBuf>,
 }
 
 /// `[nats]` in the host config.
@@ -478,6 +573,19 @@ pub struct NatsSettings {
     pub url: Option<String>,
     /// Credentials file for NATS authentication (`credentials = "host.creds"`).
     pub credentials: Option<PathBuf>,
+    /// User name for user/password authentication (`user`); the password is read from the
+    /// environment variable named by `password_env`, never from this file.
+    pub user: Option<String>,
+    /// Environment variable holding the password (`password_env = "NATS_PASSWORD"`).
+    pub password_env: Option<String>,
+    /// Environment variable holding an authentication token (`token_env = "NATS_TOKEN"`).
+    pub token_env: Option<String>,
+    /// CA certificate (PEM) to verify the server with (`tls_ca`); enables TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (`tls_cert`, with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS (`tls_key`).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl HostFile {
@@ -507,8 +615,39 @@ impl HostFile {
             }
             *pipeline.get_mut() = resolved;
         }
-        if let Some(creds) = host.nats.credentials.as_mut() {
-            *creds = dir.join(&*creds);
+        let nats = &mut host.nats;
+        for file in [
+            &mut nats.credentials,
+            &mut nats.tls_ca,
+            &mut nats.tls_cert,
+            &mut nats.tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *file = dir.join(&*file);
+        }
+        if nats.tls_cert.is_some() != nats.tls_key.is_some() {
+            return Err(at(
+                0..0,
+                "nats.tls_cert",
+                "`tls_cert` and `tls_key` go together".into(),
+            ));
+        }
+        if let Some(model) = host.model.as_mut() {
+            *model = dir.join(&*model);
+        }
+        if let Some(addr) = &host.metrics
+            && addr.get_ref().parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(at(
+                addr.span(),
+                "metrics",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:9464\"",
+                    addr.get_ref()
+                ),
+            ));
         }
         Ok(host)
     }

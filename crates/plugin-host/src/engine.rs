@@ -251,6 +251,30 @@ impl PluginHost {
         )
     }
 
+    /// Loads a verified plugin package: its component (pinned to the manifest's digest), its
+    /// assets, the manifest's configuration with `overrides` applied, and its encoder
+    /// fingerprint, which must match this host's.
+    pub fn load_package(
+        &self,
+        package: &headstream_package::Package,
+        overrides: &serde_json::Value,
+        limits: crate::Limits,
+    ) -> Result<Head, PluginError> {
+        let assets = package
+            .read_assets()?
+            .into_iter()
+            .map(|(name, data)| crate::Asset { name, data })
+            .collect();
+        let config = HeadConfig {
+            sha256: Some(package.manifest.component.sha256.clone()),
+            config: package.config_with(overrides),
+            assets,
+            limits,
+            encoder: Some(package.manifest.encoder.clone()),
+        };
+        self.load(&package.component_path(), config)
+    }
+
     fn compile(&self, path: &Path, bytes: &[u8], digest: &str) -> Result<Component, PluginError> {
         let cached = self
             .config

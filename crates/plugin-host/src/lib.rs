@@ -110,4 +110,7 @@ pub enum PluginError {
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
     Engine(String),
+    /// A plugin package could not be read or failed its digest checks.
+    #[error(transparent)]
+    Package(#[from] headstream_package::PackageError),
 }

@@ -458,3 +458,73 @@ fn published_wit_is_frozen() -> TestResult {
     );
     Ok(())
 }
+
+/// Writes a linear-classifier package trained (by hand) on the encoder `fingerprint`.
+fn write_package(
+    dir: &std::path::Path,
+    fingerprint: &str,
+) -> Result<headstream_package::Package, Box<dyn std::error::Error>> {
+    let config = linear_config(None);
+    let manifest = headstream_package::Manifest {
+        format: headstream_package::FORMAT,
+        name: "sentiment".into(),
+        version: "1.0.0".into(),
+        kind: headstream_package::Kind::Classify,
+        labels: vec!["negative".into(), "neutral".into(), "positive".into()],
+        encoder: fingerprint.into(),
+        component: headstream_package::FileRef {
+            file: String::new(),
+            sha256: String::new(),
+        },
+        assets: Default::default(),
+        config: config.config,
+        training: None,
+        metrics: None,
+    };
+    let component = std::fs::read(plugin_path("linear-classifier"))?;
+    let weights = &config.assets[0].data;
+    Ok(headstream_package::write(
+        dir,
+        manifest,
+        &component,
+        &[("weights", "weights.safetensors", weights)],
+    )?)
+}
+
+#[test]
+fn packages_load_on_their_encoder_and_are_refused_on_another() -> TestResult {
+    let running = Fingerprint::parse(&format!("all-minilm-l6-v2@sha256:{}", "a".repeat(64)))
+        .ok_or("fingerprint")?;
+    let host = PluginHost::new(HostConfig {
+        encoder: Some(running.clone()),
+        ..HostConfig::default()
+    })?;
+    let dir = tempfile::tempdir()?;
+    let same = write_package(&dir.path().join("same"), &running.to_string())?;
+    let head = host.load_package(&same, &json!({ "threshold": 0.99 }), Limits::default())?;
+    let e = [0.1f32, 0.2, 0.9, 0.0];
+    let out = head.run(&[item("a", "text", &e)]);
+    // The manifest's labels and weights, with the pipeline's threshold on top.
+    assert_eq!(
+        out[0].as_ref().ok().map(|v| v["label"].clone()),
+        Some(json!("abstain"))
+    );
+
+    let other = write_package(
+        &dir.path().join("other"),
+        &format!("other-model@sha256:{}", "b".repeat(64)),
+    )?;
+    let err = host
+        .load_package(&other, &json!({}), Limits::default())
+        .err();
+    assert!(
+        matches!(&err, Some(PluginError::EncoderMismatch { expected, .. }) if expected.starts_with("other-model@")),
+        "{err:?}"
+    );
+    let err = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("was built for encoder other-model@sha256:"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -9,18 +9,21 @@
 //! a NATS subject.
 #![deny(missing_docs)]
 
+pub mod metrics;
 mod serve;
 
-pub use serve::{ServeOptions, serve};
+pub use metrics::{Metrics, serve_metrics};
+pub use serve::{JetStreamOptions, ServeOptions, serve};
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use headstream_encoder::{EncodedText, Encoder};
+use headstream_package::Package;
 use headstream_pipeline::Pipeline;
 use headstream_plugin_host::{
-    Asset, Head, HeadConfig, HostConfig, Item, Limits, PluginHost, TokenStates,
+    Asset, Head, HeadConfig, HostConfig, Item, Limits, PluginError, PluginHost, TokenStates,
 };
 use serde_json::{Map, Value, json};
 
@@ -28,6 +31,9 @@ use serde_json::{Map, Value, json};
 pub struct Stage {
     name: String,
     head: Head,
+    /// `name@version` as results report it: the package's for packaged heads, else the
+    /// component's own description.
+    id: String,
     after: Vec<String>,
 }
 
@@ -96,6 +102,9 @@ pub enum RuntimeError {
         /// The client's error.
         reason: String,
     },
+    /// A route condition does not compile.
+    #[error("route condition: {0}")]
+    Route(String),
     /// The worker thread running a batch panicked.
     #[error("the batch worker panicked: {0}")]
     Worker(String),
@@ -205,23 +214,62 @@ fn load_stages(host: &PluginHost, pipeline: &Pipeline) -> Result<Vec<Stage>, Run
                 .map_or(defaults.max_output_bytes, |kb| kb as usize * 1024),
             ..defaults
         };
-        let config = HeadConfig {
-            sha256: spec.sha256.clone(),
-            config: spec.config.clone(),
-            assets,
-            limits,
-            encoder: None,
+        let loaded = match (&spec.package, &spec.component) {
+            (Some(dir), _) => load_package(host, dir, spec, limits),
+            (None, component) => host
+                .load(
+                    // `Pipeline::load` guarantees one of the two.
+                    component.as_deref().unwrap_or(std::path::Path::new("")),
+                    HeadConfig {
+                        sha256: spec.sha256.clone(),
+                        config: spec.config.clone(),
+                        assets,
+                        limits,
+                        encoder: None,
+                    },
+                )
+                .map(|head| {
+                    let id = head.id();
+                    (head, id)
+                }),
         };
-        let head = host
-            .load(&spec.component, config)
-            .map_err(|source| RuntimeError::Head {
-                head: name.clone(),
-                source,
-            })?;
+        let (head, id) = loaded.map_err(|source| RuntimeError::Head {
+            head: name.clone(),
+            source,
+        })?;
         let after = spec.after.iter().map(|a| a.get_ref().clone()).collect();
-        stages.push(Stage { name, head, after });
+        stages.push(Stage {
+            name,
+            head,
+            id,
+            after,
+        });
     }
     Ok(stages)
+}
+
+/// Loads a package head: verified package, the pipeline's config over the manifest's, and the
+/// pipeline's `sha256` pin (if any) checked against the manifest's component digest.
+fn load_package(
+    host: &PluginHost,
+    dir: &std::path::Path,
+    spec: &headstream_pipeline::Head,
+    limits: Limits,
+) -> Result<(Head, String), PluginError> {
+    let package = Package::load(dir)?;
+    if let Some(pin) = spec
+        .sha256
+        .as_ref()
+        .filter(|p| !p.eq_ignore_ascii_case(&package.manifest.component.sha256))
+    {
+        return Err(PluginError::DigestMismatch {
+            path: package.component_path(),
+            expected: pin.clone(),
+            actual: package.manifest.component.sha256.clone(),
+        });
+    }
+    let id = format!("{}@{}", package.manifest.name, package.manifest.version);
+    Ok((host.load_package(&package, &spec.config, limits)?, id))
 }
 
 /// Runs every stage in order; a head whose upstream failed for a text reports that instead.
@@ -291,9 +339,18 @@ pub fn item<'a>(
     }
 }
 
+/// A route with its condition compiled.
+struct CompiledRoute {
+    name: String,
+    subject: String,
+    program: cel::Program,
+}
+
 /// A pipeline ready to process batches: its heads loaded, sharing one encoder.
 pub struct Runner {
     name: String,
+    routes: Vec<CompiledRoute>,
+    metrics: Option<Arc<Metrics>>,
     stages: Vec<Stage>,
     encoder: Arc<Encoder>,
     needs_tokens: bool,
@@ -331,11 +388,26 @@ impl Runner {
             .any(|s| s.head.description().needs_token_states);
         let heads_ids = stages
             .iter()
-            .map(|s| (s.name.clone(), json!(s.head.id())))
+            .map(|s| (s.name.clone(), json!(s.id)))
             .collect();
         let fingerprint = encoder.fingerprint().to_string();
+        let routes = pipeline
+            .routes
+            .iter()
+            .map(|r| {
+                let program = headstream_pipeline::compile_condition(r.when.get_ref())
+                    .map_err(RuntimeError::Route)?;
+                Ok(CompiledRoute {
+                    name: r.name.get_ref().clone(),
+                    subject: r.subject.get_ref().clone(),
+                    program,
+                })
+            })
+            .collect::<Result<_, RuntimeError>>()?;
         Ok(Self {
             name: pipeline.name.get_ref().clone(),
+            routes,
+            metrics: None,
             stages,
             encoder,
             needs_tokens,
@@ -349,13 +421,77 @@ impl Runner {
         &self.name
     }
 
+    /// Records stage latencies and head failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics this runner records into, if any.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_deref()
+    }
+
+    /// The routes a result record lists, as (route name, subject) pairs: the subjects it is
+    /// also published to.
+    pub fn route_subjects<'a>(
+        &'a self,
+        record: &'a Value,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let taken = record["routes"].as_array();
+        self.routes
+            .iter()
+            .filter(move |r| taken.is_some_and(|t| t.iter().any(|n| *n == *r.name)))
+            .map(|r| (r.name.as_str(), r.subject.as_str()))
+    }
+
+    /// Names of the routes whose condition holds for `record`. A condition that fails to
+    /// evaluate (say, over the output of a head that failed) does not match.
+    fn matching_routes(&self, record: &Value, message: &Message) -> Vec<&str> {
+        if self.routes.is_empty() {
+            return Vec::new();
+        }
+        let mut context = cel::Context::default();
+        let vars = [
+            ("results", &record["results"]),
+            ("errors", &record["errors"]),
+            ("meta", &message.meta),
+            ("id", &record["id"]),
+        ];
+        for (name, value) in vars {
+            if let Err(e) = context.add_variable(name, value) {
+                tracing::warn!(pipeline = %self.name, "cannot expose `{name}` to routes: {e}");
+            }
+        }
+        if let Err(e) = context.add_variable("text", message.text.as_str()) {
+            tracing::warn!(pipeline = %self.name, "cannot expose `text` to routes: {e}");
+        }
+        self.routes
+            .iter()
+            .filter(|r| match r.program.execute(&context) {
+                Ok(cel::Value::Bool(b)) => b,
+                Ok(other) => {
+                    tracing::debug!(route = %r.name, "condition gave {other:?}, not a bool");
+                    false
+                }
+                Err(e) => {
+                    tracing::debug!(route = %r.name, "condition failed: {e}");
+                    false
+                }
+            })
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+
     /// Encodes the messages once, runs every head, and returns one result record per message.
     pub fn process(&self, messages: &[Message]) -> Result<Vec<Value>, RuntimeError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
         let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+        let started = std::time::Instant::now();
         let encoded = self.encoder.encode(&texts, self.needs_tokens)?;
+        let encoded_at = std::time::Instant::now();
         let hidden = self.encoder.hidden_size();
         let items: Vec<Item<'_>> = messages
             .iter()
@@ -363,6 +499,15 @@ impl Runner {
             .map(|(m, e)| item(&m.id, &m.text, e, hidden))
             .collect();
         let (results, failures) = run_stages(&self.stages, items);
+        if let Some(m) = &self.metrics {
+            m.observe(&self.name, "encode", encoded_at - started);
+            m.observe(&self.name, "heads", encoded_at.elapsed());
+            for failed in &failures {
+                for head in failed.keys() {
+                    m.head_failures.with_label_values(&[&self.name, head]).inc();
+                }
+            }
+        }
         Ok(messages
             .iter()
             .zip(results.into_iter().zip(failures))
@@ -379,6 +524,10 @@ impl Runner {
                 });
                 if e.truncated {
                     record["truncated"] = json!(true);
+                }
+                let routes = self.matching_routes(&record, m);
+                if !routes.is_empty() {
+                    record["routes"] = json!(routes);
                 }
                 record
             })

@@ -1,6 +1,7 @@
-//! Serving a pipeline on NATS core subjects: a queue group per pipeline, micro-batches,
-//! results to the output subject (and to the reply subject for requests), unusable messages to
-//! the error subject with their payload.
+//! Serving a pipeline on NATS: core subjects (a queue group per pipeline, at-most-once, with
+//! request/reply) or JetStream (a durable pull consumer, at-least-once: a message is acked only
+//! after its result or error record is published). Micro-batches; results to the output
+//! subject, unusable messages to the error subject with their payload.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use crate::{InputError, Message, Runner, RuntimeError, error_record, parse_messa
 pub struct ServeOptions {
     /// Input subject.
     pub subject: String,
-    /// Queue group shared by every host serving the pipeline.
+    /// Queue group shared by every host serving the pipeline (core delivery).
     pub queue_group: String,
     /// Result subject.
     pub output: String,
@@ -28,24 +29,73 @@ pub struct ServeOptions {
     pub max_batch_size: usize,
     /// Longest wait to fill a batch.
     pub max_wait: Duration,
+    /// JetStream delivery (at-least-once) instead of a core queue group (at-most-once).
+    pub jetstream: Option<JetStreamOptions>,
+    /// This host's id, added to every result as `host` (so consumers see who served it).
+    pub host: Option<String>,
+}
+
+/// JetStream delivery: a stream over the input subject and a durable pull consumer shared by
+/// every host serving the pipeline.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// Stream name (created over the input subject if missing).
+    pub stream: String,
+    /// Durable consumer name.
+    pub consumer: String,
+    /// Deliveries a message gets; one delivered more often goes to the error subject.
+    pub max_deliver: u32,
+    /// How long the server waits for an ack before redelivering.
+    pub ack_wait: Duration,
 }
 
 impl ServeOptions {
     /// The options a pipeline config asks for.
     pub fn from_pipeline(pipeline: &Pipeline) -> Self {
+        let name = pipeline.name.get_ref();
+        let delivery = &pipeline.delivery;
+        let jetstream = (delivery.mode.get_ref() == "jetstream").then(|| JetStreamOptions {
+            stream: delivery
+                .stream
+                .clone()
+                .unwrap_or_else(|| name.to_uppercase().replace(['-', '.'], "_")),
+            consumer: delivery.consumer.clone().unwrap_or_else(|| name.clone()),
+            max_deliver: delivery.max_deliver,
+            ack_wait: Duration::from_millis(delivery.ack_wait_ms),
+        });
         Self {
             subject: pipeline.input.subject.get_ref().clone(),
-            queue_group: pipeline
-                .delivery
-                .queue_group
-                .clone()
-                .unwrap_or_else(|| pipeline.name.get_ref().clone()),
+            queue_group: delivery.queue_group.clone().unwrap_or_else(|| name.clone()),
             output: pipeline.output.subject.get_ref().clone(),
             errors: pipeline.output.errors.get_ref().clone(),
             max_batch_size: *pipeline.batching.max_batch_size.get_ref() as usize,
             max_wait: Duration::from_millis(pipeline.batching.max_wait_ms),
+            jetstream,
+            host: None,
         }
     }
+}
+
+/// One received message, whichever the delivery.
+struct Incoming {
+    payload: Bytes,
+    /// `Nats-Msg-Id`, if the publisher set one.
+    header_id: Option<String>,
+    /// Id for messages with neither a body id nor a header id: stable across redeliveries
+    /// for JetStream (stream and sequence), fresh for core messages.
+    fallback_id: Option<String>,
+    /// Where a core request wants its answer.
+    reply: Option<async_nats::Subject>,
+    /// Delivery count (1 for core messages).
+    delivered: u64,
+    /// The JetStream message to acknowledge once its result is out.
+    ack: Option<async_nats::jetstream::Message>,
+}
+
+fn header_id(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .map(|v| v.as_str().to_owned())
 }
 
 /// Serves one pipeline until `shutdown` completes, then finishes the batch in hand and returns.
@@ -55,29 +105,54 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
-    let mut subscription = client
-        .queue_subscribe(options.subject.clone(), options.queue_group.clone())
-        .await
-        .map_err(|e| nats_error("subscribe to", &options.subject, e))?;
-    tracing::info!(pipeline = runner.name(), subject = %options.subject, group = %options.queue_group, "serving");
-    tokio::pin!(shutdown);
-    loop {
-        let first = tokio::select! {
-            message = subscription.next() => message,
-            () = &mut shutdown => None,
-        };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
-        let deadline = Instant::now() + options.max_wait;
-        while batch.len() < options.max_batch_size {
-            match tokio::time::timeout_at(deadline, subscription.next()).await {
-                Ok(Some(message)) => batch.push(message),
-                _ => break,
-            }
+    match options.jetstream.clone() {
+        None => {
+            let subscription = client
+                .queue_subscribe(options.subject.clone(), options.queue_group.clone())
+                .await
+                .map_err(|e| nats_error("subscribe to", &options.subject, e))?;
+            tracing::info!(pipeline = runner.name(), subject = %options.subject, group = %options.queue_group, "serving (core)");
+            let incoming = subscription.map(|m| Incoming {
+                header_id: header_id(m.headers.as_ref()),
+                payload: m.payload,
+                fallback_id: None,
+                reply: m.reply,
+                delivered: 1,
+                ack: None,
+            });
+            run_loop(&client, &runner, &options, incoming, shutdown).await?;
         }
-        handle_batch(&client, &runner, &options, batch).await?;
+        Some(js) => {
+            let messages = jetstream_messages(&client, &options, &js).await?;
+            tracing::info!(pipeline = runner.name(), subject = %options.subject, stream = %js.stream, consumer = %js.consumer, "serving (jetstream)");
+            let stream_name = js.stream.clone();
+            let incoming = messages.filter_map(move |m| {
+                let stream_name = stream_name.clone();
+                async move {
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!("JetStream pull: {e}");
+                            return None;
+                        }
+                    };
+                    let (delivered, seq) = m
+                        .info()
+                        .map(|i| (i.delivered.max(1) as u64, i.stream_sequence))
+                        .unwrap_or((1, 0));
+                    Some(Incoming {
+                        header_id: header_id(m.headers.as_ref()),
+                        payload: m.payload.clone(),
+                        fallback_id: Some(format!("{stream_name}-{seq}")),
+                        reply: None,
+                        delivered,
+                        ack: Some(m),
+                    })
+                }
+            });
+            run_loop(&client, &runner, &options, incoming, shutdown).await?;
+        }
     }
-    subscription.unsubscribe().await.ok();
     client
         .flush()
         .await
@@ -85,73 +160,213 @@ pub async fn serve(
     Ok(())
 }
 
+/// Creates (or finds) the stream and the durable pull consumer, and starts pulling.
+async fn jetstream_messages(
+    client: &async_nats::Client,
+    options: &ServeOptions,
+    js: &JetStreamOptions,
+) -> Result<async_nats::jetstream::consumer::pull::Stream, RuntimeError> {
+    use async_nats::jetstream::{self, consumer, stream};
+    let context = jetstream::new(client.clone());
+    let stream = context
+        .get_or_create_stream(stream::Config {
+            name: js.stream.clone(),
+            subjects: vec![options.subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_error("create stream for", &options.subject, e))?;
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(js.consumer.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: js.ack_wait,
+            // One delivery more than allowed, so the host sees the message once more and moves
+            // it to the error subject instead of the server silently dropping it.
+            max_deliver: i64::from(js.max_deliver) + 1,
+            // Bounded in-flight work per consumer: backpressure instead of unbounded buffering.
+            max_ack_pending: (options.max_batch_size * 4) as i64,
+            filter_subject: options.subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_error("create consumer on", &options.subject, e))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(options.max_batch_size)
+        .messages()
+        .await
+        .map_err(|e| nats_error("pull from", &options.subject, e))
+}
+
+/// Micro-batches `incoming` until it ends or `shutdown` completes.
+async fn run_loop(
+    client: &async_nats::Client,
+    runner: &Arc<Runner>,
+    options: &ServeOptions,
+    incoming: impl futures::Stream<Item = Incoming>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    tokio::pin!(incoming);
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            message = incoming.next() => message,
+            () = &mut shutdown => None,
+        };
+        let Some(first) = first else { break };
+        let mut batch = vec![first];
+        let deadline = Instant::now() + options.max_wait;
+        while batch.len() < options.max_batch_size {
+            match tokio::time::timeout_at(deadline, incoming.next()).await {
+                Ok(Some(message)) => batch.push(message),
+                _ => break,
+            }
+        }
+        handle_batch(client, runner, options, batch).await?;
+    }
+    Ok(())
+}
+
 async fn handle_batch(
     client: &async_nats::Client,
     runner: &Arc<Runner>,
     options: &ServeOptions,
-    batch: Vec<async_nats::Message>,
+    batch: Vec<Incoming>,
 ) -> Result<(), RuntimeError> {
     let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut payloads = Vec::with_capacity(batch.len());
-    for nats_message in batch {
-        let header_id = nats_message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.as_str().to_owned());
-        match parse_message(&nats_message.payload, || {
-            header_id.unwrap_or_else(generate_id)
+    let mut accepted: Vec<(Option<async_nats::Subject>, Bytes, u64)> = Vec::new();
+    let mut acks = Vec::new();
+    let max_deliver = options.jetstream.as_ref().map(|j| u64::from(j.max_deliver));
+    let started = std::time::Instant::now();
+    let name = runner.name().to_owned();
+    let metrics = runner.metrics();
+    let count_error = |kind: &str| {
+        if let Some(m) = metrics {
+            m.errors.with_label_values(&[&name, kind]).inc();
+            m.messages.with_label_values(&[&name, "error"]).inc();
+        }
+    };
+    if let Some(m) = metrics {
+        m.batch_size
+            .with_label_values(&[&name])
+            .observe(batch.len() as f64);
+    }
+    for incoming in batch {
+        if let Some(ack) = incoming.ack {
+            acks.push(ack);
+        }
+        if max_deliver.is_some_and(|max| incoming.delivered > max) {
+            let error = InputError {
+                kind: "max_deliveries",
+                message: format!(
+                    "delivered {} times without a result; giving up",
+                    incoming.delivered - 1
+                ),
+            };
+            tracing::warn!(pipeline = runner.name(), "{}", error.message);
+            count_error(error.kind);
+            let record = error_record(runner.name(), &error, &incoming.payload);
+            publish(client, &options.errors, Bytes::from(record.to_string())).await?;
+            continue;
+        }
+        let (header, fallback) = (incoming.header_id, incoming.fallback_id);
+        match parse_message(&incoming.payload, || {
+            header.or(fallback).unwrap_or_else(generate_id)
         }) {
             Ok(message) => {
                 messages.push(message);
-                replies.push(nats_message.reply);
-                payloads.push(nats_message.payload);
+                accepted.push((incoming.reply, incoming.payload, incoming.delivered));
             }
             Err(error) => {
                 tracing::debug!(kind = error.kind, "rejected message: {}", error.message);
-                let record = Bytes::from(
-                    error_record(runner.name(), &error, &nats_message.payload).to_string(),
+                count_error(error.kind);
+                let record =
+                    Bytes::from(error_record(runner.name(), &error, &incoming.payload).to_string());
+                publish(client, &options.errors, record.clone()).await?;
+                if let Some(reply) = incoming.reply {
+                    publish(client, &reply, record).await?;
+                }
+            }
+        }
+    }
+    if !messages.is_empty() {
+        let worker = runner.clone();
+        let outcome = tokio::task::spawn_blocking(move || worker.process(&messages))
+            .await
+            .map_err(|e| RuntimeError::Worker(e.to_string()))
+            .and_then(|r| r);
+        match outcome {
+            Ok(records) => {
+                let publishing = std::time::Instant::now();
+                if let Some(m) = metrics {
+                    m.messages
+                        .with_label_values(&[&name, "result"])
+                        .inc_by(records.len() as u64);
+                }
+                for (mut record, (reply, _, delivered)) in records.into_iter().zip(accepted) {
+                    if delivered > 1 {
+                        record["redelivered"] = serde_json::json!(delivered - 1);
+                    }
+                    if let Some(host) = &options.host {
+                        record["host"] = serde_json::json!(host);
+                    }
+                    let body = Bytes::from(record.to_string());
+                    publish(client, &options.output, body.clone()).await?;
+                    for (route, subject) in runner.route_subjects(&record) {
+                        publish(client, subject, body.clone()).await?;
+                        if let Some(m) = metrics {
+                            m.routes.with_label_values(&[&name, route]).inc();
+                        }
+                    }
+                    if let Some(reply) = reply {
+                        publish(client, &reply, body).await?;
+                    }
+                }
+                if let Some(m) = metrics {
+                    m.observe(&name, "publish", publishing.elapsed());
+                }
+            }
+            // The batch as a whole failed (the encoder, a worker panic): every message gets an
+            // error record with its payload, and the loop goes on.
+            Err(failure) => {
+                tracing::error!(pipeline = runner.name(), "batch failed: {failure}");
+                let error = InputError {
+                    kind: "processing_failed",
+                    message: failure.to_string(),
+                };
+                for (reply, payload, _) in accepted {
+                    count_error(error.kind);
+                    let record =
+                        Bytes::from(error_record(runner.name(), &error, &payload).to_string());
+                    publish(client, &options.errors, record.clone()).await?;
+                    if let Some(reply) = reply {
+                        publish(client, &reply, record).await?;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(m) = metrics {
+        m.observe(&name, "batch", started.elapsed());
+    }
+    if !acks.is_empty() {
+        // Acknowledge only once every result and error record has reached the server; if
+        // that cannot be confirmed, the messages are redelivered rather than lost.
+        if let Err(e) = client.flush().await {
+            tracing::warn!(
+                pipeline = runner.name(),
+                "results not confirmed, leaving {} messages for redelivery: {e}",
+                acks.len()
+            );
+            return Ok(());
+        }
+        for message in acks {
+            if let Err(e) = message.ack().await {
+                tracing::warn!(
+                    pipeline = runner.name(),
+                    "ack failed (the message will be redelivered): {e}"
                 );
-                publish(client, &options.errors, record.clone()).await?;
-                if let Some(reply) = nats_message.reply {
-                    publish(client, &reply, record).await?;
-                }
-            }
-        }
-    }
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let worker = runner.clone();
-    let outcome = tokio::task::spawn_blocking(move || worker.process(&messages))
-        .await
-        .map_err(|e| RuntimeError::Worker(e.to_string()))
-        .and_then(|r| r);
-    match outcome {
-        Ok(records) => {
-            for (record, reply) in records.into_iter().zip(replies) {
-                let body = Bytes::from(record.to_string());
-                publish(client, &options.output, body.clone()).await?;
-                if let Some(reply) = reply {
-                    publish(client, &reply, body).await?;
-                }
-            }
-        }
-        // The batch as a whole failed (the encoder, a worker panic): every message gets an
-        // error record with its payload, and the loop goes on.
-        Err(failure) => {
-            tracing::error!(pipeline = runner.name(), "batch failed: {failure}");
-            let error = InputError {
-                kind: "processing_failed",
-                message: failure.to_string(),
-            };
-            for (payload, reply) in payloads.iter().zip(replies) {
-                let record = Bytes::from(error_record(runner.name(), &error, payload).to_string());
-                publish(client, &options.errors, record.clone()).await?;
-                if let Some(reply) = reply {
-                    publish(client, &reply, record).await?;
-                }
             }
         }
     }

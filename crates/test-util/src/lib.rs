@@ -136,18 +136,27 @@ impl NatsServer {
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free port: {e}"));
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let child = std::process::Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let child = spawn_server(&binary, port, store.path());
         let server = Self {
             child,
             port,
             _store: store,
         };
+        server.wait_listening();
+        server
+    }
+
+    /// Kills the server (SIGKILL, no goodbye to clients) and starts it again on the same port
+    /// with the same JetStream store, as an operator's restart would.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_server(&nats_server_binary(), self.port, self._store.path());
+        self.wait_listening();
+    }
+
+    fn wait_listening(&self) {
+        let port = self.port;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if std::time::Instant::now() > deadline {
@@ -155,7 +164,6 @@ impl NatsServer {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        server
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -169,6 +177,16 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_server(binary: &Path, port: u16, store: &Path) -> std::process::Child {
+    std::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
 }
 
 fn nats_server_binary() -> PathBuf {

@@ -1,0 +1,160 @@
+//! Prometheus metrics for a serving host: messages and errors by kind, head failures, routes
+//! taken, batch sizes and per-stage latency, served as text on `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder, exponential_buckets,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// The host's metrics, shared by every pipeline it serves.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages handled, by pipeline and outcome (`result`, `error`).
+    pub messages: IntCounterVec,
+    /// Unusable messages and failed batches, by pipeline and error kind.
+    pub errors: IntCounterVec,
+    /// Per-text head failures, by pipeline and head.
+    pub head_failures: IntCounterVec,
+    /// Results published to a route's subject, by pipeline and route.
+    pub routes: IntCounterVec,
+    /// Messages per batch, by pipeline.
+    pub batch_size: HistogramVec,
+    /// Seconds per stage (`encode`, `heads`, `publish`, `batch`), by pipeline.
+    pub stage_seconds: HistogramVec,
+}
+
+impl Metrics {
+    /// A fresh set of metrics in its own registry.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let messages = counter(
+            "headstream_messages_total",
+            "Messages handled, by outcome (result or error record).",
+            &["pipeline", "outcome"],
+        )?;
+        let errors = counter(
+            "headstream_errors_total",
+            "Error records published, by kind (not_json, no_text, max_deliveries, ...).",
+            &["pipeline", "kind"],
+        )?;
+        let head_failures = counter(
+            "headstream_head_failures_total",
+            "Texts a head failed on (its result carries the error instead).",
+            &["pipeline", "head"],
+        )?;
+        let routes = counter(
+            "headstream_routes_total",
+            "Results also published to a route's subject.",
+            &["pipeline", "route"],
+        )?;
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("headstream_batch_size", "Messages per batch.")
+                .buckets(exponential_buckets(1.0, 2.0, 11)?),
+            &["pipeline"],
+        )?;
+        registry.register(Box::new(batch_size.clone()))?;
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "headstream_stage_seconds",
+                "Seconds per batch stage: encode, heads, publish, and the whole batch.",
+            )
+            .buckets(exponential_buckets(0.0001, 2.0, 18)?),
+            &["pipeline", "stage"],
+        )?;
+        registry.register(Box::new(stage_seconds.clone()))?;
+        Ok(Self {
+            registry,
+            messages,
+            errors,
+            head_failures,
+            routes,
+            batch_size,
+            stage_seconds,
+        })
+    }
+
+    /// Records a stage's duration.
+    pub fn observe(&self, pipeline: &str, stage: &str, elapsed: Duration) {
+        self.stage_seconds
+            .with_label_values(&[pipeline, stage])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+/// Serves `GET /metrics` (and `GET /healthz`) on `addr` until the task is dropped.
+pub async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
+            else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if request.starts_with("GET /metrics") {
+                ("200 OK", metrics.render())
+            } else if request.starts_with("GET /healthz") {
+                ("200 OK", "ok\n".to_owned())
+            } else {
+                ("404 Not Found", "not found\n".to_owned())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                prometheus::TEXT_FORMAT,
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() -> prometheus::Result<()> {
+        let m = Metrics::new()?;
+        m.messages.with_label_values(&["p", "result"]).inc_by(3);
+        m.errors.with_label_values(&["p", "not_json"]).inc();
+        m.observe("p", "encode", Duration::from_millis(3));
+        let text = m.render();
+        assert!(
+            text.contains(r#"headstream_messages_total{outcome="result",pipeline="p"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"headstream_errors_total{kind="not_json",pipeline="p"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"headstream_stage_seconds_count{pipeline="p",stage="encode"} 1"#),
+            "{text}"
+        );
+        Ok(())
+    }
+}

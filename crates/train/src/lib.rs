@@ -1,0 +1,411 @@
+//! Transfer learning on the frozen shared encoder: small heads trained on its features.
+//!
+//! [`train_classifier`] fits multinomial logistic regression on sentence embeddings (optionally
+//! few-shot, class-weighted, with `C` chosen by cross-validation); [`train_tagger`] fits a
+//! per-token softmax over BIO tags on token states. Both return weights in the layout of the
+//! generic `linear-classifier` / `token-classifier` plugins, which the `headstream train`
+//! command packages ([`headstream_package`]). [`evaluate`] runs any package through the real
+//! plugin host on labelled data and computes [`metrics`]. Sentence embeddings go through an
+//! on-disk [`cache::EmbeddingCache`].
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod data;
+pub mod lbfgs;
+pub mod logreg;
+pub mod metrics;
+pub mod tokens;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use headstream_encoder::Encoder;
+use headstream_package::{Kind, Package};
+use headstream_plugin_host::{Head, Item, Limits, PluginHost, TokenStates};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::cache::EmbeddingCache;
+use crate::data::{Example, TaggedSentence};
+use crate::logreg::{ClassWeight, Features, FitOptions, LinearModel};
+
+/// Why training or evaluation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// The data file is unusable.
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    /// The encoder failed.
+    #[error("encoder: {0}")]
+    Encoder(#[from] headstream_encoder::EncoderError),
+    /// A tensor operation failed while fitting.
+    #[error("fitting: {0}")]
+    Fit(#[from] candle_core::Error),
+    /// The embedding cache failed.
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    /// The head could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] headstream_plugin_host::PluginError),
+    /// Settings that cannot work together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Texts per call into the encoder (it batches further by token budget).
+const CHUNK: usize = 256;
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Sentence embeddings of `texts`, from `cache` where present; the rest are encoded (with a
+/// progress bar on a terminal) and added to it.
+pub fn embed(
+    encoder: &Encoder,
+    texts: &[&str],
+    mut cache: Option<&mut EmbeddingCache>,
+) -> Result<Features, TrainError> {
+    let dim = encoder.hidden_size();
+    let mut rows: Vec<Option<Vec<f32>>> = texts
+        .iter()
+        .map(|t| cache.as_mut().and_then(|c| c.get(t).map(<[f32]>::to_vec)))
+        .collect();
+    let missing: Vec<usize> = (0..texts.len()).filter(|&i| rows[i].is_none()).collect();
+    if !missing.is_empty() {
+        let bar = progress(missing.len(), "encoding");
+        for chunk in missing.chunks(CHUNK) {
+            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            let encoded = encoder.encode(&batch, false)?;
+            let embeddings: Vec<Vec<f32>> = encoded.into_iter().map(|e| e.embedding).collect();
+            if let Some(cache) = cache.as_mut() {
+                cache.insert_all(&batch, &embeddings)?;
+            }
+            for (&i, e) in chunk.iter().zip(embeddings) {
+                rows[i] = Some(e);
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+    }
+    let mut features = Features::new(dim);
+    features.data.reserve(texts.len() * dim);
+    for row in rows.into_iter().flatten() {
+        features.push(&row);
+    }
+    Ok(features)
+}
+
+/// Classifier settings.
+#[derive(Debug, Clone)]
+pub struct ClassifyOptions {
+    /// `C` (default 1.0, the standard probe setting); `None` chooses it from `grid` by
+    /// cross-validation.
+    pub c: Option<f64>,
+    /// Candidates for cross-validation.
+    pub grid: Vec<f64>,
+    /// Folds for cross-validation (fewer when a label has fewer examples).
+    pub folds: usize,
+    /// Seed for fold assignment.
+    pub seed: u64,
+    /// Example weighting.
+    pub class_weight: ClassWeight,
+    /// Most L-BFGS iterations.
+    pub max_iter: usize,
+}
+
+impl Default for ClassifyOptions {
+    fn default() -> Self {
+        Self {
+            c: Some(1.0),
+            grid: vec![0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
+            folds: 5,
+            seed: 0,
+            class_weight: ClassWeight::Uniform,
+            max_iter: 1000,
+        }
+    }
+}
+
+/// A trained head's weights and what produced them.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The linear layer.
+    pub model: LinearModel,
+    /// Labels (or tags), one per weight row.
+    pub labels: Vec<String>,
+    /// Training rows per label.
+    pub per_label: BTreeMap<String, usize>,
+    /// Hyper-parameters and optimiser outcome, for the manifest.
+    pub hyperparameters: Value,
+}
+
+/// Trains a classification head on `examples` (at least two labels).
+pub fn train_classifier(
+    encoder: &Encoder,
+    examples: &[Example],
+    options: &ClassifyOptions,
+    cache: Option<&mut EmbeddingCache>,
+) -> Result<Trained, TrainError> {
+    let per_label = data::label_counts(examples);
+    if per_label.len() < 2 {
+        return Err(TrainError::Invalid(
+            "a classifier needs examples of at least two labels".into(),
+        ));
+    }
+    let labels: Vec<String> = per_label.keys().cloned().collect();
+    let y: Vec<usize> = examples
+        .iter()
+        .map(|e| labels.iter().position(|l| *l == e.label).unwrap_or(0))
+        .collect();
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let x = embed(encoder, &texts, cache)?;
+    let fit_options = FitOptions {
+        c: 1.0,
+        class_weight: options.class_weight,
+        lbfgs: lbfgs::Options {
+            max_iter: options.max_iter,
+            ..lbfgs::Options::default()
+        },
+    };
+    let smallest = per_label.values().copied().min().unwrap_or(0);
+    let folds = options.folds.min(smallest);
+    let (c, cv) = match options.c {
+        Some(c) => (c, Value::Null),
+        None if folds >= 2 && !options.grid.is_empty() => {
+            let scores = logreg::cross_validate(
+                &x,
+                &y,
+                labels.len(),
+                &options.grid,
+                folds,
+                options.seed,
+                &fit_options,
+            )?;
+            let c = logreg::best_c(&scores).unwrap_or(1.0);
+            (c, json!({ "folds": folds, "scores": scores }))
+        }
+        None => (1.0, json!("skipped: a label has fewer than 2 examples")),
+    };
+    let model = logreg::fit(&x, &y, labels.len(), &FitOptions { c, ..fit_options })?;
+    let hyperparameters = json!({
+        "model": "multinomial logistic regression (L2, unpenalised intercept)",
+        "features": "sentence embedding",
+        "c": c,
+        "class_weight": match options.class_weight { ClassWeight::Uniform => "uniform", ClassWeight::Balanced => "balanced" },
+        "cross_validation": cv,
+        "optimizer": { "name": "L-BFGS", "iterations": model.iterations, "converged": model.converged },
+    });
+    Ok(Trained {
+        model,
+        labels,
+        per_label,
+        hyperparameters,
+    })
+}
+
+/// Token tagger settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TokensOptions {
+    /// Features besides each word's first-piece state.
+    pub features: tokens::FeatureSet,
+    /// `C`.
+    pub c: f64,
+    /// Example weighting.
+    pub class_weight: ClassWeight,
+    /// Most L-BFGS iterations.
+    pub max_iter: usize,
+}
+
+/// Trains a per-token tagging head on `sentences`.
+pub fn train_tagger(
+    encoder: &Encoder,
+    sentences: &[TaggedSentence],
+    options: &TokensOptions,
+) -> Result<Trained, TrainError> {
+    let tags = tokens::tag_set(sentences);
+    let dim = encoder.hidden_size();
+    let mut x = Features::new(options.features.width(dim));
+    let mut y = Vec::new();
+    let bar = progress(sentences.len(), "encoding");
+    for chunk in sentences.chunks(CHUNK) {
+        let joined: Vec<(String, Vec<(usize, usize)>)> = chunk.iter().map(tokens::join).collect();
+        let texts: Vec<&str> = joined.iter().map(|(t, _)| t.as_str()).collect();
+        let encoded = encoder.encode(&texts, true)?;
+        for ((sentence, (text, spans)), enc) in chunk.iter().zip(&joined).zip(&encoded) {
+            let Some(states) = enc.token_states.as_deref() else {
+                continue;
+            };
+            for (index, word, tag) in tokens::labelled_pieces(sentence, text, spans, &enc.offsets) {
+                if let Some(class) = tags.iter().position(|t| *t == tag) {
+                    options
+                        .features
+                        .push(&mut x.data, states, dim, text, index, word);
+                    y.push(class);
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
+    for &c in &y {
+        *per_label.entry(tags[c].clone()).or_insert(0) += 1;
+    }
+    if per_label.len() < 2 {
+        return Err(TrainError::Invalid(
+            "the data has a single tag; a tagger needs at least two".into(),
+        ));
+    }
+    let model = logreg::fit(
+        &x,
+        &y,
+        tags.len(),
+        &FitOptions {
+            c: options.c,
+            class_weight: options.class_weight,
+            lbfgs: lbfgs::Options {
+                max_iter: options.max_iter,
+                ..lbfgs::Options::default()
+            },
+        },
+    )?;
+    let hyperparameters = json!({
+        "model": "per-token multinomial logistic regression (L2, unpenalised intercept)",
+        "features": {
+            "state": "first word piece of each word",
+            "window": options.features.window,
+            "shape": options.features.shape,
+        },
+        "c": options.c,
+        "class_weight": match options.class_weight { ClassWeight::Uniform => "uniform", ClassWeight::Balanced => "balanced" },
+        "rows": y.len(),
+        "optimizer": { "name": "L-BFGS", "iterations": model.iterations, "converged": model.converged },
+    });
+    Ok(Trained {
+        model,
+        labels: tags,
+        per_label,
+        hyperparameters,
+    })
+}
+
+/// Loads `package` into `host` for evaluation (generous deadline: this is offline work).
+pub fn load_for_eval(host: &PluginHost, package: &Package) -> Result<Head, TrainError> {
+    let limits = Limits {
+        deadline: std::time::Duration::from_secs(30),
+        ..Limits::default()
+    };
+    Ok(host.load_package(package, &json!({}), limits)?)
+}
+
+/// Runs `head` (a loaded `package`) over the labelled data in `data` and returns its metrics
+/// as JSON: classification metrics for classify packages, entity metrics for token packages.
+pub fn evaluate(
+    encoder: &Encoder,
+    package: &Package,
+    head: &Head,
+    data: &Path,
+    cache: Option<&mut EmbeddingCache>,
+) -> Result<Value, TrainError> {
+    match package.manifest.kind {
+        Kind::Classify => {
+            let examples = data::read_examples(data)?;
+            let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+            let x = embed(encoder, &texts, cache)?;
+            let mut predicted = Vec::with_capacity(examples.len());
+            for (start, chunk) in (0..examples.len())
+                .step_by(CHUNK)
+                .map(|s| (s, &texts[s..(s + CHUNK).min(texts.len())]))
+            {
+                let ids: Vec<String> = (start..start + chunk.len())
+                    .map(|i| i.to_string())
+                    .collect();
+                let items: Vec<Item<'_>> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, text)| Item {
+                        id: &ids[j],
+                        text,
+                        embedding: x.row(start + j),
+                        token_states: None,
+                        upstream: Vec::new(),
+                    })
+                    .collect();
+                for outcome in head.run(&items) {
+                    predicted.push(match outcome {
+                        Ok(v) => v["label"].as_str().unwrap_or("<no label>").to_owned(),
+                        Err(_) => "<failed>".to_owned(),
+                    });
+                }
+            }
+            let expected: Vec<String> = examples.into_iter().map(|e| e.label).collect();
+            let m = metrics::classify(&package.manifest.labels, &expected, &predicted);
+            Ok(serde_json::to_value(m).unwrap_or(Value::Null))
+        }
+        Kind::Tokens => {
+            let sentences = data::read_tagged(data)?;
+            let dim = encoder.hidden_size();
+            let mut gold = Vec::with_capacity(sentences.len());
+            let mut predicted = Vec::with_capacity(sentences.len());
+            let bar = progress(sentences.len(), "evaluating");
+            for chunk in sentences.chunks(CHUNK) {
+                let joined: Vec<(String, Vec<(usize, usize)>)> =
+                    chunk.iter().map(tokens::join).collect();
+                let texts: Vec<&str> = joined.iter().map(|(t, _)| t.as_str()).collect();
+                let encoded = encoder.encode(&texts, true)?;
+                let ids: Vec<String> = (0..chunk.len()).map(|i| i.to_string()).collect();
+                let items: Vec<Item<'_>> = encoded
+                    .iter()
+                    .zip(&texts)
+                    .zip(&ids)
+                    .map(|((e, text), id)| Item {
+                        id,
+                        text,
+                        embedding: &e.embedding,
+                        token_states: e.token_states.as_deref().map(|states| TokenStates {
+                            ids: &e.input_ids,
+                            offsets: &e.offsets,
+                            states,
+                            hidden_size: dim,
+                        }),
+                        upstream: Vec::new(),
+                    })
+                    .collect();
+                for ((sentence, (_, spans)), outcome) in
+                    chunk.iter().zip(&joined).zip(head.run(&items))
+                {
+                    gold.push(metrics::spans_from_tags(&sentence.tags, spans));
+                    let entities = outcome
+                        .ok()
+                        .and_then(|v| v.get("entities").and_then(Value::as_array).cloned())
+                        .unwrap_or_default();
+                    predicted.push(
+                        entities
+                            .iter()
+                            .filter_map(|e| {
+                                Some((
+                                    e["start"].as_u64()? as usize,
+                                    e["end"].as_u64()? as usize,
+                                    e["label"].as_str()?.to_owned(),
+                                ))
+                            })
+                            .collect(),
+                    );
+                }
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+            let m = metrics::entities(&gold, &predicted);
+            Ok(serde_json::to_value(m).unwrap_or(Value::Null))
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `headstream train` and `headstream eval`: labelled data in, a deployable plugin package and
+//! its metrics out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use headstream_encoder::Encoder;
+use headstream_package::{FileRef, Kind, Manifest, Package, Training};
+use headstream_plugin_host::{HostConfig, PluginHost};
+use headstream_train::cache::EmbeddingCache;
+use headstream_train::logreg::ClassWeight;
+use headstream_train::{ClassifyOptions, TokensOptions, data};
+use serde_json::{Value, json};
+
+use crate::cli::{CacheArgs, ClassWeightArg, EvalArgs, TrainArgs, TrainKind};
+
+/// Texts per forward pass while training and evaluating.
+const BATCH: usize = 32;
+
+fn open_cache(args: &CacheArgs, encoder: &Encoder) -> anyhow::Result<Option<EmbeddingCache>> {
+    if args.no_cache {
+        return Ok(None);
+    }
+    let dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| super::cache_dir("embeddings"));
+    let cache = EmbeddingCache::open(&dir, encoder.fingerprint().digest(), encoder.hidden_size())?;
+    Ok(Some(cache))
+}
+
+fn report_cache(cache: Option<&EmbeddingCache>) -> Value {
+    cache.map_or(Value::Null, |c| {
+        let (hits, misses) = c.hits_and_misses();
+        json!({ "hits": hits, "misses": misses })
+    })
+}
+
+fn host(encoder: &Arc<Encoder>) -> anyhow::Result<PluginHost> {
+    Ok(PluginHost::new(HostConfig {
+        cache_dir: Some(super::run::component_cache()),
+        encoder: Some(encoder.fingerprint().clone()),
+        embedder: Some(encoder.clone()),
+        ..HostConfig::default()
+    })?)
+}
+
+/// Trains a head, writes its package, and (with `--eval`) evaluates the written package.
+pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let kind = match args.kind {
+        TrainKind::Classify => Kind::Classify,
+        TrainKind::Tokens => Kind::Tokens,
+    };
+    let component_path = args.component.clone().unwrap_or_else(|| {
+        PathBuf::from("target/wasm32-wasip2/release").join(match kind {
+            Kind::Classify => "linear_classifier.wasm",
+            Kind::Tokens => "token_classifier.wasm",
+        })
+    });
+    let component = std::fs::read(&component_path).with_context(|| {
+        format!(
+            "cannot read the component {} (build it with `cargo plugins`, or pass --component)",
+            component_path.display()
+        )
+    })?;
+    let data_bytes = std::fs::read(&args.data)
+        .with_context(|| format!("cannot read {}", args.data.display()))?;
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("--out has no directory name to name the head by; pass --name")?
+            .to_owned(),
+    };
+    let class_weight = match args.class_weight {
+        ClassWeightArg::Uniform => ClassWeight::Uniform,
+        ClassWeightArg::Balanced => ClassWeight::Balanced,
+    };
+    if !(args.c.is_finite() && args.c > 0.0) {
+        anyhow::bail!("--c must be a positive number, not {}", args.c);
+    }
+    let encoder = Arc::new(super::load_encoder(&args.model.model, BATCH)?);
+    let mut cache = open_cache(&args.cache, &encoder)?;
+
+    let started = std::time::Instant::now();
+    let (trained, examples) = match kind {
+        Kind::Classify => {
+            let mut examples = data::read_examples(&args.data)?;
+            if let Some(shots) = args.shots {
+                examples = data::sample_shots(&examples, shots as usize, args.seed);
+            }
+            data::require_two_labels(&args.data, &examples)?;
+            let options = ClassifyOptions {
+                c: (!args.cv).then_some(args.c),
+                folds: args.folds as usize,
+                seed: args.seed,
+                class_weight,
+                max_iter: args.max_iter as usize,
+                ..ClassifyOptions::default()
+            };
+            let n = examples.len();
+            let trained =
+                headstream_train::train_classifier(&encoder, &examples, &options, cache.as_mut())?;
+            (trained, n)
+        }
+        Kind::Tokens => {
+            if args.shots.is_some() {
+                anyhow::bail!("--shots applies to --kind classify only");
+            }
+            let sentences = data::read_tagged(&args.data)?;
+            let options = TokensOptions {
+                features: headstream_train::tokens::FeatureSet {
+                    window: args.window as usize,
+                    shape: !args.no_shape,
+                },
+                c: args.c,
+                class_weight,
+                max_iter: args.max_iter as usize,
+            };
+            let n = sentences.len();
+            (
+                headstream_train::train_tagger(&encoder, &sentences, &options)?,
+                n,
+            )
+        }
+    };
+    let train_seconds = started.elapsed().as_secs_f64();
+    let mut hyperparameters = trained.hyperparameters.clone();
+    if let Some(shots) = args.shots {
+        hyperparameters["shots"] = json!({ "per_label": shots, "seed": args.seed });
+    }
+    let config = match kind {
+        Kind::Classify => json!({ "labels": trained.labels }),
+        Kind::Tokens => json!({
+            "tags": trained.labels,
+            "window": args.window,
+            "shape": !args.no_shape,
+        }),
+    };
+    let manifest = Manifest {
+        format: headstream_package::FORMAT,
+        name: name.clone(),
+        version: args.package_version.clone(),
+        kind,
+        labels: trained.labels.clone(),
+        encoder: encoder.fingerprint().to_string(),
+        component: FileRef {
+            file: String::new(),
+            sha256: String::new(),
+        },
+        assets: Default::default(),
+        config,
+        training: Some(Training {
+            data: args.data.display().to_string(),
+            data_sha256: headstream_package::sha256_hex(&data_bytes),
+            examples,
+            per_label: trained.per_label.clone(),
+            hyperparameters,
+            command: command_line(),
+        }),
+        metrics: None,
+    };
+    let weights = trained
+        .model
+        .to_safetensors()
+        .context("cannot serialise the weights")?;
+    let mut package = headstream_package::write(
+        &args.out,
+        manifest,
+        &component,
+        &[("weights", "weights.safetensors", &weights)],
+    )?;
+    let mut summary = json!({
+        "package": args.out.display().to_string(),
+        "name": name,
+        "kind": kind.as_str(),
+        "examples": examples,
+        "labels": trained.labels,
+        "train_seconds": (train_seconds * 100.0).round() / 100.0,
+        "hyperparameters": trained.hyperparameters,
+    });
+    if let Some(eval) = &args.eval {
+        let host = host(&encoder)?;
+        let head = headstream_train::load_for_eval(&host, &package)
+            .context("the written package does not load")?;
+        let metrics = headstream_train::evaluate(&encoder, &package, &head, eval, cache.as_mut())?;
+        package.manifest.metrics = Some(json!({
+            "data": eval.display().to_string(),
+            "data_sha256": headstream_package::sha256_hex(&std::fs::read(eval)?),
+            "metrics": metrics,
+        }));
+        rewrite_manifest(&package)?;
+        summary["metrics"] = metrics;
+    }
+    summary["embedding_cache"] = report_cache(cache.as_ref());
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+fn rewrite_manifest(package: &Package) -> anyhow::Result<()> {
+    let path = package.dir.join(headstream_package::MANIFEST);
+    let mut text = serde_json::to_vec_pretty(&package.manifest)?;
+    text.push(b'\n');
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The command as typed, for the manifest (program name shortened to `headstream`).
+fn command_line() -> String {
+    std::iter::once("headstream".to_owned())
+        .chain(std::env::args().skip(1).map(|a| {
+            if a.contains(char::is_whitespace) {
+                format!("{a:?}")
+            } else {
+                a
+            }
+        }))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Evaluates a package on labelled data and prints the metrics.
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let package = load_package(&args.plugin)?;
+    let encoder = Arc::new(super::load_encoder(&args.model.model, BATCH)?);
+    let mut cache = open_cache(&args.cache, &encoder)?;
+    let host = host(&encoder)?;
+    let head = headstream_train::load_for_eval(&host, &package)?;
+    let metrics =
+        headstream_train::evaluate(&encoder, &package, &head, &args.data, cache.as_mut())?;
+    let report = json!({
+        "package": args.plugin.display().to_string(),
+        "name": package.manifest.name,
+        "version": package.manifest.version,
+        "kind": package.manifest.kind.as_str(),
+        "data": args.data.display().to_string(),
+        "metrics": metrics,
+        "embedding_cache": report_cache(cache.as_ref()),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn load_package(dir: &Path) -> anyhow::Result<Package> {
+    Package::load(dir).with_context(|| format!("cannot load the plugin package {}", dir.display()))
+}

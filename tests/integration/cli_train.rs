@@ -1,0 +1,219 @@
+//! `headstream train` / `eval`: a tiny labelled set (our own sentences, tests/fixtures/train)
+//! becomes a plugin package that evaluates as the trainer said, loads in the runtime through a
+//! pipeline's `package = ...`, and reuses cached embeddings; tagged sentences become an entity
+//! head; bad data files fail with their line number.
+
+use std::path::Path;
+
+use headstream_test_util::{fixture, plugin_path};
+use serde_json::Value;
+
+use crate::headstream;
+
+fn json_out(output: &std::process::Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+fn s(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_tiny_classifier_trains_evaluates_and_serves() -> Result<(), Box<dyn std::error::Error>> {
+    let component = plugin_path("linear-classifier");
+    let dir = tempfile::tempdir()?;
+    let (package, cache) = (dir.path().join("topic"), dir.path().join("cache"));
+    let (train, test) = (
+        fixture("train/support_train.jsonl"),
+        fixture("train/support_test.jsonl"),
+    );
+    let trained = json_out(&headstream(
+        &[
+            "train",
+            "--kind",
+            "classify",
+            "--data",
+            &s(&train),
+            "--eval",
+            &s(&test),
+            "--out",
+            &s(&package),
+            "--component",
+            &s(&component),
+            "--cache-dir",
+            &s(&cache),
+            "--cv",
+        ],
+        b"",
+    ));
+    assert_eq!(trained["name"], "topic");
+    assert_eq!(
+        trained["labels"],
+        serde_json::json!(["billing", "shipping", "technical"])
+    );
+    let accuracy = trained["metrics"]["accuracy"].as_f64().unwrap_or(0.0);
+    assert!(
+        accuracy >= 8.0 / 9.0,
+        "held-out accuracy {accuracy}: {trained:#}"
+    );
+    assert_eq!(
+        trained["hyperparameters"]["optimizer"]["converged"], true,
+        "{trained:#}"
+    );
+    assert!(
+        trained["hyperparameters"]["cross_validation"]["scores"].is_array(),
+        "{trained:#}"
+    );
+    // 24 training + 9 test texts were encoded and cached.
+    assert_eq!(trained["embedding_cache"]["misses"], 33, "{trained:#}");
+
+    let manifest: Value = serde_json::from_slice(&std::fs::read(package.join("manifest.json"))?)?;
+    assert!(
+        manifest["encoder"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("all-minilm-l6-v2@sha256:")),
+        "{manifest:#}"
+    );
+    assert_eq!(manifest["kind"], "classify");
+    assert_eq!(manifest["training"]["examples"], 24);
+    assert_eq!(manifest["training"]["per_label"]["shipping"], 8);
+    assert_eq!(
+        manifest["training"]["data_sha256"].as_str(),
+        Some(headstream_package::sha256_hex(&std::fs::read(&train)?).as_str())
+    );
+    assert_eq!(
+        manifest["metrics"]["metrics"]["accuracy"],
+        trained["metrics"]["accuracy"]
+    );
+
+    // `eval` on the written package gives the same figures, from the cache alone.
+    let evaluated = json_out(&headstream(
+        &[
+            "eval",
+            "--plugin",
+            &s(&package),
+            "--data",
+            &s(&test),
+            "--cache-dir",
+            &s(&cache),
+        ],
+        b"",
+    ));
+    assert_eq!(evaluated["metrics"], trained["metrics"]);
+    assert_eq!(evaluated["embedding_cache"]["misses"], 0, "{evaluated:#}");
+    assert_eq!(evaluated["embedding_cache"]["hits"], 9, "{evaluated:#}");
+
+    // The package serves in a pipeline like any plugin.
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n\
+         [[heads]]\nname = \"topic\"\npackage = \"topic\"\n",
+    )?;
+    let run = headstream(
+        &["run", "--pipeline", &s(&pipeline)],
+        b"{\"id\":\"a\",\"text\":\"My parcel was sent to the wrong street\"}\n",
+    );
+    let result = json_out(&run);
+    assert_eq!(
+        result["results"]["topic"]["label"], "shipping",
+        "{result:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_tiny_tagger_learns_entities_as_spans() -> Result<(), Box<dyn std::error::Error>> {
+    let component = plugin_path("token-classifier");
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("entities");
+    let data = fixture("train/entities.jsonl");
+    let trained = json_out(&headstream(
+        &[
+            "train",
+            "--kind",
+            "tokens",
+            "--data",
+            &s(&data),
+            "--eval",
+            &s(&data),
+            "--out",
+            &s(&package),
+            "--component",
+            &s(&component),
+            "--no-cache",
+        ],
+        b"",
+    ));
+    assert_eq!(
+        trained["labels"],
+        serde_json::json!(["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
+    );
+    // A linear head on token states fits its own 12 sentences (22 entities) almost perfectly.
+    let f1 = trained["metrics"]["overall"]["f1"].as_f64().unwrap_or(0.0);
+    assert!(f1 >= 0.9, "training-set entity F1 {f1}: {trained:#}");
+    assert_eq!(trained["metrics"]["overall"]["support"], 22, "{trained:#}");
+    Ok(())
+}
+
+#[test]
+fn bad_training_data_names_its_line_and_writes_nothing() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\":\"fine\",\"label\":\"a\"}\n{\"text\":\"no label\"}\n",
+    )?;
+    let out = dir.path().join("pkg");
+    let run = headstream(
+        &[
+            "train",
+            "--kind",
+            "classify",
+            "--data",
+            &s(&data),
+            "--out",
+            &s(&out),
+            "--no-cache",
+            "--component",
+            &s(&plugin_path("linear-classifier")),
+        ],
+        b"",
+    );
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("bad.jsonl:2: no `label` field"), "{stderr}");
+    assert!(!out.exists());
+
+    std::fs::write(
+        &data,
+        "{\"text\":\"one\",\"label\":\"a\"}\n{\"text\":\"two\",\"label\":\"a\"}\n",
+    )?;
+    let run = headstream(
+        &[
+            "train",
+            "--kind",
+            "classify",
+            "--data",
+            &s(&data),
+            "--out",
+            &s(&out),
+            "--no-cache",
+            "--component",
+            &s(&plugin_path("linear-classifier")),
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && stderr.contains("every example is labelled \"a\""),
+        "{stderr}"
+    );
+    Ok(())
+}
