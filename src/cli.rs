@@ -230,6 +230,13 @@ pub struct TrainArgs {
     /// Train on this many examples per label (few-shot), sampled with --seed.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub shots: Option<u32>,
+    /// Classify: a small MLP head with this many ReLU units instead of a linear head.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), conflicts_with = "cv")]
+    pub hidden: Option<u32>,
+    /// Weight of each label's own name as an extra training example (a prior from the label's
+    /// meaning; default 2 with --shots, else 0 = off).
+    #[arg(long)]
+    pub label_names: Option<f32>,
     /// Seed for few-shot sampling and cross-validation folds.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -99,6 +99,11 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 seed: args.seed,
                 class_weight,
                 max_iter: args.max_iter as usize,
+                label_names: args
+                    .label_names
+                    .or(args.shots.map(|_| 2.0))
+                    .filter(|w| *w > 0.0),
+                hidden: args.hidden.map(|h| h as usize),
                 ..ClassifyOptions::default()
             };
             let n = examples.len();
@@ -107,8 +112,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             (trained, n)
         }
         Kind::Tokens => {
-            if args.shots.is_some() {
-                anyhow::bail!("--shots applies to --kind classify only");
+            if args.shots.is_some() || args.hidden.is_some() {
+                anyhow::bail!("--shots and --hidden apply to --kind classify only");
             }
             let sentences = data::read_tagged(&args.data)?;
             let options = TokensOptions {

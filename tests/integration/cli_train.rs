@@ -217,3 +217,50 @@ fn bad_training_data_names_its_line_and_writes_nothing() -> Result<(), Box<dyn s
     );
     Ok(())
 }
+
+#[test]
+fn a_small_mlp_head_trains_and_runs_in_the_linear_classifier()
+-> Result<(), Box<dyn std::error::Error>> {
+    let component = plugin_path("linear-classifier");
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("mlp");
+    let (train, test) = (
+        fixture("train/support_train.jsonl"),
+        fixture("train/support_test.jsonl"),
+    );
+    let trained = json_out(&headstream(
+        &[
+            "train",
+            "--kind",
+            "classify",
+            "--data",
+            &s(&train),
+            "--eval",
+            &s(&test),
+            "--out",
+            &s(&package),
+            "--component",
+            &s(&component),
+            "--no-cache",
+            "--hidden",
+            "16",
+            "--c",
+            "10",
+        ],
+        b"",
+    ));
+    let model = trained["hyperparameters"]["model"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(model.starts_with("MLP: 16 ReLU units"), "{trained:#}");
+    // Evaluated through the plugin, so the component ran the hidden layer.
+    let accuracy = trained["metrics"]["accuracy"].as_f64().unwrap_or(0.0);
+    assert!(
+        accuracy >= 7.0 / 9.0,
+        "held-out accuracy {accuracy}: {trained:#}"
+    );
+    let weights = std::fs::read(package.join("weights.safetensors"))?;
+    let header = String::from_utf8_lossy(&weights[8..]);
+    assert!(header.contains("hidden.weight"), "{header}");
+    Ok(())
+}

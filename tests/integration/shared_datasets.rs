@@ -106,6 +106,8 @@ fn eight_shot_heads_reach_the_probe_accuracy() {
                 &shots,
                 &ClassifyOptions {
                     seed,
+                    // What `headstream train --shots` does by default.
+                    label_names: Some(2.0),
                     ..ClassifyOptions::default()
                 },
                 Some(&mut cache),

@@ -120,6 +120,12 @@ pub struct ClassifyOptions {
     pub class_weight: ClassWeight,
     /// Most L-BFGS iterations.
     pub max_iter: usize,
+    /// Add each label's own name (underscores as spaces) as one training example of that
+    /// label with this weight: a prior from the label's meaning, which matters in few-shot
+    /// training.
+    pub label_names: Option<f32>,
+    /// Units of a ReLU hidden layer (a small MLP head) instead of a linear head.
+    pub hidden: Option<usize>,
 }
 
 impl Default for ClassifyOptions {
@@ -131,6 +137,8 @@ impl Default for ClassifyOptions {
             seed: 0,
             class_weight: ClassWeight::Uniform,
             max_iter: 1000,
+            label_names: None,
+            hidden: None,
         }
     }
 }
@@ -162,11 +170,18 @@ pub fn train_classifier(
         ));
     }
     let labels: Vec<String> = per_label.keys().cloned().collect();
-    let y: Vec<usize> = examples
+    let mut y: Vec<usize> = examples
         .iter()
         .map(|e| labels.iter().position(|l| *l == e.label).unwrap_or(0))
         .collect();
-    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let names: Vec<String> = labels.iter().map(|l| l.replace('_', " ")).collect();
+    let mut texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let mut weights = vec![1.0f32; texts.len()];
+    if let Some(weight) = options.label_names {
+        texts.extend(names.iter().map(String::as_str));
+        y.extend(0..labels.len());
+        weights.extend(std::iter::repeat_n(weight, labels.len()));
+    }
     let x = embed(encoder, &texts, cache)?;
     let fit_options = FitOptions {
         c: 1.0,
@@ -178,12 +193,18 @@ pub fn train_classifier(
     };
     let smallest = per_label.values().copied().min().unwrap_or(0);
     let folds = options.folds.min(smallest);
+    if options.hidden.is_some() && options.c.is_none() {
+        return Err(TrainError::Invalid(
+            "cross-validation chooses C for the linear head; give C with a hidden layer".into(),
+        ));
+    }
     let (c, cv) = match options.c {
         Some(c) => (c, Value::Null),
         None if folds >= 2 && !options.grid.is_empty() => {
             let scores = logreg::cross_validate(
                 &x,
                 &y,
+                Some(&weights),
                 labels.len(),
                 &options.grid,
                 folds,
@@ -195,13 +216,29 @@ pub fn train_classifier(
         }
         None => (1.0, json!("skipped: a label has fewer than 2 examples")),
     };
-    let model = logreg::fit(&x, &y, labels.len(), &FitOptions { c, ..fit_options })?;
+    let fit_options = FitOptions { c, ..fit_options };
+    let model = match options.hidden {
+        Some(units) => logreg::fit_mlp(
+            &x,
+            &y,
+            &weights,
+            labels.len(),
+            units,
+            options.seed,
+            &fit_options,
+        )?,
+        None => logreg::fit_weighted(&x, &y, &weights, labels.len(), &fit_options)?,
+    };
     let hyperparameters = json!({
-        "model": "multinomial logistic regression (L2, unpenalised intercept)",
+        "model": match options.hidden {
+            Some(units) => format!("MLP: {units} ReLU units, then softmax (L2 on both layers)"),
+            None => "multinomial logistic regression (L2, unpenalised intercept)".to_owned(),
+        },
         "features": "sentence embedding",
         "c": c,
         "class_weight": match options.class_weight { ClassWeight::Uniform => "uniform", ClassWeight::Balanced => "balanced" },
         "cross_validation": cv,
+        "label_names": options.label_names.map(|w| json!({ "weight": w })),
         "optimizer": { "name": "L-BFGS", "iterations": model.iterations, "converged": model.converged },
     });
     Ok(Trained {

@@ -102,14 +102,41 @@ pub struct LinearModel {
     pub iterations: usize,
     /// Whether the gradient tolerance was reached.
     pub converged: bool,
+    /// A ReLU hidden layer before the output layer (a small MLP head); `weight` then maps the
+    /// hidden units, not the input.
+    pub hidden: Option<Hidden>,
+}
+
+/// A hidden layer: `units × input` weights and `units` biases, ReLU.
+#[derive(Debug, Clone)]
+pub struct Hidden {
+    /// Row-major `[units, input]`.
+    pub weight: Vec<f32>,
+    /// `[units]`.
+    pub bias: Vec<f32>,
+    /// Number of units.
+    pub units: usize,
 }
 
 impl LinearModel {
     /// The class with the highest score for `x`.
     pub fn predict(&self, x: &[f32]) -> usize {
+        let hidden_out: Vec<f32>;
+        let (x, width) = match &self.hidden {
+            Some(h) => {
+                hidden_out = (0..h.units)
+                    .map(|u| {
+                        let w = &h.weight[u * self.dim..(u + 1) * self.dim];
+                        (h.bias[u] + w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>()).max(0.0)
+                    })
+                    .collect();
+                (&hidden_out[..], h.units)
+            }
+            None => (x, self.dim),
+        };
         let mut best = (0, f32::NEG_INFINITY);
         for c in 0..self.classes {
-            let w = &self.weight[c * self.dim..(c + 1) * self.dim];
+            let w = &self.weight[c * width..(c + 1) * width];
             let score = self.bias[c] + w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
             if score > best.1 {
                 best = (c, score);
@@ -124,13 +151,28 @@ impl LinearModel {
         use safetensors::tensor::{Dtype, TensorView};
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let (w, b) = (bytes(&self.weight), bytes(&self.bias));
-        let tensors = [
+        let width = self.hidden.as_ref().map_or(self.dim, |h| h.units);
+        let hidden = self
+            .hidden
+            .as_ref()
+            .map(|h| (bytes(&h.weight), bytes(&h.bias), h.units));
+        let mut tensors = vec![
             (
                 "weight",
-                TensorView::new(Dtype::F32, vec![self.classes, self.dim], &w)?,
+                TensorView::new(Dtype::F32, vec![self.classes, width], &w)?,
             ),
             ("bias", TensorView::new(Dtype::F32, vec![self.classes], &b)?),
         ];
+        if let Some((hw, hb, units)) = &hidden {
+            tensors.push((
+                "hidden.weight",
+                TensorView::new(Dtype::F32, vec![*units, self.dim], hw)?,
+            ));
+            tensors.push((
+                "hidden.bias",
+                TensorView::new(Dtype::F32, vec![*units], hb)?,
+            ));
+        }
         safetensors::serialize(tensors, None)
     }
 }
@@ -142,12 +184,24 @@ pub fn fit(
     classes: usize,
     options: &FitOptions,
 ) -> candle_core::Result<LinearModel> {
-    fit_from(x, y, classes, options, None)
+    fit_from(x, y, None, classes, options, None)
+}
+
+/// Trains like [`fit`], with each row's loss also multiplied by `weights[i]`.
+pub fn fit_weighted(
+    x: &Features,
+    y: &[usize],
+    weights: &[f32],
+    classes: usize,
+    options: &FitOptions,
+) -> candle_core::Result<LinearModel> {
+    fit_from(x, y, Some(weights), classes, options, None)
 }
 
 fn fit_from(
     x: &Features,
     y: &[usize],
+    row_weights: Option<&[f32]>,
     classes: usize,
     options: &FitOptions,
     start: Option<&LinearModel>,
@@ -159,9 +213,13 @@ fn fit_from(
     y.iter().for_each(|&c| counts[c] += 1);
     let weights: Vec<f32> = y
         .iter()
-        .map(|&c| match options.class_weight {
-            ClassWeight::Uniform => 1.0,
-            ClassWeight::Balanced => n as f32 / (k as f32 * counts[c] as f32),
+        .enumerate()
+        .map(|(i, &c)| {
+            let class = match options.class_weight {
+                ClassWeight::Uniform => 1.0,
+                ClassWeight::Balanced => n as f32 / (k as f32 * counts[c] as f32),
+            };
+            class * row_weights.and_then(|w| w.get(i)).copied().unwrap_or(1.0)
         })
         .collect();
     let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
@@ -222,6 +280,107 @@ fn fit_from(
         dim: d,
         iterations: out.iterations,
         converged: out.converged,
+        hidden: None,
+    })
+}
+
+/// Trains a small MLP head: one ReLU layer of `units` before the softmax, L2 on both weight
+/// matrices, L-BFGS from a seeded uniform initialisation (the objective is not convex, so the
+/// seed matters).
+pub fn fit_mlp(
+    x: &Features,
+    y: &[usize],
+    weights: &[f32],
+    classes: usize,
+    units: usize,
+    seed: u64,
+    options: &FitOptions,
+) -> candle_core::Result<LinearModel> {
+    use candle_core::DType;
+    let (n, d, k, h) = (x.rows(), x.cols, classes, units);
+    let dev = Device::Cpu;
+    let xt = Tensor::from_slice(&x.data, (n, d), &dev)?;
+    let mut target = vec![0f32; n * k];
+    for (i, &c) in y.iter().enumerate() {
+        target[i * k + c] = weights.get(i).copied().unwrap_or(1.0);
+    }
+    let sw: Vec<f32> = (0..n)
+        .map(|i| weights.get(i).copied().unwrap_or(1.0))
+        .collect();
+    let total: f64 = sw.iter().map(|&w| f64::from(w)).sum();
+    let target = Tensor::from_vec(target, (n, k), &dev)?;
+    let sw = Tensor::from_vec(sw, (n, 1), &dev)?;
+    let c = options.c;
+    let (o_w1, o_b1, o_w2) = (h * d, h * d + h, h * d + h + k * h);
+    let objective = |p: &[f64]| -> candle_core::Result<(f64, Vec<f64>)> {
+        let pf: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+        let w1 = Tensor::from_slice(&pf[..o_w1], (h, d), &dev)?;
+        let b1 = Tensor::from_slice(&pf[o_w1..o_b1], h, &dev)?;
+        let w2 = Tensor::from_slice(&pf[o_b1..o_w2], (k, h), &dev)?;
+        let b2 = Tensor::from_slice(&pf[o_w2..], k, &dev)?;
+        let z1 = xt.matmul(&w1.t()?)?.broadcast_add(&b1)?;
+        let a = z1.relu()?;
+        let logits = a.matmul(&w2.t()?)?.broadcast_add(&b2)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let log_probs = shifted.broadcast_sub(&lse)?;
+        let per_row: Vec<f32> = (&target * &log_probs)?.sum(1)?.to_vec1()?;
+        let ce = -per_row.iter().map(|&v| f64::from(v)).sum::<f64>();
+        let g2 = (log_probs.exp()?.broadcast_mul(&sw)? - &target)?;
+        let dw2 = g2.t()?.contiguous()?.matmul(&a)?;
+        let db2 = g2.sum(0)?;
+        let da = g2.matmul(&w2)?;
+        let mask = z1.gt(&z1.zeros_like()?)?.to_dtype(DType::F32)?;
+        let dz1 = (da * mask)?;
+        let dw1 = dz1.t()?.contiguous()?.matmul(&xt)?;
+        let db1 = dz1.sum(0)?;
+        let mut grad = Vec::with_capacity(p.len());
+        let norm: f64 = p[..o_w1].iter().chain(&p[o_b1..o_w2]).map(|v| v * v).sum();
+        let value = (ce + 0.5 * norm / c) / total;
+        let push = |grad: &mut Vec<f64>, g: Vec<f32>, params: &[f64], penalised: bool| {
+            grad.extend(
+                g.iter()
+                    .zip(params)
+                    .map(|(&g, &w)| (f64::from(g) + if penalised { w / c } else { 0.0 }) / total),
+            );
+        };
+        push(&mut grad, dw1.flatten_all()?.to_vec1()?, &p[..o_w1], true);
+        push(&mut grad, db1.to_vec1()?, &p[o_w1..o_b1], false);
+        push(
+            &mut grad,
+            dw2.flatten_all()?.to_vec1()?,
+            &p[o_b1..o_w2],
+            true,
+        );
+        push(&mut grad, db2.to_vec1()?, &p[o_w2..], false);
+        Ok((value, grad))
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut uniform = |fan_in: usize, count: usize| -> Vec<f64> {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        (0..count)
+            .map(|_| rand::Rng::random_range(&mut rng, -bound..bound))
+            .collect()
+    };
+    let mut x0 = uniform(d, h * d);
+    x0.extend(std::iter::repeat_n(0.0, h));
+    x0.extend(uniform(h, k * h));
+    x0.extend(std::iter::repeat_n(0.0, k));
+    let out = lbfgs::minimize(objective, x0, options.lbfgs)?;
+    let p: Vec<f32> = out.x.iter().map(|&v| v as f32).collect();
+    Ok(LinearModel {
+        weight: p[o_b1..o_w2].to_vec(),
+        bias: p[o_w2..].to_vec(),
+        classes: k,
+        dim: d,
+        iterations: out.iterations,
+        converged: out.converged,
+        hidden: Some(Hidden {
+            weight: p[..o_w1].to_vec(),
+            bias: p[o_w1..o_b1].to_vec(),
+            units: h,
+        }),
     })
 }
 
@@ -251,10 +410,13 @@ pub fn stratified_folds(y: &[usize], classes: usize, folds: usize, seed: u64) ->
 }
 
 /// Scores every `C` in `grid` by stratified `folds`-fold cross-validation (warm-starting each
-/// fold's fits along the grid) and returns the scores in grid order.
+/// fold's fits along the grid) and returns the scores in grid order. Rows with a `weights` entry
+/// are weighted in training folds.
+#[allow(clippy::too_many_arguments)]
 pub fn cross_validate(
     x: &Features,
     y: &[usize],
+    weights: Option<&[f32]>,
     classes: usize,
     grid: &[f64],
     folds: usize,
@@ -268,10 +430,16 @@ pub fn cross_validate(
         let held: Vec<usize> = (0..y.len()).filter(|&i| assignment[i] == fold).collect();
         let xs = x.subset(&train);
         let ys: Vec<usize> = train.iter().map(|&i| y[i]).collect();
+        let ws: Option<Vec<f32>> = weights.map(|w| {
+            train
+                .iter()
+                .map(|&i| w.get(i).copied().unwrap_or(1.0))
+                .collect()
+        });
         let mut previous: Option<LinearModel> = None;
         for (g, &c) in grid.iter().enumerate() {
             let opts = FitOptions { c, ..*options };
-            let model = fit_from(&xs, &ys, classes, &opts, previous.as_ref())?;
+            let model = fit_from(&xs, &ys, ws.as_deref(), classes, &opts, previous.as_ref())?;
             correct[g] += held
                 .iter()
                 .filter(|&&i| model.predict(x.row(i)) == y[i])
@@ -392,7 +560,7 @@ mod tests {
             6..9 => 1,
             _ => 2,
         });
-        let scores = cross_validate(&x, &y, 3, &[1e-4, 1.0], 5, 0, &FitOptions::default())?;
+        let scores = cross_validate(&x, &y, None, 3, &[1e-4, 1.0], 5, 0, &FitOptions::default())?;
         assert!(scores[0].accuracy < 0.7, "{scores:?}");
         assert!(scores[1].accuracy > 0.9, "{scores:?}");
         assert_eq!(best_c(&scores), Some(1.0));
@@ -407,6 +575,32 @@ mod tests {
     }
 
     #[test]
+    fn an_mlp_learns_what_a_linear_head_cannot() -> candle_core::Result<()> {
+        // XOR of two signs: not linearly separable.
+        let mut x = Features::new(2);
+        let mut y = Vec::new();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..200 {
+            let a: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
+            let b: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
+            x.push(&[a, b]);
+            y.push(usize::from((a > 0.0) != (b > 0.0)));
+        }
+        let accuracy = |m: &LinearModel| {
+            (0..200).filter(|&i| m.predict(x.row(i)) == y[i]).count() as f64 / 200.0
+        };
+        let options = FitOptions {
+            c: 100.0,
+            ..FitOptions::default()
+        };
+        let linear = fit(&x, &y, 2, &options)?;
+        let mlp = fit_mlp(&x, &y, &[1.0; 200], 2, 16, 0, &options)?;
+        assert!(accuracy(&linear) < 0.7, "linear {}", accuracy(&linear));
+        assert!(accuracy(&mlp) > 0.9, "mlp {}", accuracy(&mlp));
+        Ok(())
+    }
+
+    #[test]
     fn weights_serialise_in_the_plugin_layout() -> Result<(), Box<dyn std::error::Error>> {
         let model = LinearModel {
             weight: vec![1.0, 2.0, 3.0, 4.0],
@@ -415,6 +609,7 @@ mod tests {
             dim: 2,
             iterations: 0,
             converged: true,
+            hidden: None,
         };
         let bytes = model.to_safetensors()?;
         let st = safetensors::SafeTensors::deserialize(&bytes)?;

@@ -1,8 +1,10 @@
 //! `linear-classifier`: softmax over a linear layer on the sentence embedding — the head that
 //! `headstream train --kind classify` fills with weights.
 //!
-//! Assets: `weights` — safetensors with `weight` (`[labels, hidden]`, f32) and `bias`
-//! (`[labels]`). Config: `labels` (list of strings, required, one per row of `weight`),
+//! Assets: `weights` — safetensors with `weight` (`[labels, width]`, f32) and `bias`
+//! (`[labels]`), and optionally a ReLU hidden layer before it, `hidden.weight` (`[width,
+//! embedding]`) and `hidden.bias` (`[width]`) — the small MLP head of `train --hidden N`.
+//! Config: `labels` (list of strings, required, one per row of `weight`),
 //! `threshold` (optional: below this top score the result is `abstain_label`),
 //! `abstain_label` (default `"abstain"`).
 
@@ -12,6 +14,8 @@ use headstream_sdk::{
 };
 
 struct LinearClassifier {
+    /// Optional ReLU hidden layer (an MLP head from `headstream train --hidden N`).
+    hidden: Option<Dense>,
     layer: Dense,
     labels: Vec<String>,
     threshold: Option<f32>,
@@ -28,7 +32,19 @@ impl Head for LinearClassifier {
     }
 
     fn configure(config: Config, assets: Assets) -> Result<Self, ConfigError> {
-        let layer = Dense::from_safetensors(assets.require("weights")?, "weight", "bias")?;
+        let weights = assets.require("weights")?;
+        let layer = Dense::from_safetensors(weights, "weight", "bias")?;
+        let hidden = match Dense::from_safetensors(weights, "hidden.weight", "hidden.bias") {
+            Ok(hidden) if hidden.outputs() == layer.inputs() => Some(hidden),
+            Ok(hidden) => {
+                return Err(ConfigError::Invalid(format!(
+                    "hidden layer has {} units, the output layer expects {}",
+                    hidden.outputs(),
+                    layer.inputs()
+                )));
+            }
+            Err(_) => None,
+        };
         let labels: Vec<String> = config.require("labels")?;
         if labels.len() != layer.outputs() {
             return Err(ConfigError::Invalid(format!(
@@ -47,6 +63,7 @@ impl Head for LinearClassifier {
             .get("abstain_label")?
             .unwrap_or_else(|| "abstain".to_owned());
         Ok(Self {
+            hidden,
             layer,
             labels,
             threshold,
@@ -55,13 +72,21 @@ impl Head for LinearClassifier {
     }
 
     fn run_one(&self, item: &Item) -> Result<Output, HeadError> {
-        let logits = self.layer.forward(&item.embedding).ok_or_else(|| {
+        let expects = self.hidden.as_ref().unwrap_or(&self.layer).inputs();
+        let wrong_size = || {
             HeadError::InvalidInput(format!(
-                "embedding has {} values, the head expects {}",
-                item.embedding.len(),
-                self.layer.inputs()
+                "embedding has {} values, the head expects {expects}",
+                item.embedding.len()
             ))
-        })?;
+        };
+        let logits = match &self.hidden {
+            Some(hidden) => {
+                let mut h = hidden.forward(&item.embedding).ok_or_else(wrong_size)?;
+                h.iter_mut().for_each(|v| *v = v.max(0.0));
+                self.layer.forward(&h).ok_or_else(wrong_size)?
+            }
+            None => self.layer.forward(&item.embedding).ok_or_else(wrong_size)?,
+        };
         let mut result = classify(&self.labels, &logits);
         if self.threshold.is_some_and(|t| result.score < t) {
             result.label = self.abstain_label.clone();
