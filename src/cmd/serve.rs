@@ -116,11 +116,26 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .unwrap_or(32);
     let encoder = Arc::new(super::load_encoder(&model_dir, batch)?);
     let metrics = Arc::new(Metrics::new().context("cannot set up metrics")?);
+    // One encoder thread for every pipeline: batches that queue while it is busy share a pass.
+    let pass_metrics = metrics.clone();
+    let shared = encoder.clone();
+    let batcher = headstream_runtime::CoBatcher::with_fn(
+        Arc::new(move |texts: &[&str], states: bool| shared.encode(texts, states)),
+        batch * pipelines.len().max(1),
+        2 * pipelines.len().max(1),
+        Some(Box::new(move |batches, _| {
+            pass_metrics.pass_batches.observe(batches as f64);
+        })),
+    );
     let runners = pipelines
         .iter()
         .map(|p| {
-            Runner::new(p, encoder.clone(), Some(super::run::component_cache()))
-                .map(|r| Arc::new(r.with_metrics(metrics.clone())))
+            Runner::new(p, encoder.clone(), Some(super::run::component_cache())).map(|r| {
+                Arc::new(
+                    r.with_metrics(metrics.clone())
+                        .with_co_batcher(batcher.clone()),
+                )
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let host_id = host_id();

@@ -369,3 +369,128 @@ fn two_hosts_share_a_queue_group_without_duplicates() {
         assert_eq!(unique.len(), 60);
     });
 }
+
+/// Reads `GET /metrics` from a host.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut socket =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("metrics endpoint: {e}"));
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut text = String::new();
+    socket
+        .read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    text
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn pipelines_in_one_host_share_encoder_passes() {
+    plugin_path("keyword-flags");
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let flags = plugin_path("keyword-flags").display().to_string();
+    let mut files = Vec::new();
+    for name in ["alpha", "beta"] {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "version = 1\nname = \"{name}\"\n[input]\nsubject = \"{name}.in\"\n[output]\n\
+                 subject = \"{name}.out\"\nerrors = \"{name}.errors\"\n[batching]\nmax_batch_size = 4\n\
+                 max_wait_ms = 20\n[[heads]]\nname = \"flags\"\ncomponent = {flags:?}\n\
+                 [heads.config.flags]\nrefund = [\"refund\"]\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        files.push(path);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
+        .args([
+            "serve",
+            "--nats",
+            &server.url(),
+            "--metrics",
+            &addr,
+            "--pipeline",
+        ])
+        .arg(&files[0])
+        .arg("--pipeline")
+        .arg(&files[1])
+        .env("HEADSTREAM_MODEL", model_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
+    let _host = Host(child);
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..120 {
+            let ready = client.request("alpha.in", r#"{"text":"ping"}"#.into());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), ready).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let mut alpha = client
+            .subscribe("alpha.out")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut beta = client
+            .subscribe("beta.out")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let n = 200;
+        for i in 0..n {
+            for subject in ["alpha.in", "beta.in"] {
+                client
+                    .publish(
+                        subject,
+                        format!(r#"{{"id":"{i}","text":"refund number {i} please"}}"#).into(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        for (name, sub) in [("alpha", &mut alpha), ("beta", &mut beta)] {
+            let mut ids = HashSet::new();
+            while ids.len() < n {
+                let message = tokio::time::timeout(Duration::from_secs(60), sub.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("{name}: only {} of {n} results", ids.len()))
+                    .unwrap_or_else(|| panic!("subscription closed"));
+                let record = json(&message.payload);
+                assert_eq!(record["pipeline"], name);
+                assert_eq!(record["results"]["flags"]["flags"][0], "refund", "{record}");
+                ids.insert(record["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let text = scrape(&addr);
+    let passes = metric(&text, "headstream_encoder_pass_batches_count");
+    let batches = metric(&text, "headstream_encoder_pass_batches_sum");
+    eprintln!("{batches} pipeline batches in {passes} encoder passes");
+    // Every batch went through the one shared encoder thread (a pass carries one or more
+    // batches; the merge itself is pinned by the runtime's cobatch unit tests).
+    assert!(passes > 0.0, "{text}");
+    assert!(batches >= passes, "{text}");
+    assert!(batches >= (2 * 200 / 4) as f64, "{text}");
+}

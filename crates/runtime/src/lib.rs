@@ -9,9 +9,11 @@
 //! a NATS subject.
 #![deny(missing_docs)]
 
+pub mod cobatch;
 pub mod metrics;
 mod serve;
 
+pub use cobatch::CoBatcher;
 pub use metrics::{Metrics, serve_metrics};
 pub use serve::{JetStreamOptions, ServeOptions, serve};
 
@@ -102,6 +104,9 @@ pub enum RuntimeError {
         /// The client's error.
         reason: String,
     },
+    /// The shared encoder thread failed or stopped.
+    #[error(transparent)]
+    CoBatch(#[from] cobatch::CoBatchError),
     /// A route condition does not compile.
     #[error("route condition: {0}")]
     Route(String),
@@ -351,6 +356,7 @@ pub struct Runner {
     name: String,
     routes: Vec<CompiledRoute>,
     metrics: Option<Arc<Metrics>>,
+    batcher: Option<CoBatcher>,
     stages: Vec<Stage>,
     encoder: Arc<Encoder>,
     needs_tokens: bool,
@@ -408,6 +414,7 @@ impl Runner {
             name: pipeline.name.get_ref().clone(),
             routes,
             metrics: None,
+            batcher: None,
             stages,
             encoder,
             needs_tokens,
@@ -424,6 +431,12 @@ impl Runner {
     /// Records stage latencies and head failures in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Encodes through `batcher`, sharing encoder passes with the other pipelines using it.
+    pub fn with_co_batcher(mut self, batcher: CoBatcher) -> Self {
+        self.batcher = Some(batcher);
         self
     }
 
@@ -490,7 +503,13 @@ impl Runner {
         }
         let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
         let started = std::time::Instant::now();
-        let encoded = self.encoder.encode(&texts, self.needs_tokens)?;
+        let encoded = match &self.batcher {
+            Some(batcher) => batcher.encode(
+                texts.iter().map(|t| (*t).to_owned()).collect(),
+                self.needs_tokens,
+            )?,
+            None => self.encoder.encode(&texts, self.needs_tokens)?,
+        };
         let encoded_at = std::time::Instant::now();
         let hidden = self.encoder.hidden_size();
         let items: Vec<Item<'_>> = messages

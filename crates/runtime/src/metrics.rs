@@ -26,6 +26,8 @@ pub struct Metrics {
     pub batch_size: HistogramVec,
     /// Seconds per stage (`encode`, `heads`, `publish`, `batch`), by pipeline.
     pub stage_seconds: HistogramVec,
+    /// Pipeline batches merged into one encoder pass.
+    pub pass_batches: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -73,7 +75,16 @@ impl Metrics {
             &["pipeline", "stage"],
         )?;
         registry.register(Box::new(stage_seconds.clone()))?;
+        let pass_batches = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "headstream_encoder_pass_batches",
+                "Pipeline batches merged into one encoder pass (co-batching across pipelines).",
+            )
+            .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]),
+        )?;
+        registry.register(Box::new(pass_batches.clone()))?;
         Ok(Self {
+            pass_batches,
             registry,
             messages,
             errors,
