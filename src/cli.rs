@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// JSONL error records for unusable messages (default: stderr).
     #[arg(long)]
     pub errors: Option<PathBuf>,
+    /// Package directories that `plugin = "name@version"` references resolve against
+    /// (repeatable; default: $HEADSTREAM_REGISTRY, else ./heads).
+    #[arg(long)]
+    pub registry: Vec<PathBuf>,
 }
 
 /// `headstream serve`
@@ -127,6 +131,11 @@ pub struct ServeArgs {
     /// config's `metrics`, else none).
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Package directories that `plugin = "name@version"` references resolve against
+    /// (repeatable; default: the host config's `registry`, else $HEADSTREAM_REGISTRY, else
+    /// ./heads).
+    #[arg(long)]
+    pub registry: Vec<PathBuf>,
 }
 
 /// What `publish` and `request` send, and where.

@@ -16,7 +16,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&args.pipeline)?;
     let batch = *pipeline.batching.max_batch_size.get_ref() as usize;
     let encoder = Arc::new(super::load_encoder(&args.model.model, batch)?);
-    let runner = Runner::new(&pipeline, encoder, Some(component_cache()))?;
+    let registry = if args.registry.is_empty() {
+        headstream_package::Registry::from_env()
+    } else {
+        headstream_package::Registry {
+            dirs: args.registry.clone(),
+        }
+    };
+    let runner = Runner::new(&pipeline, encoder, Some(component_cache()), &registry)?;
 
     let input = read_input(args.input.as_deref())?;
     let mut out = sink(args.output.as_ref(), || Box::new(std::io::stdout().lock()))?;

@@ -127,10 +127,21 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             pass_metrics.pass_batches.observe(batches as f64);
         })),
     );
+    let registry = match (&args.registry, host.as_ref().map(|h| &h.registry)) {
+        (dirs, _) if !dirs.is_empty() => headstream_package::Registry { dirs: dirs.clone() },
+        (_, Some(dirs)) if !dirs.is_empty() => headstream_package::Registry { dirs: dirs.clone() },
+        _ => headstream_package::Registry::from_env(),
+    };
     let runners = pipelines
         .iter()
         .map(|p| {
-            Runner::new(p, encoder.clone(), Some(super::run::component_cache())).map(|r| {
+            Runner::new(
+                p,
+                encoder.clone(),
+                Some(super::run::component_cache()),
+                &registry,
+            )
+            .map(|r| {
                 Arc::new(
                     r.with_metrics(metrics.clone())
                         .with_co_batcher(batcher.clone()),

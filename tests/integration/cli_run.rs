@@ -163,3 +163,54 @@ fn invalid_pipeline_fails_at_load_with_file_and_line() -> Result<(), Box<dyn std
     );
     Ok(())
 }
+
+#[test]
+fn plugin_references_resolve_against_the_registry() -> Result<(), Box<dyn std::error::Error>> {
+    let root = workspace_root();
+    let dir = tempfile::tempdir()?;
+    let pipeline = dir.path().join("p.toml");
+    let write = |reference: &str| {
+        std::fs::write(
+            &pipeline,
+            format!(
+                "version = 1\nname = \"p\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\n\
+                 errors = \"err\"\n[[heads]]\nname = \"mood\"\nplugin = {reference:?}\n"
+            ),
+        )
+    };
+    let registry = root.join("heads");
+    let run = |pipeline: &std::path::Path| {
+        headstream(
+            &[
+                "run",
+                "--pipeline",
+                &pipeline.to_string_lossy(),
+                "--registry",
+                &registry.to_string_lossy(),
+            ],
+            b"{\"id\":\"a\",\"text\":\"a dull, lifeless and boring film\"}\n",
+        )
+    };
+    write("sentiment@^1")?;
+    let out = run(&pipeline);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(result["results"]["mood"]["label"], "negative", "{result}");
+    assert_eq!(result["heads"]["mood"], "sentiment@1.0.0");
+
+    // No such version: a load error that names the reference and what exists.
+    write("sentiment@^2")?;
+    let out = run(&pipeline);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no package matches sentiment@^2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1.0.0"), "{stderr}");
+    Ok(())
+}

@@ -64,6 +64,16 @@ pub enum PackageError {
         /// Digest of the file on disk.
         actual: String,
     },
+    /// No package in the registry matches a reference.
+    #[error("no package matches {reference} in {dirs:?} (versions found: {versions:?})")]
+    NotFound {
+        /// The reference, `name@requirement`.
+        reference: String,
+        /// The registry's directories.
+        dirs: Vec<PathBuf>,
+        /// Versions of packages with that name.
+        versions: Vec<String>,
+    },
     /// A file name in the manifest leaves the package directory.
     #[error("{}: file {name:?} is not a plain file name inside the package", path.display())]
     Escape {
@@ -264,6 +274,73 @@ impl Package {
     }
 }
 
+/// Directories of packages, searched by name and version: what a pipeline's
+/// `plugin = "name@requirement"` resolves against.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    /// The directories; each holds package directories.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Registry {
+    /// The registry named by `$HEADSTREAM_REGISTRY` (paths separated by `:`), else `./heads`.
+    pub fn from_env() -> Self {
+        let dirs = match std::env::var_os("HEADSTREAM_REGISTRY") {
+            Some(v) => std::env::split_paths(&v).collect(),
+            None => vec![PathBuf::from("heads")],
+        };
+        Self { dirs }
+    }
+
+    /// Every package (verified) in the registry, with its version.
+    pub fn list(&self) -> Vec<(semver::Version, Package)> {
+        let mut found = Vec::new();
+        for dir in &self.dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !is_package(&path) {
+                    continue;
+                }
+                match Package::load(&path) {
+                    Ok(p) => match semver::Version::parse(&p.manifest.version) {
+                        Ok(v) => found.push((v, p)),
+                        Err(e) => tracing_skip(&path, &e.to_string()),
+                    },
+                    Err(e) => tracing_skip(&path, &e.to_string()),
+                }
+            }
+        }
+        found
+    }
+
+    /// The newest package called `name` whose version meets `req`.
+    pub fn resolve(&self, name: &str, req: &semver::VersionReq) -> Result<Package, PackageError> {
+        let candidates: Vec<(semver::Version, Package)> = self
+            .list()
+            .into_iter()
+            .filter(|(_, p)| p.manifest.name == name)
+            .collect();
+        let versions: Vec<String> = candidates.iter().map(|(v, _)| v.to_string()).collect();
+        candidates
+            .into_iter()
+            .filter(|(v, _)| req.matches(v))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, p)| p)
+            .ok_or_else(|| PackageError::NotFound {
+                reference: format!("{name}@{req}"),
+                dirs: self.dirs.clone(),
+                versions,
+            })
+    }
+}
+
+fn tracing_skip(path: &Path, why: &str) {
+    tracing::warn!(package = %path.display(), "registry: skipping: {why}");
+}
+
 /// Writes a package into `dir` (created if missing): the component, the assets and a manifest
 /// whose `component` and `assets` digests are filled in from the bytes given.
 pub fn write(
@@ -414,6 +491,35 @@ mod tests {
                 .contains("manifest format 2 is not supported"),
             "{err}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn registry_resolves_the_newest_matching_version() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        for (sub, version) in [("a", "1.0.0"), ("b", "1.4.2"), ("c", "2.0.0")] {
+            let mut m = manifest();
+            m.version = version.into();
+            write(&dir.path().join(sub), m, b"\0asm", &[])?;
+        }
+        let registry = Registry {
+            dirs: vec![dir.path().to_path_buf()],
+        };
+        let pick = |req: &str| -> Result<String, PackageError> {
+            let req = semver::VersionReq::parse(req).map_err(|_| PackageError::Format {
+                path: PathBuf::new(),
+                found: 0,
+            })?;
+            registry
+                .resolve("sentiment", &req)
+                .map(|p| p.manifest.version)
+        };
+        assert_eq!(pick("^1")?, "1.4.2");
+        assert_eq!(pick("*")?, "2.0.0");
+        assert_eq!(pick("=1.0.0")?, "1.0.0");
+        let err = pick("^3").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("no package matches sentiment@^3"), "{err}");
+        assert!(err.contains("1.4.2"), "{err}");
         Ok(())
     }
 

@@ -157,6 +157,10 @@ pub struct Head {
     /// manifest), relative to the pipeline file (`package`); absolute after [`Pipeline::load`].
     #[serde(default, deserialize_with = "optional_path")]
     pub package: Option<PathBuf>,
+    /// A package by registry reference (`plugin = "sentiment@^1"`): a name and a semver
+    /// requirement (`name@1.2.0` pins a version; a bare `name` takes the newest), resolved
+    /// against the host's registry when the pipeline is loaded.
+    pub plugin: Option<Spanned<String>>,
     /// Required sha256 of the component (`sha256`), if pinned.
     pub sha256: Option<String>,
     /// Settings passed to the head's `configure`, as a JSON object (`[heads.config]`).
@@ -314,21 +318,33 @@ impl Pipeline {
         }
         for (i, head) in pipeline.heads.iter().enumerate() {
             let key = format!("heads[{i}]");
+            let sources = [
+                head.component.is_some(),
+                head.package.is_some(),
+                head.plugin.is_some(),
+            ];
+            if let Some(reference) = &head.plugin {
+                parse_reference(reference.get_ref())
+                    .map_err(|m| at(reference.span(), &format!("{key}.plugin"), m))?;
+            }
+            match sources.iter().filter(|s| **s).count() {
+                0 => {
+                    return Err(at(
+                        head.name.span(),
+                        &key,
+                        "a head needs `component` (a .wasm file), `package` (a trained package directory) or `plugin` (a registry reference, name@version)".into(),
+                    ));
+                }
+                1 => {}
+                _ => {
+                    return Err(at(
+                        head.name.span(),
+                        &key,
+                        "`component`, `package` and `plugin` are exclusive; name one".into(),
+                    ));
+                }
+            }
             match (&head.component, &head.package) {
-                (None, None) => {
-                    return Err(at(
-                        head.name.span(),
-                        &key,
-                        "a head needs `component` (a .wasm file) or `package` (a trained package directory)".into(),
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(at(
-                        head.name.span(),
-                        &key,
-                        "`component` and `package` are exclusive; name one".into(),
-                    ));
-                }
                 (None, Some(_)) if !head.assets.is_empty() => {
                     return Err(at(
                         head.name.span(),
@@ -415,6 +431,30 @@ impl Pipeline {
     pub fn heads(&self) -> &[Head] {
         &self.heads
     }
+}
+
+/// Splits a registry reference `name@requirement` (a bare `name` accepts any version) into
+/// the name and its semver requirement.
+pub fn parse_reference(reference: &str) -> Result<(String, semver::VersionReq), String> {
+    let (name, req) = reference.split_once('@').unwrap_or((reference, "*"));
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return Err(format!(
+            "{reference:?} is not a reference like \"sentiment@^1.2\""
+        ));
+    }
+    // A plain version pins it exactly (`1.2.0` means `=1.2.0`, not semver's `^1.2.0`).
+    let req = if semver::Version::parse(req).is_ok() {
+        format!("={req}")
+    } else {
+        req.to_owned()
+    };
+    semver::VersionReq::parse(&req)
+        .map(|r| (name.to_owned(), r))
+        .map_err(|e| format!("{reference:?}: bad version requirement ({e})"))
 }
 
 fn check_name(name: &Spanned<String>, key: &str) -> Result<(), String> {
@@ -563,6 +603,10 @@ pub struct HostFile {
     /// Model directory (`model = "models/all-minilm-l6-v2"`), relative to this file; the CLI's
     /// `--model` or `$HEADSTREAM_MODEL` win.
     pub model: Option<PathBuf>,
+    /// Directories of plugin packages that `plugin = "name@version"` references resolve
+    /// against (`registry = ["heads"]`), relative to this file.
+    #[serde(default)]
+    pub registry: Vec<PathBuf>,
 }
 
 /// `[nats]` in the host config.
@@ -636,6 +680,9 @@ impl HostFile {
         }
         if let Some(model) = host.model.as_mut() {
             *model = dir.join(&*model);
+        }
+        for registry in &mut host.registry {
+            *registry = dir.join(&*registry);
         }
         if let Some(addr) = &host.metrics
             && addr.get_ref().parse::<std::net::SocketAddr>().is_err()

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use headstream_encoder::{EncodedText, Encoder};
-use headstream_package::Package;
+use headstream_package::{Package, Registry};
 use headstream_pipeline::Pipeline;
 use headstream_plugin_host::{
     Asset, Head, HeadConfig, HostConfig, Item, Limits, PluginError, PluginHost, TokenStates,
@@ -110,6 +110,9 @@ pub enum RuntimeError {
     /// A route condition does not compile.
     #[error("route condition: {0}")]
     Route(String),
+    /// A `plugin = "name@version"` reference is malformed.
+    #[error("plugin reference: {0}")]
+    Reference(String),
     /// The worker thread running a batch panicked.
     #[error("the batch worker panicked: {0}")]
     Worker(String),
@@ -185,8 +188,13 @@ pub fn error_record(pipeline: &str, error: &InputError, payload: &[u8]) -> Value
     record
 }
 
-/// Loads every head of `pipeline` into `host`, in run order.
-fn load_stages(host: &PluginHost, pipeline: &Pipeline) -> Result<Vec<Stage>, RuntimeError> {
+/// Loads every head of `pipeline` into `host`, in run order; `plugin = "name@req"` references
+/// resolve against `registry`.
+fn load_stages(
+    host: &PluginHost,
+    pipeline: &Pipeline,
+    registry: &Registry,
+) -> Result<Vec<Stage>, RuntimeError> {
     let mut stages = Vec::new();
     for spec in pipeline.heads() {
         let name = spec.name.get_ref().clone();
@@ -219,7 +227,22 @@ fn load_stages(host: &PluginHost, pipeline: &Pipeline) -> Result<Vec<Stage>, Run
                 .map_or(defaults.max_output_bytes, |kb| kb as usize * 1024),
             ..defaults
         };
-        let loaded = match (&spec.package, &spec.component) {
+        let resolved = match &spec.plugin {
+            Some(reference) => {
+                let (plugin, req) = headstream_pipeline::parse_reference(reference.get_ref())
+                    .map_err(RuntimeError::Reference)?;
+                let package = registry
+                    .resolve(&plugin, &req)
+                    .map_err(|e| RuntimeError::Head {
+                        head: name.clone(),
+                        source: PluginError::Package(e),
+                    })?;
+                tracing::info!(head = %name, reference = %reference.get_ref(), package = %package.dir.display(), "resolved");
+                Some(package.dir)
+            }
+            None => spec.package.clone(),
+        };
+        let loaded = match (&resolved, &spec.component) {
             (Some(dir), _) => load_package(host, dir, spec, limits),
             (None, component) => host
                 .load(
@@ -375,11 +398,13 @@ impl std::fmt::Debug for Runner {
 
 impl Runner {
     /// Loads `pipeline`'s heads with a plugin host bound to `encoder` (fingerprint checks, the
-    /// `embed` import), caching compiled components in `cache_dir`.
+    /// `embed` import), caching compiled components in `cache_dir` and resolving registry
+    /// references against `registry`.
     pub fn new(
         pipeline: &Pipeline,
         encoder: Arc<Encoder>,
         cache_dir: Option<PathBuf>,
+        registry: &Registry,
     ) -> Result<Self, RuntimeError> {
         let host = PluginHost::new(HostConfig {
             cache_dir,
@@ -388,7 +413,7 @@ impl Runner {
             ..HostConfig::default()
         })
         .map_err(RuntimeError::Host)?;
-        let stages = load_stages(&host, pipeline)?;
+        let stages = load_stages(&host, pipeline, registry)?;
         let needs_tokens = stages
             .iter()
             .any(|s| s.head.description().needs_token_states);
