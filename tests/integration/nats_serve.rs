@@ -134,6 +134,20 @@ fn serves_results_replies_and_errors_over_nats() {
         let reply = json(&reply.payload);
         assert_eq!(reply["id"], "order-7");
         assert_eq!(reply["results"]["topic"]["label"], "shipping");
+        assert!(reply.get("truncated").is_none(), "{reply}");
+
+        // A text past the model's 256-token limit is truncated, and the result says so.
+        let long = "my parcel never arrived and nobody answers my emails ".repeat(60);
+        let reply = client
+            .request(
+                "support.in",
+                serde_json::json!({ "id": "long", "text": long }).to_string().into(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reply = json(&reply.payload);
+        assert_eq!(reply["truncated"], true, "{reply}");
+        assert_eq!(reply["results"]["topic"]["label"], "shipping", "{reply}");
 
         // The CLI's request and publish commands reach the same host.
         let url = server.url();
