@@ -141,7 +141,9 @@ fn serves_results_replies_and_errors_over_nats() {
         let reply = client
             .request(
                 "support.in",
-                serde_json::json!({ "id": "long", "text": long }).to_string().into(),
+                serde_json::json!({ "id": "long", "text": long })
+                    .to_string()
+                    .into(),
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
