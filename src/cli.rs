@@ -39,6 +39,11 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a plugin package on labelled data; prints its metrics as JSON.
     Eval(EvalArgs),
+    /// Inspect the plugin packages in the local registry.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
     /// Measure throughput; prints one JSON line of figures.
     Bench {
         #[command(subcommand)]
@@ -290,6 +295,18 @@ pub struct EvalArgs {
     /// Labelled data in the package's format.
     #[arg(long)]
     pub data: PathBuf,
+}
+
+/// `headstream plugins ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List the packages (one JSON line each: name, version, kind, labels, encoder, directory,
+    /// component digest, headline metric).
+    Ls {
+        /// Registry directories (repeatable; default: $HEADSTREAM_REGISTRY, else ./heads).
+        #[arg(long)]
+        registry: Vec<PathBuf>,
+    },
 }
 
 /// `headstream bench ...`

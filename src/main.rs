@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{BenchCommand, Cli, Command, ModelCommand};
+use crate::cli::{BenchCommand, Cli, Command, ModelCommand, PluginsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -38,6 +38,9 @@ fn main() -> ExitCode {
         Command::NewHead(args) => cmd::new_head::run(&args),
         Command::Train(args) => cmd::train::train(&args),
         Command::Eval(args) => cmd::train::eval(&args),
+        Command::Plugins {
+            command: PluginsCommand::Ls { registry },
+        } => cmd::train::list(&registry),
         Command::Bench {
             command: BenchCommand::Encoder(args),
         } => cmd::bench::encoder(&args, threads),

@@ -251,3 +251,45 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 fn load_package(dir: &Path) -> anyhow::Result<Package> {
     Package::load(dir).with_context(|| format!("cannot load the plugin package {}", dir.display()))
 }
+
+/// Lists the packages of the registry in `dirs` (default: `$HEADSTREAM_REGISTRY`, else ./heads),
+/// newest version first within a name.
+pub fn list(dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let registry = if dirs.is_empty() {
+        headstream_package::Registry::from_env()
+    } else {
+        headstream_package::Registry {
+            dirs: dirs.to_vec(),
+        }
+    };
+    let mut packages = registry.list();
+    packages.sort_by(|a, b| {
+        (a.1.manifest.name.as_str(), &b.0).cmp(&(b.1.manifest.name.as_str(), &a.0))
+    });
+    for (_, package) in packages {
+        let m = &package.manifest;
+        let headline = m.metrics.as_ref().and_then(|x| {
+            let metrics = &x["metrics"];
+            metrics
+                .get("accuracy")
+                .map(|a| json!({ "accuracy": a }))
+                .or_else(|| {
+                    metrics["overall"]
+                        .get("f1")
+                        .map(|f| json!({ "entity_f1": f }))
+                })
+        });
+        let line = json!({
+            "name": m.name,
+            "version": m.version,
+            "kind": m.kind.as_str(),
+            "labels": m.labels,
+            "encoder": m.encoder,
+            "dir": package.dir.display().to_string(),
+            "component_sha256": m.component.sha256,
+            "metrics": headline,
+        });
+        println!("{line}");
+    }
+    Ok(())
+}

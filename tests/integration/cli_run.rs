@@ -214,3 +214,38 @@ fn plugin_references_resolve_against_the_registry() -> Result<(), Box<dyn std::e
     assert!(stderr.contains("1.0.0"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn plugins_ls_lists_the_shipped_heads() -> Result<(), Box<dyn std::error::Error>> {
+    let registry = workspace_root().join("heads");
+    let out = headstream(
+        &["plugins", "ls", "--registry", &registry.to_string_lossy()],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = records(&out.stdout);
+    let names: Vec<&str> = lines.iter().filter_map(|l| l["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["entities", "news-topic", "question-type", "sentiment"]
+    );
+    let sentiment = &lines[3];
+    assert_eq!(sentiment["version"], "1.0.0");
+    assert_eq!(sentiment["kind"], "classify");
+    assert!(
+        sentiment["metrics"]["accuracy"]
+            .as_f64()
+            .is_some_and(|a| a > 0.81),
+        "{sentiment}"
+    );
+    assert!(
+        lines[0]["metrics"]["entity_f1"].as_f64().is_some(),
+        "{}",
+        lines[0]
+    );
+    Ok(())
+}
