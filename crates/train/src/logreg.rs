@@ -177,6 +177,66 @@ impl LinearModel {
     }
 }
 
+/// Weighted one-hot targets: row `i` holds its weight (class weight × row weight) at its class.
+struct Targets {
+    /// `[n, k]`.
+    target: Tensor,
+    /// Row weights, `[n, 1]`.
+    weights: Tensor,
+    /// Sum of the row weights: the objective is scaled by it.
+    total: f64,
+}
+
+impl Targets {
+    fn new(
+        y: &[usize],
+        row_weights: Option<&[f32]>,
+        classes: usize,
+        class_weight: ClassWeight,
+        dev: &Device,
+    ) -> candle_core::Result<Self> {
+        let (n, k) = (y.len(), classes);
+        let mut counts = vec![0usize; k];
+        y.iter().for_each(|&c| counts[c] += 1);
+        let weights: Vec<f32> = y
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let class = match class_weight {
+                    ClassWeight::Uniform => 1.0,
+                    ClassWeight::Balanced => n as f32 / (k as f32 * counts[c] as f32),
+                };
+                class * row_weights.and_then(|w| w.get(i)).copied().unwrap_or(1.0)
+            })
+            .collect();
+        let total = weights.iter().map(|&w| f64::from(w)).sum();
+        let mut target = vec![0f32; n * k];
+        for (i, (&c, &w)) in y.iter().zip(&weights).enumerate() {
+            target[i * k + c] = w;
+        }
+        Ok(Self {
+            target: Tensor::from_vec(target, (n, k), dev)?,
+            weights: Tensor::from_vec(weights, (n, 1), dev)?,
+            total,
+        })
+    }
+
+    /// The weighted cross-entropy `Σᵢ wᵢ·CE` of `logits` and its gradient with respect to
+    /// them. Per-row sums in f32, the total in f64: keeps the objective precise enough for the
+    /// line search near the optimum.
+    fn cross_entropy(&self, logits: &Tensor) -> candle_core::Result<(f64, Tensor)> {
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let log_probs = shifted.broadcast_sub(&lse)?;
+        // -Σ target ⊙ log p (target rows hold wᵢ at the true class).
+        let per_row: Vec<f32> = (&self.target * &log_probs)?.sum(1)?.to_vec1()?;
+        let ce = -per_row.iter().map(|&v| f64::from(v)).sum::<f64>();
+        let grad = (log_probs.exp()?.broadcast_mul(&self.weights)? - &self.target)?;
+        Ok((ce, grad))
+    }
+}
+
 /// Trains on `x` with labels `y` (each `< classes`).
 pub fn fit(
     x: &Features,
@@ -209,26 +269,8 @@ fn fit_from(
     let (n, d, k) = (x.rows(), x.cols, classes);
     let dev = Device::Cpu;
     let xt = Tensor::from_slice(&x.data, (n, d), &dev)?;
-    let mut counts = vec![0usize; k];
-    y.iter().for_each(|&c| counts[c] += 1);
-    let weights: Vec<f32> = y
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let class = match options.class_weight {
-                ClassWeight::Uniform => 1.0,
-                ClassWeight::Balanced => n as f32 / (k as f32 * counts[c] as f32),
-            };
-            class * row_weights.and_then(|w| w.get(i)).copied().unwrap_or(1.0)
-        })
-        .collect();
-    let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-    let mut target = vec![0f32; n * k];
-    for (i, (&c, &w)) in y.iter().zip(&weights).enumerate() {
-        target[i * k + c] = w;
-    }
-    let target = Tensor::from_vec(target, (n, k), &dev)?;
-    let sw = Tensor::from_vec(weights, (n, 1), &dev)?;
+    let targets = Targets::new(y, row_weights, k, options.class_weight, &dev)?;
+    let total = targets.total;
     let c = options.c;
 
     let objective = |p: &[f64]| -> candle_core::Result<(f64, Vec<f64>)> {
@@ -236,16 +278,7 @@ fn fit_from(
         let w = Tensor::from_slice(&pf[..k * d], (k, d), &dev)?;
         let b = Tensor::from_slice(&pf[k * d..], k, &dev)?;
         let logits = xt.matmul(&w.t()?)?.broadcast_add(&b)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let log_probs = shifted.broadcast_sub(&lse)?;
-        // Σᵢ wᵢ·CE = -Σ target ⊙ log p (target rows hold wᵢ at the true class).
-        // Per-row sums in f32, the total in f64: keeps the objective precise enough for the
-        // line search near the optimum.
-        let per_row: Vec<f32> = (&target * &log_probs)?.sum(1)?.to_vec1()?;
-        let ce = -per_row.iter().map(|&v| f64::from(v)).sum::<f64>();
-        let grad_logits = (log_probs.exp()?.broadcast_mul(&sw)? - &target)?;
+        let (ce, grad_logits) = targets.cross_entropy(&logits)?;
         let grad_w = grad_logits.t()?.contiguous()?.matmul(&xt)?;
         let grad_b = grad_logits.sum(0)?;
         let grad_w: Vec<f32> = grad_w.flatten_all()?.to_vec1()?;
@@ -286,7 +319,7 @@ fn fit_from(
 
 /// Trains a small MLP head: one ReLU layer of `units` before the softmax, L2 on both weight
 /// matrices, L-BFGS from a seeded uniform initialisation (the objective is not convex, so the
-/// seed matters).
+/// seed matters). Rows are weighted like [`fit_weighted`], class weights included.
 pub fn fit_mlp(
     x: &Features,
     y: &[usize],
@@ -300,16 +333,8 @@ pub fn fit_mlp(
     let (n, d, k, h) = (x.rows(), x.cols, classes, units);
     let dev = Device::Cpu;
     let xt = Tensor::from_slice(&x.data, (n, d), &dev)?;
-    let mut target = vec![0f32; n * k];
-    for (i, &c) in y.iter().enumerate() {
-        target[i * k + c] = weights.get(i).copied().unwrap_or(1.0);
-    }
-    let sw: Vec<f32> = (0..n)
-        .map(|i| weights.get(i).copied().unwrap_or(1.0))
-        .collect();
-    let total: f64 = sw.iter().map(|&w| f64::from(w)).sum();
-    let target = Tensor::from_vec(target, (n, k), &dev)?;
-    let sw = Tensor::from_vec(sw, (n, 1), &dev)?;
+    let targets = Targets::new(y, Some(weights), k, options.class_weight, &dev)?;
+    let total = targets.total;
     let c = options.c;
     let (o_w1, o_b1, o_w2) = (h * d, h * d + h, h * d + h + k * h);
     let objective = |p: &[f64]| -> candle_core::Result<(f64, Vec<f64>)> {
@@ -321,13 +346,7 @@ pub fn fit_mlp(
         let z1 = xt.matmul(&w1.t()?)?.broadcast_add(&b1)?;
         let a = z1.relu()?;
         let logits = a.matmul(&w2.t()?)?.broadcast_add(&b2)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let log_probs = shifted.broadcast_sub(&lse)?;
-        let per_row: Vec<f32> = (&target * &log_probs)?.sum(1)?.to_vec1()?;
-        let ce = -per_row.iter().map(|&v| f64::from(v)).sum::<f64>();
-        let g2 = (log_probs.exp()?.broadcast_mul(&sw)? - &target)?;
+        let (ce, g2) = targets.cross_entropy(&logits)?;
         let dw2 = g2.t()?.contiguous()?.matmul(&a)?;
         let db2 = g2.sum(0)?;
         let da = g2.matmul(&w2)?;
@@ -571,6 +590,22 @@ mod tests {
                 .collect();
             assert_eq!(per_class, [18, 9, 3], "fold {f}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn balanced_targets_weigh_every_class_equally() -> candle_core::Result<()> {
+        // 3 rows of class 0, 1 of class 1, the last row also weighted 2 by the caller.
+        let t = Targets::new(
+            &[0, 0, 0, 1],
+            Some(&[1.0, 1.0, 1.0, 2.0]),
+            2,
+            ClassWeight::Balanced,
+            &Device::Cpu,
+        )?;
+        let w: Vec<f32> = t.weights.flatten_all()?.to_vec1()?;
+        assert_eq!(w, [4.0 / 6.0, 4.0 / 6.0, 4.0 / 6.0, 2.0 * 4.0 / 2.0]);
+        assert!((t.total - 6.0).abs() < 1e-6);
         Ok(())
     }
 
