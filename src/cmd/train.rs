@@ -197,19 +197,12 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             "data_sha256": headstream_package::sha256_hex(&std::fs::read(eval)?),
             "metrics": metrics,
         }));
-        rewrite_manifest(&package)?;
+        package.save_manifest()?;
         summary["metrics"] = metrics;
     }
     summary["embedding_cache"] = report_cache(cache.as_ref());
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
-}
-
-fn rewrite_manifest(package: &Package) -> anyhow::Result<()> {
-    let path = package.dir.join(headstream_package::MANIFEST);
-    let mut text = serde_json::to_vec_pretty(&package.manifest)?;
-    text.push(b'\n');
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The command as typed, for the manifest (program name shortened to `headstream`).

@@ -6,26 +6,17 @@
 //! Needs `cargo plugins`.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt as _;
-use headstream_test_util::{NatsServer, model_dir, plugin_path};
+use headstream_test_util::{NatsServer, plugin_path};
+
+use crate::nats_serve::Host;
 use serde_json::Value;
 
 const STREAM: &str = "TICKETS";
 const CONSUMER: &str = "triage";
-
-/// A `headstream serve` process, killed on drop.
-struct Host(Child);
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn pipeline(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("tickets.toml");
@@ -59,15 +50,12 @@ refund = ["refund"]
 }
 
 fn start_host(nats: &str, pipeline: &std::path::Path) -> Host {
-    let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
-        .args(["serve", "--nats", nats, "--pipeline"])
-        .arg(pipeline)
-        .env("HEADSTREAM_MODEL", model_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
-    Host(child)
+    Host::serve(&[
+        std::ffi::OsStr::new("--nats"),
+        nats.as_ref(),
+        "--pipeline".as_ref(),
+        pipeline.as_os_str(),
+    ])
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -13,29 +13,35 @@ use headstream_test_util::{NatsServer, model_dir, plugin_path, workspace_root};
 use serde_json::Value;
 
 /// A `headstream serve` process, killed on drop.
-struct Host(Child);
+pub(crate) struct Host(Child);
 
 impl Host {
-    fn start(nats: &str) -> Self {
-        Self::start_with_args(nats, &[])
-    }
-
-    fn start_with_args(nats: &str, extra: &[&str]) -> Self {
-        let pipeline = workspace_root().join("pipelines/support-triage.toml");
+    /// Runs `headstream serve ARGS` with the test model and no inherited NATS URL.
+    pub(crate) fn serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
-            .args(["serve", "--nats", nats, "--pipeline"])
-            .arg(pipeline)
-            .args(extra)
+            .arg("serve")
+            .args(args)
             .env("HEADSTREAM_MODEL", model_dir())
+            .env_remove("HEADSTREAM_NATS")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
         Host(child)
     }
-}
 
-impl Host {
+    fn start(nats: &str) -> Self {
+        Self::start_with_args(nats, &[])
+    }
+
+    fn start_with_args(nats: &str, extra: &[&str]) -> Self {
+        let pipeline = workspace_root().join("pipelines/support-triage.toml");
+        let pipeline = pipeline.to_string_lossy();
+        let mut args = vec!["--nats", nats, "--pipeline", &pipeline];
+        args.extend(extra);
+        Self::serve(&args)
+    }
+
     /// A host started from a host config file (headstream.toml) naming the pipeline and URL.
     fn start_with_config(nats: &str, dir: &std::path::Path) -> Self {
         let pipeline = workspace_root().join("pipelines/support-triage.toml");
@@ -45,17 +51,7 @@ impl Host {
             pipeline.display().to_string()
         );
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("HEADSTREAM_MODEL", model_dir())
-            .env_remove("HEADSTREAM_NATS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
-        Host(child)
+        Self::serve(&[std::ffi::OsStr::new("--config"), config.as_os_str()])
     }
 }
 
@@ -294,21 +290,9 @@ fn serves_results_replies_and_errors_over_nats() {
         );
 
         // Prometheus metrics count what happened.
-        let text = tokio::task::spawn_blocking(move || {
-            use std::io::{Read as _, Write as _};
-            let mut socket = std::net::TcpStream::connect(&metrics_addr)
-                .unwrap_or_else(|e| panic!("metrics endpoint: {e}"));
-            socket
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap_or_else(|e| panic!("{e}"));
-            let mut text = String::new();
-            socket
-                .read_to_string(&mut text)
-                .unwrap_or_else(|e| panic!("{e}"));
-            text
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let text = tokio::task::spawn_blocking(move || scrape(&metrics_addr))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
         for expected in [
             r#"headstream_errors_total{kind="not_json",pipeline="support-triage"} 1"#,
@@ -318,17 +302,11 @@ fn serves_results_replies_and_errors_over_nats() {
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
-        let results: u64 = text
-            .lines()
-            .find(|l| {
-                l.starts_with(
-                    r#"headstream_messages_total{outcome="result",pipeline="support-triage"}"#,
-                )
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        assert!(results >= 20, "{text}");
+        let results = metric(
+            &text,
+            r#"headstream_messages_total{outcome="result",pipeline="support-triage"}"#,
+        );
+        assert!(results >= 20.0, "{text}");
     });
 }
 
@@ -435,24 +413,17 @@ fn pipelines_in_one_host_share_encoder_passes() {
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("{e}"));
     let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
-        .args([
-            "serve",
-            "--nats",
-            &server.url(),
-            "--metrics",
-            &addr,
-            "--pipeline",
-        ])
-        .arg(&files[0])
-        .arg("--pipeline")
-        .arg(&files[1])
-        .env("HEADSTREAM_MODEL", model_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
-    let _host = Host(child);
+    let url = server.url();
+    let _host = Host::serve(&[
+        std::ffi::OsStr::new("--nats"),
+        url.as_ref(),
+        "--metrics".as_ref(),
+        addr.as_ref(),
+        "--pipeline".as_ref(),
+        files[0].as_os_str(),
+        "--pipeline".as_ref(),
+        files[1].as_os_str(),
+    ]);
     runtime().block_on(async {
         let client = async_nats::connect(server.url())
             .await
@@ -504,9 +475,13 @@ fn pipelines_in_one_host_share_encoder_passes() {
     let passes = metric(&text, "headstream_encoder_pass_batches_count");
     let batches = metric(&text, "headstream_encoder_pass_batches_sum");
     eprintln!("{batches} pipeline batches in {passes} encoder passes");
-    // Every batch went through the one shared encoder thread (a pass carries one or more
-    // batches; the merge itself is pinned by the runtime's cobatch unit tests).
+    // Every batch both pipelines handled went through the one shared encoder thread (a pass
+    // carries one or more batches; the merge itself is pinned by the runtime's cobatch unit
+    // tests).
+    let handled = metric(&text, r#"headstream_batch_size_count{pipeline="alpha"}"#)
+        + metric(&text, r#"headstream_batch_size_count{pipeline="beta"}"#);
     assert!(passes > 0.0, "{text}");
+    assert_eq!(batches, handled, "{text}");
     assert!(batches >= passes, "{text}");
     assert!(batches >= (2 * 200 / 4) as f64, "{text}");
 }

@@ -215,6 +215,19 @@ impl Package {
         Ok(package)
     }
 
+    /// Writes `manifest.json` from [`Package::manifest`] (e.g. after adding metrics); the
+    /// component and asset digests it records are not recomputed.
+    pub fn save_manifest(&self) -> Result<(), PackageError> {
+        let path = self.dir.join(MANIFEST);
+        let mut text =
+            serde_json::to_vec_pretty(&self.manifest).map_err(|source| PackageError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
+        text.push(b'\n');
+        std::fs::write(&path, text).map_err(|source| PackageError::Io { path, source })
+    }
+
     /// Path of the component file.
     pub fn component_path(&self) -> PathBuf {
         self.dir.join(&self.manifest.component.file)
@@ -369,18 +382,12 @@ pub fn write(
         let file = write_file(file, data)?;
         manifest.assets.insert((*asset).to_owned(), file);
     }
-    let path = dir.join(MANIFEST);
-    let mut text =
-        serde_json::to_vec_pretty(&manifest).map_err(|source| PackageError::Manifest {
-            path: path.clone(),
-            source,
-        })?;
-    text.push(b'\n');
-    std::fs::write(&path, text).map_err(io(&path))?;
-    Ok(Package {
+    let package = Package {
         dir: dir.to_path_buf(),
         manifest,
-    })
+    };
+    package.save_manifest()?;
+    Ok(package)
 }
 
 /// Whether `dir` looks like a package (has a manifest), as opposed to a bare component file.
