@@ -39,10 +39,26 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a plugin package on labelled data; prints its metrics as JSON.
     Eval(EvalArgs),
-    /// Inspect the plugin packages in the local registry.
+    /// Inspect the plugin packages in the local registry or the cluster's.
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
+    },
+    /// Deploy a plugin package or a pipeline config to the cluster registry (NATS JetStream);
+    /// hosts serving with --deployed take it up live.
+    Deploy {
+        #[command(subcommand)]
+        command: DeployCommand,
+    },
+    /// Inspect or remove the pipelines deployed to the cluster registry.
+    Pipelines {
+        #[command(subcommand)]
+        command: PipelinesCommand,
+    },
+    /// Restore an earlier revision of a deployed pipeline.
+    Rollback {
+        #[command(subcommand)]
+        command: RollbackCommand,
     },
     /// Measure throughput; prints one JSON line of figures.
     Bench {
@@ -124,8 +140,17 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Host config (headstream.toml): the pipelines to serve and the NATS connection.
-    #[arg(long, short, required_unless_present = "pipeline")]
+    #[arg(long, short, required_unless_present_any = ["pipeline", "deployed"])]
     pub config: Option<PathBuf>,
+    /// Also serve every pipeline deployed to the cluster registry, following deploys,
+    /// changes, removals and rollbacks of pipelines and packages while serving.
+    #[arg(long)]
+    pub deployed: bool,
+    /// Watch the pipeline files and package directories and apply their changes while
+    /// serving (for development; a change that fails to load is logged and the old version
+    /// stays live).
+    #[arg(long)]
+    pub watch: bool,
     /// A pipeline config to serve (repeat for several), in addition to the host config's.
     #[arg(long, short)]
     pub pipeline: Vec<PathBuf>,
@@ -301,11 +326,87 @@ pub struct EvalArgs {
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
     /// List the packages (one JSON line each: name, version, kind, labels, encoder, directory,
-    /// component digest, headline metric).
+    /// component digest, headline metric); with --nats, the cluster registry's.
     Ls {
         /// Registry directories (repeatable; default: $HEADSTREAM_REGISTRY, else ./heads).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nats")]
         registry: Vec<PathBuf>,
+        /// List the cluster registry on this NATS server instead.
+        #[arg(long)]
+        nats: Option<String>,
+        /// Host config (headstream.toml) whose [nats] credentials and TLS settings to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// How a command reaches NATS.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// NATS server URL (default: the host config's, else nats://127.0.0.1:4222).
+    #[arg(long, env = "HEADSTREAM_NATS")]
+    pub nats: Option<String>,
+    /// Host config (headstream.toml) whose [nats] url, credentials and TLS settings to use.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// `headstream deploy ...`
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Upload a plugin package (verified first) as name@version.
+    Plugin {
+        /// The package directory (as `headstream train` writes it).
+        package: PathBuf,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Store a pipeline config as its newest revision (validated first: syntax, and every
+    /// `plugin` reference must resolve in the cluster registry).
+    Pipeline {
+        /// The pipeline config (TOML).
+        file: PathBuf,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+/// `headstream pipelines ...`
+#[derive(Debug, Subcommand)]
+pub enum PipelinesCommand {
+    /// The deployed pipelines, one JSON line each (name, revision, time, heads).
+    Ls {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Every kept revision of a pipeline, oldest first.
+    History {
+        /// The pipeline's name.
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Stop serving a pipeline on every host (its history stays: `rollback` restores it).
+    Rm {
+        /// The pipeline's name.
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+/// `headstream rollback ...`
+#[derive(Debug, Subcommand)]
+pub enum RollbackCommand {
+    /// Restore a pipeline's previous revision (or --to REVISION) on every host.
+    Pipeline {
+        /// The pipeline's name.
+        name: String,
+        /// The revision to restore (see `headstream pipelines history NAME`).
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
 }
 

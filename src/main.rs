@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{BenchCommand, Cli, Command, ModelCommand, PluginsCommand};
+use crate::cli::{
+    BenchCommand, Cli, Command, ConnectArgs, ModelCommand, PluginsCommand, RollbackCommand,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,8 +41,29 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::train(&args),
         Command::Eval(args) => cmd::train::eval(&args),
         Command::Plugins {
-            command: PluginsCommand::Ls { registry },
+            command:
+                PluginsCommand::Ls {
+                    registry,
+                    nats: None,
+                    ..
+                },
         } => cmd::train::list(&registry),
+        Command::Plugins {
+            command:
+                PluginsCommand::Ls {
+                    nats: Some(nats),
+                    config,
+                    ..
+                },
+        } => cmd::deploy::list_plugins(&ConnectArgs {
+            nats: Some(nats),
+            config,
+        }),
+        Command::Deploy { command } => cmd::deploy::deploy(&command),
+        Command::Pipelines { command } => cmd::deploy::pipelines(&command),
+        Command::Rollback {
+            command: RollbackCommand::Pipeline { name, to, connect },
+        } => cmd::deploy::rollback(&name, to, &connect),
         Command::Bench {
             command: BenchCommand::Encoder(args),
         } => cmd::bench::encoder(&args, threads),

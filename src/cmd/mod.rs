@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_heads;
+pub mod deploy;
 pub mod embed;
 pub mod jsonl;
 pub mod model;

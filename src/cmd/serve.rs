@@ -8,12 +8,14 @@ use anyhow::Context as _;
 use std::path::PathBuf;
 
 use headstream_pipeline::{HostFile, NatsSettings, Pipeline};
-use headstream_runtime::{Metrics, Runner, ServeOptions};
+use headstream_runtime::Metrics;
+use headstream_runtime::live::{FileWatch, HostContext, LiveHost, Origin};
 
 use super::jsonl::read_input;
 use crate::cli::{PublishArgs, RequestArgs, ServeArgs};
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The async runtime the NATS commands run on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -22,12 +24,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    connect_with(url, &NatsSettings::default()).await
+    connect_once(url, &NatsSettings::default()).await
 }
 
-/// Connects with the host config's authentication and TLS settings. Reconnects forever after a
-/// connection loss (subscriptions and consumers resume), logging each disconnect.
-async fn connect_with(url: &str, settings: &NatsSettings) -> anyhow::Result<async_nats::Client> {
+/// Connects for a one-off command: fails at once if the server cannot be reached.
+pub async fn connect_once(
+    url: &str,
+    settings: &NatsSettings,
+) -> anyhow::Result<async_nats::Client> {
+    connect_with(url, settings, false).await
+}
+
+/// Connects with the host config's authentication and TLS settings. A host (`retry`) waits for
+/// the server at start and reconnects forever after a connection loss (subscriptions and
+/// consumers resume), logging each disconnect.
+async fn connect_with(
+    url: &str,
+    settings: &NatsSettings,
+    retry: bool,
+) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new();
     if let Some(creds) = &settings.credentials {
         options = options
@@ -55,10 +70,11 @@ async fn connect_with(url: &str, settings: &NatsSettings) -> anyhow::Result<asyn
     if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
+    if retry {
+        options = options.retry_on_initial_connect().max_reconnects(None);
+    }
     options
         .name("headstream")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {
             match event {
@@ -74,14 +90,15 @@ async fn connect_with(url: &str, settings: &NatsSettings) -> anyhow::Result<asyn
         .with_context(|| format!("cannot connect to NATS at {url}"))
 }
 
-/// Serves every pipeline until Ctrl-C / SIGTERM; in-flight batches finish first.
+/// Serves every pipeline until Ctrl-C / SIGTERM; in-flight batches finish first. With
+/// `--deployed` and `--watch`, what is served follows the cluster registry and the files.
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Load and validate everything before subscribing to anything.
     let host = args.config.as_deref().map(HostFile::load).transpose()?;
-    let files: Vec<&std::path::Path> = host
+    let files: Vec<PathBuf> = host
         .iter()
-        .flat_map(|h| h.pipelines.iter().map(|p| p.get_ref().as_path()))
-        .chain(args.pipeline.iter().map(PathBuf::as_path))
+        .flat_map(|h| h.pipelines.iter().map(|p| p.get_ref().clone()))
+        .chain(args.pipeline.iter().cloned())
         .collect();
     let pipelines = files
         .iter()
@@ -116,42 +133,41 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .unwrap_or(32);
     let encoder = Arc::new(super::load_encoder(&model_dir, batch)?);
     let metrics = Arc::new(Metrics::new().context("cannot set up metrics")?);
+    // Pipelines may come and go (--deployed, --watch): size the shared encoder thread for a
+    // few of them.
+    let slots = if args.deployed || args.watch {
+        pipelines.len().max(4)
+    } else {
+        pipelines.len().max(1)
+    };
     // One encoder thread for every pipeline: batches that queue while it is busy share a pass.
     let pass_metrics = metrics.clone();
     let shared = encoder.clone();
     let batcher = headstream_runtime::CoBatcher::with_fn(
         Arc::new(move |texts: &[&str], states: bool| shared.encode(texts, states)),
-        batch * pipelines.len().max(1),
-        2 * pipelines.len().max(1),
+        batch * slots,
+        2 * slots,
         Some(Box::new(move |batches, _| {
             pass_metrics.pass_batches.observe(batches as f64);
         })),
     );
-    let registry = match (&args.registry, host.as_ref().map(|h| &h.registry)) {
+    let mut registry = match (&args.registry, host.as_ref().map(|h| &h.registry)) {
         (dirs, _) if !dirs.is_empty() => headstream_package::Registry { dirs: dirs.clone() },
         (_, Some(dirs)) if !dirs.is_empty() => headstream_package::Registry { dirs: dirs.clone() },
         _ => headstream_package::Registry::from_env(),
     };
-    let runners = pipelines
-        .iter()
-        .map(|p| {
-            Runner::new(
-                p,
-                encoder.clone(),
-                Some(super::run::component_cache()),
-                &registry,
-            )
-            .map(|r| {
-                Arc::new(
-                    r.with_metrics(metrics.clone())
-                        .with_co_batcher(batcher.clone()),
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let watched_dirs = registry.dirs.clone();
+    // Packages fetched from the cluster registry live as long as this process.
+    let fetched = tempfile::Builder::new()
+        .prefix("headstream-packages-")
+        .tempdir()
+        .context("cannot create a directory for fetched packages")?;
+    if args.deployed {
+        registry.dirs.push(fetched.path().to_path_buf());
+    }
     let host_id = host_id();
     runtime()?.block_on(async {
-        let client = connect_with(&url, &settings).await?;
+        let client = connect_with(&url, &settings, true).await?;
         if let Some(addr) = metrics_addr {
             let listener = headstream_runtime::serve_metrics(addr, metrics.clone());
             tokio::spawn(async move {
@@ -160,42 +176,65 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 }
             });
         }
+        let mut live = LiveHost::new(HostContext {
+            client: client.clone(),
+            encoder: encoder.clone(),
+            batcher,
+            metrics: metrics.clone(),
+            host_id: host_id.clone(),
+            cache_dir: Some(super::run::component_cache()),
+            registry,
+        });
+        let mut texts = Vec::new();
+        for (file, pipeline) in files.iter().zip(&pipelines) {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            live.apply(Origin::File(file.clone()), &text, file, None)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            texts.push((file.clone(), text, pipeline.name.get_ref().clone()));
+        }
         let _service =
             register_service(&client, &pipelines, &encoder, &host_id, metrics.clone()).await?;
-        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-        let mut tasks = tokio::task::JoinSet::new();
-        for (pipeline, runner) in pipelines.iter().zip(runners) {
-            let mut stopped = stop.subscribe();
-            let shutdown = async move {
-                let _ = stopped.recv().await;
-            };
-            let mut options = ServeOptions::from_pipeline(pipeline);
-            options.host = Some(host_id.clone());
-            tasks.spawn(headstream_runtime::serve(
-                client.clone(),
-                runner,
-                options,
-                shutdown,
-            ));
-        }
-        eprintln!("headstream serving {} pipeline(s) on {}", tasks.len(), url);
-        // Run until a signal, or until a pipeline stops on its own (an error: e.g. NATS
-        // refused a publish).
-        let stopped_early = tokio::select! {
-            () = shutdown_signal() => None,
-            done = tasks.join_next() => done,
+        let cluster = match args.deployed {
+            true => Some(
+                headstream_registry::ClusterRegistry::open(&client)
+                    .await
+                    .context("cannot open the cluster registry")?,
+            ),
+            false => None,
         };
-        let _ = stop.send(());
-        let Some(first) = stopped_early else {
-            eprintln!("shutting down: finishing in-flight batches");
-            while let Some(done) = tasks.join_next().await {
-                done.context("a pipeline task panicked")??;
-            }
-            return anyhow::Ok(());
-        };
-        tasks.abort_all();
-        first.context("a pipeline task panicked")??;
-        anyhow::bail!("a pipeline stopped serving")
+        let watch = args.watch.then(|| FileWatch::new(texts, watched_dirs));
+        eprintln!(
+            "headstream serving {} pipeline(s) on {url}{}{}",
+            pipelines.len(),
+            if args.deployed {
+                ", following the cluster registry"
+            } else {
+                ""
+            },
+            if args.watch { ", watching files" } else { "" },
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(());
+        });
+        let outcome = headstream_runtime::live::follow(
+            &mut live,
+            cluster.as_ref(),
+            fetched.path(),
+            watch,
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await;
+        eprintln!("shutting down: finishing in-flight batches");
+        let finished = live.shutdown().await;
+        outcome.context("a pipeline stopped serving")?;
+        finished.context("a pipeline failed while shutting down")?;
+        anyhow::Ok(())
     })
 }
 

@@ -261,17 +261,7 @@ pub fn list(dirs: &[PathBuf]) -> anyhow::Result<()> {
     });
     for (_, package) in packages {
         let m = &package.manifest;
-        let headline = m.metrics.as_ref().and_then(|x| {
-            let metrics = &x["metrics"];
-            metrics
-                .get("accuracy")
-                .map(|a| json!({ "accuracy": a }))
-                .or_else(|| {
-                    metrics["overall"]
-                        .get("f1")
-                        .map(|f| json!({ "entity_f1": f }))
-                })
-        });
+        let headline = m.headline_metric();
         let line = json!({
             "name": m.name,
             "version": m.version,

@@ -164,6 +164,22 @@ pub struct Manifest {
     pub metrics: Option<Value>,
 }
 
+impl Manifest {
+    /// The headline figure of the recorded metrics (`{"accuracy": ..}` for classifiers,
+    /// `{"entity_f1": ..}` for token heads), for listings.
+    pub fn headline_metric(&self) -> Option<Value> {
+        let metrics = &self.metrics.as_ref()?["metrics"];
+        metrics
+            .get("accuracy")
+            .map(|a| serde_json::json!({ "accuracy": a }))
+            .or_else(|| {
+                metrics["overall"]
+                    .get("f1")
+                    .map(|f| serde_json::json!({ "entity_f1": f }))
+            })
+    }
+}
+
 /// A verified package on disk.
 #[derive(Debug, Clone)]
 pub struct Package {
@@ -350,6 +366,35 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The package called `name` whose component sha256 starts with `prefix` (lower-case hex).
+    pub fn resolve_digest(&self, name: &str, prefix: &str) -> Result<Package, PackageError> {
+        let candidates: Vec<Package> = self
+            .list()
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.manifest.name == name)
+            .collect();
+        let versions = candidates
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} (sha256:{})",
+                    p.manifest.version, p.manifest.component.sha256
+                )
+            })
+            .collect();
+        candidates
+            .into_iter()
+            .find(|p| p.manifest.component.sha256.starts_with(prefix))
+            .ok_or_else(|| PackageError::NotFound {
+                reference: format!("{name}@sha256:{prefix}"),
+                dirs: self.dirs.clone(),
+                versions,
+            })
+    }
+}
+
 fn tracing_skip(path: &Path, why: &str) {
     tracing::warn!(package = %path.display(), "registry: skipping: {why}");
 }
@@ -401,7 +446,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn is_plain_name(name: &str) -> bool {
+/// Whether `name` is a plain file name (no directories, no `.`/`..`): what manifests may name.
+pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."

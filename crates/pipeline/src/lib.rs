@@ -175,6 +175,33 @@ pub struct Head {
     /// Resource limits (`[heads.limits]`).
     #[serde(default)]
     pub limits: Limits,
+    /// Send a share of messages to another version of a `plugin` head (`[heads.canary]`).
+    pub canary: Option<Canary>,
+    /// Run another version of a `plugin` head beside it on every message, publishing its
+    /// outputs to a subject without touching results (`[heads.shadow]`).
+    pub shadow: Option<Shadow>,
+}
+
+/// `[heads.canary]`: `percent` of messages (chosen by message id, so a redelivery takes the
+/// same path) are served by `plugin` instead of the head's own reference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The candidate version, a registry reference (`plugin = "sentiment@2.0.0"`).
+    pub plugin: Spanned<String>,
+    /// Share of messages it serves, 0 to 100 (`percent`).
+    pub percent: Spanned<f64>,
+}
+
+/// `[heads.shadow]`: `plugin` runs on every message after the live head; each pair of outputs
+/// goes to `subject` with whether they agree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shadow {
+    /// The candidate version, a registry reference (`plugin = "sentiment@2.0.0"`).
+    pub plugin: Spanned<String>,
+    /// Where the paired outputs go (`subject`).
+    pub subject: Spanned<String>,
 }
 
 fn optional_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
@@ -253,6 +280,16 @@ impl Pipeline {
         let route_keys: Vec<String> = (0..pipeline.routes.len())
             .map(|i| format!("routes[{i}].subject"))
             .collect();
+        let shadow_keys: Vec<(String, &Spanned<String>)> = pipeline
+            .heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                h.shadow
+                    .as_ref()
+                    .map(|s| (format!("heads[{i}].shadow.subject"), &s.subject))
+            })
+            .collect();
         let subjects = [
             ("input.subject", &pipeline.input.subject),
             ("output.subject", &pipeline.output.subject),
@@ -264,7 +301,8 @@ impl Pipeline {
                 .iter()
                 .map(String::as_str)
                 .zip(pipeline.routes.iter().map(|r| &r.subject)),
-        );
+        )
+        .chain(shadow_keys.iter().map(|(k, s)| (k.as_str(), *s)));
         for (key, subject) in subjects {
             let s = subject.get_ref();
             let wildcard_ok = key == "input.subject";
@@ -341,6 +379,33 @@ impl Pipeline {
                         head.name.span(),
                         &key,
                         "`component`, `package` and `plugin` are exclusive; name one".into(),
+                    ));
+                }
+            }
+            let candidates = [
+                head.canary.as_ref().map(|c| ("canary", &c.plugin)),
+                head.shadow.as_ref().map(|s| ("shadow", &s.plugin)),
+            ];
+            for (what, reference) in candidates.into_iter().flatten() {
+                let key = format!("{key}.{what}.plugin");
+                if head.plugin.is_none() {
+                    return Err(at(
+                        reference.span(),
+                        &key,
+                        format!(
+                            "a {what} is another version of a registry head: the head needs `plugin = \"name@version\"`"
+                        ),
+                    ));
+                }
+                parse_reference(reference.get_ref()).map_err(|m| at(reference.span(), &key, m))?;
+            }
+            if let Some(canary) = &head.canary {
+                let percent = *canary.percent.get_ref();
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(at(
+                        canary.percent.span(),
+                        &format!("{key}.canary.percent"),
+                        format!("{percent} is outside 0..=100"),
                     ));
                 }
             }
@@ -431,11 +496,43 @@ impl Pipeline {
     pub fn heads(&self) -> &[Head] {
         &self.heads
     }
+
+    /// Checks that the pipeline can be deployed to the cluster registry: every head is a
+    /// registry reference (`plugin = "name@version"`), since local paths mean nothing on
+    /// other hosts.
+    pub fn check_deployable(&self) -> Result<(), String> {
+        match self.heads.iter().find(|h| h.plugin.is_none()) {
+            Some(head) => Err(format!(
+                "head {:?} names a local file; a deployed pipeline names heads by registry reference (plugin = \"name@version\", after `headstream deploy plugin`)",
+                head.name.get_ref()
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Splits a registry reference `name@requirement` (a bare `name` accepts any version) into
-/// the name and its semver requirement.
-pub fn parse_reference(reference: &str) -> Result<(String, semver::VersionReq), String> {
+/// What a registry reference asks for: a semver requirement, or one exact build by digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// The newest version meeting the requirement (`name@^1.2`, `name@1.2.0`, bare `name`).
+    Version(semver::VersionReq),
+    /// The package whose component sha256 starts with this lower-case hex prefix
+    /// (`name@sha256:9f2c…`, at least 12 hex digits).
+    Digest(String),
+}
+
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Version(req) => write!(f, "{req}"),
+            Self::Digest(hex) => write!(f, "sha256:{hex}"),
+        }
+    }
+}
+
+/// Splits a registry reference `name@requirement` (a bare `name` accepts any version;
+/// `name@sha256:<hex>` pins a digest) into the name and what it requires.
+pub fn parse_reference(reference: &str) -> Result<(String, Requirement), String> {
     let (name, req) = reference.split_once('@').unwrap_or((reference, "*"));
     let name_ok = !name.is_empty()
         && name
@@ -446,6 +543,18 @@ pub fn parse_reference(reference: &str) -> Result<(String, semver::VersionReq), 
             "{reference:?} is not a reference like \"sentiment@^1.2\""
         ));
     }
+    if let Some(hex) = req.strip_prefix("sha256:") {
+        let ok = (12..=64).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit());
+        if !ok {
+            return Err(format!(
+                "{reference:?}: a digest pin is `sha256:` and 12 to 64 hex digits"
+            ));
+        }
+        return Ok((
+            name.to_owned(),
+            Requirement::Digest(hex.to_ascii_lowercase()),
+        ));
+    }
     // A plain version pins it exactly (`1.2.0` means `=1.2.0`, not semver's `^1.2.0`).
     let req = if semver::Version::parse(req).is_ok() {
         format!("={req}")
@@ -453,7 +562,7 @@ pub fn parse_reference(reference: &str) -> Result<(String, semver::VersionReq), 
         req.to_owned()
     };
     semver::VersionReq::parse(&req)
-        .map(|r| (name.to_owned(), r))
+        .map(|r| (name.to_owned(), Requirement::Version(r)))
         .map_err(|e| format!("{reference:?}: bad version requirement ({e})"))
 }
 

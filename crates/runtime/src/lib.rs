@@ -10,12 +10,13 @@
 #![deny(missing_docs)]
 
 pub mod cobatch;
+pub mod live;
 pub mod metrics;
 mod serve;
 
 pub use cobatch::CoBatcher;
 pub use metrics::{Metrics, serve_metrics};
-pub use serve::{JetStreamOptions, ServeOptions, serve};
+pub use serve::{JetStreamOptions, RunnerSlot, ServeOptions, serve};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use headstream_encoder::{EncodedText, Encoder};
 use headstream_package::{Package, Registry};
-use headstream_pipeline::Pipeline;
+use headstream_pipeline::{Pipeline, Requirement};
 use headstream_plugin_host::{
     Asset, Head, HeadConfig, HostConfig, Item, Limits, PluginError, PluginHost, TokenStates,
 };
@@ -37,6 +38,17 @@ pub struct Stage {
     /// component's own description.
     id: String,
     after: Vec<String>,
+    canary: Option<Candidate>,
+    shadow: Option<Candidate>,
+}
+
+/// Another version of a stage's head: a canary (serving `percent` of messages) or a shadow
+/// (run on every message, its outputs published to `subject`).
+struct Candidate {
+    head: Head,
+    id: String,
+    percent: f64,
+    subject: String,
 }
 
 impl std::fmt::Debug for Stage {
@@ -113,6 +125,9 @@ pub enum RuntimeError {
     /// A `plugin = "name@version"` reference is malformed.
     #[error("plugin reference: {0}")]
     Reference(String),
+    /// The cluster registry could not be read.
+    #[error("{0}")]
+    Registry(String),
     /// The worker thread running a batch panicked.
     #[error("the batch worker panicked: {0}")]
     Worker(String),
@@ -228,22 +243,35 @@ fn load_stages(
             ..defaults
         };
         let resolved = match &spec.plugin {
-            Some(reference) => {
-                let (plugin, req) = headstream_pipeline::parse_reference(reference.get_ref())
-                    .map_err(RuntimeError::Reference)?;
-                let package = registry
-                    .resolve(&plugin, &req)
-                    .map_err(|e| RuntimeError::Head {
-                        head: name.clone(),
-                        source: PluginError::Package(e),
-                    })?;
-                tracing::info!(head = %name, reference = %reference.get_ref(), package = %package.dir.display(), "resolved");
-                Some(package.dir)
-            }
+            Some(reference) => Some(resolve(registry, &name, reference.get_ref())?.dir),
             None => spec.package.clone(),
         };
+        let candidate = |reference: &str, percent: f64, subject: &str| {
+            let package = resolve(registry, &name, reference)?;
+            load_package(host, &package.dir, None, &spec.config, limits)
+                .map(|(head, id)| Candidate {
+                    head,
+                    id,
+                    percent,
+                    subject: subject.to_owned(),
+                })
+                .map_err(|source| RuntimeError::Head {
+                    head: format!("{name} ({reference})"),
+                    source,
+                })
+        };
+        let canary = spec
+            .canary
+            .as_ref()
+            .map(|c| candidate(c.plugin.get_ref(), *c.percent.get_ref(), ""))
+            .transpose()?;
+        let shadow = spec
+            .shadow
+            .as_ref()
+            .map(|s| candidate(s.plugin.get_ref(), 0.0, s.subject.get_ref()))
+            .transpose()?;
         let loaded = match (&resolved, &spec.component) {
-            (Some(dir), _) => load_package(host, dir, spec, limits),
+            (Some(dir), _) => load_package(host, dir, spec.sha256.as_deref(), &spec.config, limits),
             (None, component) => host
                 .load(
                     // `Pipeline::load` guarantees one of the two.
@@ -271,9 +299,75 @@ fn load_stages(
             head,
             id,
             after,
+            canary,
+            shadow,
         });
     }
     Ok(stages)
+}
+
+/// What every registry reference of `pipeline` (heads, canaries, shadows) resolves to now, as
+/// `name@version sha256`: a registry change that leaves this unchanged does not concern it.
+pub fn resolved_versions(
+    pipeline: &Pipeline,
+    registry: &Registry,
+) -> Result<Vec<String>, RuntimeError> {
+    let mut resolved = Vec::new();
+    for spec in pipeline.heads() {
+        let name = spec.name.get_ref();
+        let references = spec
+            .plugin
+            .iter()
+            .chain(spec.canary.iter().map(|c| &c.plugin))
+            .chain(spec.shadow.iter().map(|s| &s.plugin));
+        for reference in references {
+            let m = resolve(registry, name, reference.get_ref())?.manifest;
+            resolved.push(format!(
+                "{name}={}@{} {}",
+                m.name, m.version, m.component.sha256
+            ));
+        }
+    }
+    Ok(resolved)
+}
+
+/// Loads `package` the way a pipeline would on this host — digests, encoder fingerprint,
+/// compilation, instantiation and `configure` — and drops it: the check a package passes before
+/// any pipeline may use it.
+pub fn check_package(
+    package: &Package,
+    encoder: Arc<Encoder>,
+    cache_dir: Option<PathBuf>,
+) -> Result<(), RuntimeError> {
+    let host = PluginHost::new(HostConfig {
+        cache_dir,
+        encoder: Some(encoder.fingerprint().clone()),
+        embedder: Some(encoder.clone()),
+        max_instances: 4,
+        ..HostConfig::default()
+    })
+    .map_err(RuntimeError::Host)?;
+    let name = package.manifest.name.clone();
+    host.load_package(package, &Value::Object(Map::new()), Limits::default())
+        .map(drop)
+        .map_err(|source| RuntimeError::Head { head: name, source })
+}
+
+/// Resolves a `plugin = "name@requirement"` reference (a semver requirement or a
+/// `sha256:` digest pin) against the registry.
+fn resolve(registry: &Registry, head: &str, reference: &str) -> Result<Package, RuntimeError> {
+    let (plugin, req) =
+        headstream_pipeline::parse_reference(reference).map_err(RuntimeError::Reference)?;
+    let package = match &req {
+        Requirement::Version(req) => registry.resolve(&plugin, req),
+        Requirement::Digest(prefix) => registry.resolve_digest(&plugin, prefix),
+    }
+    .map_err(|e| RuntimeError::Head {
+        head: head.to_owned(),
+        source: PluginError::Package(e),
+    })?;
+    tracing::debug!(head, reference, package = %package.dir.display(), "resolved");
+    Ok(package)
 }
 
 /// Loads a package head: verified package, the pipeline's config over the manifest's, and the
@@ -281,29 +375,60 @@ fn load_stages(
 fn load_package(
     host: &PluginHost,
     dir: &std::path::Path,
-    spec: &headstream_pipeline::Head,
+    pin: Option<&str>,
+    config: &Value,
     limits: Limits,
 ) -> Result<(Head, String), PluginError> {
     let package = Package::load(dir)?;
-    if let Some(pin) = spec
-        .sha256
-        .as_ref()
-        .filter(|p| !p.eq_ignore_ascii_case(&package.manifest.component.sha256))
-    {
+    if let Some(pin) = pin.filter(|p| !p.eq_ignore_ascii_case(&package.manifest.component.sha256)) {
         return Err(PluginError::DigestMismatch {
             path: package.component_path(),
-            expected: pin.clone(),
+            expected: pin.to_owned(),
             actual: package.manifest.component.sha256.clone(),
         });
     }
     let id = format!("{}@{}", package.manifest.name, package.manifest.version);
-    Ok((host.load_package(&package, &spec.config, limits)?, id))
+    Ok((host.load_package(&package, config, limits)?, id))
+}
+
+/// Whether message `id` goes to `head`'s canary serving `percent` of messages: a stable hash
+/// (FNV-1a) of the head and message id, so every host and every redelivery agree.
+fn takes_canary(head: &str, id: &str, percent: f64) -> bool {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in head.bytes().chain([0]).chain(id.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    ((hash % 10_000) as f64) < percent * 100.0
+}
+
+/// Whether a shadow output gives the same answer as the live one: the same `label` when both
+/// have one, else the same JSON.
+fn agrees(live: &Value, shadow: &Value) -> bool {
+    match (live.get("label"), shadow.get("label")) {
+        (Some(a), Some(b)) => a == b,
+        _ => live == shadow,
+    }
+}
+
+/// What [`run_stages`] produced for a batch, per item.
+struct StageOutputs {
+    results: Vec<PerHead>,
+    failures: Vec<PerHead>,
+    /// Heads served by a canary: head name → `name@version`.
+    canaried: Vec<PerHead>,
+    /// Shadow records, with their subjects.
+    shadows: Vec<(String, Value)>,
 }
 
 /// Runs every stage in order; a head whose upstream failed for a text reports that instead.
-fn run_stages(stages: &[Stage], items: Vec<Item<'_>>) -> (Vec<PerHead>, Vec<PerHead>) {
-    let mut results = vec![Map::new(); items.len()];
-    let mut failures = vec![Map::new(); items.len()];
+fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOutputs {
+    let mut out = StageOutputs {
+        results: vec![Map::new(); items.len()],
+        failures: vec![Map::new(); items.len()],
+        canaried: vec![Map::new(); items.len()],
+        shadows: Vec::new(),
+    };
     for stage in stages {
         let mut runnable = Vec::new();
         let mut positions = Vec::new();
@@ -311,9 +436,9 @@ fn run_stages(stages: &[Stage], items: Vec<Item<'_>>) -> (Vec<PerHead>, Vec<PerH
             let missing = stage
                 .after
                 .iter()
-                .find(|dep| !results[i].contains_key(*dep));
+                .find(|dep| !out.results[i].contains_key(*dep));
             if let Some(dep) = missing {
-                failures[i].insert(
+                out.failures[i].insert(
                     stage.name.clone(),
                     json!(format!("upstream head {dep} failed")),
                 );
@@ -323,7 +448,7 @@ fn run_stages(stages: &[Stage], items: Vec<Item<'_>>) -> (Vec<PerHead>, Vec<PerH
             item.upstream = stage
                 .after
                 .iter()
-                .map(|dep| (dep.clone(), results[i][dep].to_string()))
+                .map(|dep| (dep.clone(), out.results[i][dep].to_string()))
                 .collect();
             runnable.push(item);
             positions.push(i);
@@ -331,18 +456,101 @@ fn run_stages(stages: &[Stage], items: Vec<Item<'_>>) -> (Vec<PerHead>, Vec<PerH
         if runnable.is_empty() {
             continue;
         }
-        for (i, outcome) in positions.into_iter().zip(stage.head.run(&runnable)) {
+        let outcomes = run_split(stage, &runnable);
+        if let Some(shadow) = &stage.shadow {
+            for ((item, live), shadowed) in runnable
+                .iter()
+                .zip(&outcomes)
+                .zip(shadow.head.run(&runnable))
+            {
+                let side = |id: &str, outcome: &Result<Value, _>| match outcome {
+                    Ok(v) => json!({ "version": id, "output": v }),
+                    Err(e) => json!({ "version": id, "error": format!("{e}") }),
+                };
+                let live_id = live.1.unwrap_or(&stage.id);
+                let agree = matches!((&live.0, &shadowed), (Ok(a), Ok(b)) if agrees(a, b));
+                out.shadows.push((
+                    shadow.subject.clone(),
+                    json!({
+                        "id": item.id,
+                        "pipeline": pipeline,
+                        "head": stage.name,
+                        "live": side(live_id, &live.0),
+                        "shadow": side(&shadow.id, &shadowed),
+                        "agree": agree,
+                    }),
+                ));
+            }
+        }
+        for (i, (outcome, canary)) in positions.into_iter().zip(outcomes) {
+            if let Some(id) = canary {
+                out.canaried[i].insert(stage.name.clone(), json!(id));
+            }
             match outcome {
                 Ok(value) => {
-                    results[i].insert(stage.name.clone(), value);
+                    out.results[i].insert(stage.name.clone(), value);
                 }
                 Err(failure) => {
-                    failures[i].insert(stage.name.clone(), json!(failure.to_string()));
+                    out.failures[i].insert(stage.name.clone(), json!(failure.to_string()));
                 }
             }
         }
     }
-    (results, failures)
+    out
+}
+
+/// Runs a stage's head over `items`, sending its canary share to the canary; each outcome
+/// comes with the canary's id when the canary produced it.
+fn run_split<'s>(
+    stage: &'s Stage,
+    items: &[Item<'_>],
+) -> Vec<(
+    Result<Value, headstream_plugin_host::Failure>,
+    Option<&'s str>,
+)> {
+    let Some(canary) = stage.canary.as_ref().filter(|c| c.percent > 0.0) else {
+        return stage
+            .head
+            .run(items)
+            .into_iter()
+            .map(|o| (o, None))
+            .collect();
+    };
+    let to_canary: Vec<bool> = items
+        .iter()
+        .map(|item| takes_canary(&stage.name, item.id, canary.percent))
+        .collect();
+    let pick = |want: bool| -> Vec<Item<'_>> {
+        items
+            .iter()
+            .zip(&to_canary)
+            .filter(|(_, c)| **c == want)
+            .map(|(item, _)| item.clone())
+            .collect()
+    };
+    let (live_items, canary_items) = (pick(false), pick(true));
+    let mut live = if live_items.is_empty() {
+        Vec::new()
+    } else {
+        stage.head.run(&live_items)
+    }
+    .into_iter();
+    let mut canaried = if canary_items.is_empty() {
+        Vec::new()
+    } else {
+        canary.head.run(&canary_items)
+    }
+    .into_iter();
+    to_canary
+        .iter()
+        .filter_map(|&c| {
+            if c {
+                canaried.next().map(|o| (o, Some(canary.id.as_str())))
+            } else {
+                live.next().map(|o| (o, None))
+            }
+        })
+        .collect()
 }
 
 /// The plugin-host view of one encoded text: embedding, and token states with their spans when
@@ -523,8 +731,13 @@ impl Runner {
 
     /// Encodes the messages once, runs every head, and returns one result record per message.
     pub fn process(&self, messages: &[Message]) -> Result<Vec<Value>, RuntimeError> {
+        self.process_batch(messages).map(|p| p.records)
+    }
+
+    /// Like [`Runner::process`], also returning the shadow heads' records.
+    pub fn process_batch(&self, messages: &[Message]) -> Result<Processed, RuntimeError> {
         if messages.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Processed::default());
         }
         let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
         let started = std::time::Instant::now();
@@ -542,21 +755,35 @@ impl Runner {
             .zip(&encoded)
             .map(|(m, e)| item(&m.id, &m.text, e, hidden))
             .collect();
-        let (results, failures) = run_stages(&self.stages, items);
+        let outputs = run_stages(&self.name, &self.stages, items);
         if let Some(m) = &self.metrics {
             m.observe(&self.name, "encode", encoded_at - started);
             m.observe(&self.name, "heads", encoded_at.elapsed());
-            for failed in &failures {
+            for failed in &outputs.failures {
                 for head in failed.keys() {
                     m.head_failures.with_label_values(&[&self.name, head]).inc();
                 }
             }
+            for (_, shadow) in &outputs.shadows {
+                let outcome = if shadow["agree"] == true {
+                    "agree"
+                } else {
+                    "disagree"
+                };
+                let head = shadow["head"].as_str().unwrap_or_default();
+                m.shadow
+                    .with_label_values(&[&self.name, head, outcome])
+                    .inc();
+            }
         }
-        Ok(messages
+        let records = messages
             .iter()
-            .zip(results.into_iter().zip(failures))
+            .zip(outputs.results.into_iter().zip(outputs.failures))
+            .zip(outputs.canaried)
             .zip(&encoded)
-            .map(|((m, (results, errors)), e)| {
+            .map(|(((m, (results, errors)), canaried), e)| {
+                let mut heads = self.heads_ids.clone();
+                heads.extend(canaried);
                 let mut record = json!({
                     "id": m.id,
                     "pipeline": self.name,
@@ -564,7 +791,7 @@ impl Runner {
                     "results": results,
                     "errors": errors,
                     "encoder": self.fingerprint,
-                    "heads": self.heads_ids,
+                    "heads": heads,
                 });
                 if e.truncated {
                     record["truncated"] = json!(true);
@@ -575,6 +802,25 @@ impl Runner {
                 }
                 record
             })
-            .collect())
+            .collect();
+        Ok(Processed {
+            records,
+            shadows: outputs.shadows,
+        })
     }
+
+    /// The heads this runner serves, `name` → `name@version` (canaries and shadows not
+    /// included).
+    pub fn head_versions(&self) -> &Map<String, Value> {
+        &self.heads_ids
+    }
+}
+
+/// A processed batch: one result record per message, and the shadow heads' records.
+#[derive(Debug, Default)]
+pub struct Processed {
+    /// Result records, in message order.
+    pub records: Vec<Value>,
+    /// Shadow records `(subject, record)`: live and shadow outputs side by side.
+    pub shadows: Vec<(String, Value)>,
 }

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     /// Pipeline batches merged into one encoder pass.
     pub pass_batches: prometheus::Histogram,
+    /// Shadow comparisons, by pipeline, head and outcome (`agree`, `disagree`).
+    pub shadow: IntCounterVec,
+    /// Deploys this host acted on, by kind (`pipeline`, `package`) and outcome (`activated`,
+    /// `rejected`, `removed`).
+    pub deploys: IntCounterVec,
 }
 
 impl Metrics {
@@ -60,6 +65,16 @@ impl Metrics {
             "Results also published to a route's subject.",
             &["pipeline", "route"],
         )?;
+        let shadow = counter(
+            "headstream_shadow_total",
+            "Shadow head outputs compared with the live head's, by outcome (agree, disagree).",
+            &["pipeline", "head", "outcome"],
+        )?;
+        let deploys = counter(
+            "headstream_deploys_total",
+            "Deploys this host acted on, by kind and outcome (activated, rejected, removed).",
+            &["kind", "outcome"],
+        )?;
         let batch_size = HistogramVec::new(
             HistogramOpts::new("headstream_batch_size", "Messages per batch.")
                 .buckets(exponential_buckets(1.0, 2.0, 11)?),
@@ -90,6 +105,8 @@ impl Metrics {
             errors,
             head_failures,
             routes,
+            shadow,
+            deploys,
             batch_size,
             stage_seconds,
         })

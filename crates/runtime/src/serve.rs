@@ -98,13 +98,19 @@ fn header_id(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
         .map(|v| v.as_str().to_owned())
 }
 
+/// The runner a served pipeline uses: each batch takes the newest one sent on its channel, so
+/// a new version takes over between batches while a batch in flight finishes on the old one.
+pub type RunnerSlot = tokio::sync::watch::Receiver<Arc<Runner>>;
+
 /// Serves one pipeline until `shutdown` completes, then finishes the batch in hand and returns.
+/// Each batch runs on the runner `slot` holds when it starts.
 pub async fn serve(
     client: async_nats::Client,
-    runner: Arc<Runner>,
+    slot: RunnerSlot,
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
+    let runner = slot.borrow().clone();
     match options.jetstream.clone() {
         None => {
             let subscription = client
@@ -120,7 +126,7 @@ pub async fn serve(
                 delivered: 1,
                 ack: None,
             });
-            run_loop(&client, &runner, &options, incoming, shutdown).await?;
+            run_loop(&client, &slot, &options, incoming, shutdown).await?;
         }
         Some(js) => {
             let messages = jetstream_messages(&client, &options, &js).await?;
@@ -150,7 +156,7 @@ pub async fn serve(
                     })
                 }
             });
-            run_loop(&client, &runner, &options, incoming, shutdown).await?;
+            run_loop(&client, &slot, &options, incoming, shutdown).await?;
         }
     }
     client
@@ -202,7 +208,7 @@ async fn jetstream_messages(
 /// Micro-batches `incoming` until it ends or `shutdown` completes.
 async fn run_loop(
     client: &async_nats::Client,
-    runner: &Arc<Runner>,
+    slot: &RunnerSlot,
     options: &ServeOptions,
     incoming: impl futures::Stream<Item = Incoming>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -223,7 +229,8 @@ async fn run_loop(
                 _ => break,
             }
         }
-        handle_batch(client, runner, options, batch).await?;
+        let runner = slot.borrow().clone();
+        handle_batch(client, &runner, options, batch).await?;
     }
     Ok(())
 }
@@ -292,13 +299,16 @@ async fn handle_batch(
     }
     if !messages.is_empty() {
         let worker = runner.clone();
-        let outcome = tokio::task::spawn_blocking(move || worker.process(&messages))
+        let outcome = tokio::task::spawn_blocking(move || worker.process_batch(&messages))
             .await
             .map_err(|e| RuntimeError::Worker(e.to_string()))
             .and_then(|r| r);
         match outcome {
-            Ok(records) => {
+            Ok(crate::Processed { records, shadows }) => {
                 let publishing = std::time::Instant::now();
+                for (subject, shadow) in shadows {
+                    publish(client, &subject, Bytes::from(shadow.to_string())).await?;
+                }
                 if let Some(m) = metrics {
                     m.messages
                         .with_label_values(&[&name, "result"])

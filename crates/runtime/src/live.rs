@@ -1,0 +1,654 @@
+//! Live pipelines: what a host serves changes while it runs — deploys from the cluster registry
+//! (`serve --deployed`) and edited files (`serve --watch`) — with no restart and no message
+//! lost.
+//!
+//! Every change is loaded and checked in full (config, package digests, encoder fingerprint,
+//! compilation, instantiation) *before* it takes traffic. A pipeline whose subjects and
+//! delivery are unchanged swaps runners between batches (the batch in flight finishes on the
+//! old one; the subscription never stops); one whose subjects changed is re-subscribed. A
+//! change that fails a check is rejected with an event on `headstream.events.rejected`, a log
+//! line and a metric, and the old version stays live.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt as _;
+use headstream_encoder::Encoder;
+use headstream_package::Registry;
+use headstream_pipeline::Pipeline;
+use headstream_registry::{ClusterRegistry, EVENTS_SUBJECT, Revision};
+use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::{CoBatcher, Metrics, Runner, RuntimeError, ServeOptions};
+
+/// Where a pipeline config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A local file (`--pipeline`, the host config, `serve --watch`).
+    File(PathBuf),
+    /// The cluster registry's KV bucket, at a revision.
+    Cluster {
+        /// The KV revision.
+        revision: u64,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Cluster { revision } => write!(f, "registry revision {revision}"),
+        }
+    }
+}
+
+/// What a host needs to build and serve pipelines.
+#[derive(Debug, Clone)]
+pub struct HostContext {
+    /// The NATS connection results, errors and events go out on.
+    pub client: async_nats::Client,
+    /// The shared encoder.
+    pub encoder: Arc<Encoder>,
+    /// The shared encoder thread.
+    pub batcher: CoBatcher,
+    /// The host's metrics.
+    pub metrics: Arc<Metrics>,
+    /// This host's id in results and events.
+    pub host_id: String,
+    /// Compiled-component cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Package directories `plugin = "name@version"` references resolve against.
+    pub registry: Registry,
+}
+
+struct Served {
+    origin: Origin,
+    text: String,
+    pipeline: Pipeline,
+    options: ServeOptions,
+    /// What the pipeline's references resolved to (`name@version` of every head, canary and
+    /// shadow), to tell whether a registry change concerns it.
+    resolved: Vec<String>,
+    slot: watch::Sender<Arc<Runner>>,
+    stop: Option<oneshot::Sender<()>>,
+    generation: u64,
+}
+
+/// The pipelines a host serves, changed while it runs.
+pub struct LiveHost {
+    cx: HostContext,
+    served: BTreeMap<String, Served>,
+    /// Configs that could not be loaded yet (say, a package not fetched yet), retried on every
+    /// registry change.
+    pending: BTreeMap<String, (Origin, String, PathBuf)>,
+    tasks: JoinSet<(String, u64, Result<(), RuntimeError>)>,
+    generation: u64,
+}
+
+impl std::fmt::Debug for LiveHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveHost")
+            .field("host", &self.cx.host_id)
+            .field("served", &self.served.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch, for events.
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+impl LiveHost {
+    /// A host serving nothing yet.
+    pub fn new(cx: HostContext) -> Self {
+        Self {
+            cx,
+            served: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            generation: 0,
+        }
+    }
+
+    /// The pipelines being served.
+    pub fn pipelines(&self) -> impl Iterator<Item = &str> {
+        self.served.keys().map(String::as_str)
+    }
+
+    /// Publishes a deploy event on `headstream.events.<kind>` and counts it.
+    async fn event(&self, kind: &str, what: &str, mut body: Value) {
+        body["event"] = json!(kind);
+        body["kind"] = json!(what);
+        body["host"] = json!(self.cx.host_id);
+        body["at_ms"] = json!(now_ms() as u64);
+        self.cx
+            .metrics
+            .deploys
+            .with_label_values(&[what, kind])
+            .inc();
+        let subject = format!("{EVENTS_SUBJECT}.{kind}");
+        if let Err(e) = self
+            .cx
+            .client
+            .publish(subject.clone(), body.to_string().into())
+            .await
+        {
+            tracing::warn!("cannot publish the {kind} event: {e}");
+        }
+    }
+
+    /// Loads pipeline config `text` (from `origin`; `path` names it in errors and anchors its
+    /// relative paths) and serves it, replacing the pipeline of the same name. Nothing changes
+    /// unless every check passes; a failure is published as a `rejected` event and returned.
+    /// `expected` (a cluster key) must match the config's name.
+    pub async fn apply(
+        &mut self,
+        origin: Origin,
+        text: &str,
+        path: &Path,
+        expected: Option<&str>,
+    ) -> Result<(), String> {
+        let outcome = self.try_apply(origin.clone(), text, path, expected).await;
+        if let Err(reason) = &outcome {
+            tracing::error!(source = %origin, "pipeline rejected, the old version stays live: {reason}");
+            let name = expected.map(str::to_owned);
+            self.event(
+                "rejected",
+                "pipeline",
+                json!({ "pipeline": name, "source": origin.to_string(), "reason": reason }),
+            )
+            .await;
+            if let Some(name) = name {
+                self.pending
+                    .insert(name, (origin, text.to_owned(), path.to_owned()));
+            }
+        }
+        outcome
+    }
+
+    async fn try_apply(
+        &mut self,
+        origin: Origin,
+        text: &str,
+        path: &Path,
+        expected: Option<&str>,
+    ) -> Result<(), String> {
+        let pipeline = Pipeline::parse(text, path).map_err(|e| e.to_string())?;
+        let name = pipeline.name.get_ref().clone();
+        if let Some(expected) = expected.filter(|e| **e != name) {
+            return Err(format!(
+                "{}: the config is named {name:?} but was deployed as {expected:?}",
+                path.display()
+            ));
+        }
+        if matches!(origin, Origin::Cluster { .. }) {
+            pipeline.check_deployable().map_err(|e| e.to_string())?;
+        }
+        self.pending.remove(&name);
+        if let Some(served) = self.served.get(&name)
+            && served.text == text
+            && served.origin == origin
+        {
+            return Ok(());
+        }
+        let (runner, resolved) = self.build(&pipeline).await.map_err(|e| e.to_string())?;
+        self.install(origin, text.to_owned(), pipeline, runner, resolved)
+            .await;
+        Ok(())
+    }
+
+    /// Loads a runner for `pipeline` off the async threads (compiling components can take a
+    /// while), with what its references resolved to.
+    async fn build(&self, pipeline: &Pipeline) -> Result<(Runner, Vec<String>), RuntimeError> {
+        let cx = self.cx.clone();
+        let pipeline = pipeline.clone();
+        tokio::task::spawn_blocking(move || {
+            let resolved = crate::resolved_versions(&pipeline, &cx.registry)?;
+            let runner = Runner::new(&pipeline, cx.encoder, cx.cache_dir, &cx.registry)?
+                .with_metrics(cx.metrics)
+                .with_co_batcher(cx.batcher);
+            Ok((runner, resolved))
+        })
+        .await
+        .map_err(|e| RuntimeError::Worker(e.to_string()))?
+    }
+
+    async fn install(
+        &mut self,
+        origin: Origin,
+        text: String,
+        pipeline: Pipeline,
+        runner: Runner,
+        resolved: Vec<String>,
+    ) {
+        let name = pipeline.name.get_ref().clone();
+        let mut options = ServeOptions::from_pipeline(&pipeline);
+        options.host = Some(self.cx.host_id.clone());
+        let heads = json!(runner.head_versions());
+        let runner = Arc::new(runner);
+        let body = json!({
+            "pipeline": name,
+            "source": origin.to_string(),
+            "heads": heads,
+        });
+        match self.served.get_mut(&name) {
+            // Same subjects and delivery: swap the runner between batches.
+            Some(served) if served.options_equal(&options) => {
+                served.slot.send_replace(runner);
+                served.origin = origin;
+                served.text = text;
+                served.pipeline = pipeline;
+                served.resolved = resolved;
+                tracing::info!(pipeline = %name, %heads, "swapped");
+            }
+            _ => {
+                if let Some(old) = self.served.remove(&name) {
+                    old.stop();
+                }
+                let served = self.spawn(origin, text, pipeline, options, runner, resolved);
+                self.served.insert(name.clone(), served);
+                tracing::info!(pipeline = %name, %heads, "serving");
+            }
+        }
+        self.event("activated", "pipeline", body).await;
+    }
+
+    fn spawn(
+        &mut self,
+        origin: Origin,
+        text: String,
+        pipeline: Pipeline,
+        options: ServeOptions,
+        runner: Arc<Runner>,
+        resolved: Vec<String>,
+    ) -> Served {
+        self.generation += 1;
+        let generation = self.generation;
+        let (slot, receiver) = watch::channel(runner);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let name = pipeline.name.get_ref().clone();
+        let client = self.cx.client.clone();
+        let task_options = options.clone();
+        self.tasks.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            let outcome = crate::serve(client, receiver, task_options, shutdown).await;
+            (name, generation, outcome)
+        });
+        Served {
+            origin,
+            text,
+            pipeline,
+            options,
+            resolved,
+            slot,
+            stop: Some(stop),
+            generation,
+        }
+    }
+
+    /// Stops serving pipeline `name` (its batch in hand finishes first).
+    pub async fn remove(&mut self, name: &str, origin: Origin) {
+        self.pending.remove(name);
+        if let Some(served) = self.served.remove(name) {
+            served.stop();
+            tracing::info!(pipeline = %name, source = %origin, "removed");
+            self.event(
+                "removed",
+                "pipeline",
+                json!({ "pipeline": name, "source": origin.to_string() }),
+            )
+            .await;
+        }
+    }
+
+    /// Re-resolves every pipeline after the registry changed: pipelines whose references now
+    /// name other versions get new runners (checked first, swapped between batches), and
+    /// configs that could not load before are tried again.
+    pub async fn refresh(&mut self) {
+        let registry = self.cx.registry.clone();
+        let names: Vec<String> = self.served.keys().cloned().collect();
+        for name in names {
+            let Some(served) = self.served.get(&name) else {
+                continue;
+            };
+            let pipeline = served.pipeline.clone();
+            let now = {
+                let (p, r) = (pipeline.clone(), registry.clone());
+                tokio::task::spawn_blocking(move || crate::resolved_versions(&p, &r))
+                    .await
+                    .map_err(|e| RuntimeError::Worker(e.to_string()))
+                    .and_then(|r| r)
+            };
+            if now.as_ref().is_ok_and(|now| *now == served.resolved) {
+                continue;
+            }
+            let (origin, text) = (served.origin.clone(), served.text.clone());
+            match self.build(&pipeline).await {
+                Ok((runner, resolved)) => {
+                    self.install(origin, text, pipeline, runner, resolved).await;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::error!(pipeline = %name, "new versions rejected, the old ones stay live: {reason}");
+                    self.event(
+                        "rejected",
+                        "pipeline",
+                        json!({ "pipeline": name, "source": origin.to_string(), "reason": reason }),
+                    )
+                    .await;
+                }
+            }
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for (name, (origin, text, path)) in pending {
+            match self
+                .try_apply(origin.clone(), &text, &path, Some(&name))
+                .await
+            {
+                Ok(()) => {}
+                Err(_) => {
+                    self.pending.insert(name, (origin, text, path));
+                }
+            }
+        }
+    }
+
+    /// Fetches package `name@version` from the cluster into `dir` and checks that it loads on
+    /// this host (digests, encoder fingerprint, compilation, instantiation); a package that
+    /// fails is removed and reported as a `rejected` event. Returns whether it was accepted.
+    pub async fn accept_package(
+        &mut self,
+        cluster: &ClusterRegistry,
+        name: &str,
+        version: &str,
+        dir: &Path,
+    ) -> bool {
+        let id = format!("{name}@{version}");
+        let fetched = cluster.fetch_package(name, version, dir).await;
+        let checked = match fetched {
+            Ok(package) => {
+                let cx = self.cx.clone();
+                let dir = package.dir.clone();
+                let checked = tokio::task::spawn_blocking(move || {
+                    crate::check_package(&package, cx.encoder, cx.cache_dir)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+                if checked.is_err() {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                checked
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match checked {
+            Ok(()) => {
+                tracing::info!(package = %id, "package fetched and checked");
+                self.event("activated", "package", json!({ "package": id }))
+                    .await;
+                true
+            }
+            Err(reason) => {
+                tracing::error!(package = %id, "package rejected: {reason}");
+                self.event(
+                    "rejected",
+                    "package",
+                    json!({ "package": id, "reason": reason }),
+                )
+                .await;
+                false
+            }
+        }
+    }
+
+    /// Waits for a served pipeline to stop on its own (an error such as NATS refusing a
+    /// publish); pipelines stopped by a change are not reported. `None` when none is served.
+    pub async fn stopped(&mut self) -> Option<(String, Result<(), RuntimeError>)> {
+        while let Some(done) = self.tasks.join_next().await {
+            let (name, generation, outcome) = match done {
+                Ok(done) => done,
+                Err(e) => return Some(("?".to_owned(), Err(RuntimeError::Worker(e.to_string())))),
+            };
+            let current = self
+                .served
+                .get(&name)
+                .is_some_and(|s| s.generation == generation);
+            if current {
+                self.served.remove(&name);
+                return Some((name, outcome));
+            }
+            if let Err(e) = outcome {
+                tracing::warn!(pipeline = %name, "a replaced subscription ended with: {e}");
+            }
+        }
+        None
+    }
+
+    /// Stops every pipeline and waits for the batches in hand to finish.
+    pub async fn shutdown(mut self) -> Result<(), RuntimeError> {
+        for (_, served) in std::mem::take(&mut self.served) {
+            served.stop();
+        }
+        let mut first = Ok(());
+        while let Some(done) = self.tasks.join_next().await {
+            match done {
+                Ok((_, _, Err(e))) if first.is_ok() => first = Err(e),
+                Err(e) if first.is_ok() => first = Err(RuntimeError::Worker(e.to_string())),
+                _ => {}
+            }
+        }
+        first
+    }
+}
+
+impl Served {
+    fn options_equal(&self, other: &ServeOptions) -> bool {
+        format!("{:?}", self.options) == format!("{other:?}")
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Follows the cluster registry until `shutdown`: fetches and checks every package (already
+/// stored, then as deployed) into `package_dir`, and serves every deployed pipeline, applying
+/// changes and removals as they come. Also polls `watched` files when given (`serve --watch`).
+pub async fn follow(
+    live: &mut LiveHost,
+    cluster: Option<&ClusterRegistry>,
+    package_dir: &Path,
+    watched: Option<FileWatch>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    tokio::pin!(shutdown);
+    let mut packages = match cluster {
+        Some(c) => {
+            // Packages first, so pipelines find what they reference.
+            let mut fetched = HashMap::new();
+            for record in c.packages().await.map_err(registry_error)? {
+                if live
+                    .accept_package(c, &record.name, &record.version, package_dir)
+                    .await
+                {
+                    fetched.insert((record.name, record.version), ());
+                }
+            }
+            Some((c.watch_packages().await.map_err(registry_error)?, fetched))
+        }
+        None => None,
+    };
+    let mut pipelines = match cluster {
+        Some(c) => Some(c.watch_pipelines().await.map_err(registry_error)?),
+        None => None,
+    };
+    let mut watched = watched;
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            Some((name, version)) = async {
+                match packages.as_mut() {
+                    Some((w, _)) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(c) = cluster else { continue };
+                // The watch starts with every stored package; skip those fetched at start
+                // (a re-deploy of the same version comes later and is fetched again).
+                if let Some((_, fetched)) = packages.as_mut()
+                    && fetched.remove(&(name.clone(), version.clone())).is_some()
+                {
+                    continue;
+                }
+                if live.accept_package(c, &name, &version, package_dir).await {
+                    live.refresh().await;
+                }
+            }
+            Some(revision) = async {
+                match pipelines.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            } => apply_revision(live, revision).await,
+            _ = tick.tick(), if watched.is_some() => {
+                if let Some(w) = watched.as_mut() {
+                    w.poll(live).await;
+                }
+            }
+            stopped = live.stopped() => {
+                if let Some((name, Err(e))) = stopped {
+                    tracing::error!(pipeline = %name, "stopped serving: {e}");
+                    return Err(e);
+                }
+                if stopped.is_none() && cluster.is_none() && watched.is_none() {
+                    return Ok(());
+                }
+                if stopped.is_none() {
+                    // Nothing served yet: wait for a change rather than spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn apply_revision(live: &mut LiveHost, revision: Revision) {
+    let origin = Origin::Cluster {
+        revision: revision.revision,
+    };
+    match revision.text {
+        Some(text) => {
+            let path = PathBuf::from(format!(
+                "{}/{}@{}",
+                headstream_registry::PIPELINES_BUCKET,
+                revision.name,
+                revision.revision
+            ));
+            let _ = live.apply(origin, &text, &path, Some(&revision.name)).await;
+        }
+        None => live.remove(&revision.name, origin).await,
+    }
+}
+
+fn registry_error(e: headstream_registry::RegistryError) -> RuntimeError {
+    RuntimeError::Registry(e.to_string())
+}
+
+/// `serve --watch`: pipeline files and package directories polled for changes.
+#[derive(Debug)]
+pub struct FileWatch {
+    files: Vec<PathBuf>,
+    /// Last text seen per file, and the pipeline it named.
+    seen: HashMap<PathBuf, (String, Option<String>)>,
+    registry_dirs: Vec<PathBuf>,
+    registry_state: Vec<(PathBuf, Option<SystemTime>)>,
+}
+
+impl FileWatch {
+    /// Watches `files` (pipeline configs, already being served with the given texts) and the
+    /// package directories of `registry_dirs`.
+    pub fn new(files: Vec<(PathBuf, String, String)>, registry_dirs: Vec<PathBuf>) -> Self {
+        let seen = files
+            .iter()
+            .map(|(path, text, name)| (path.clone(), (text.clone(), Some(name.clone()))))
+            .collect();
+        let mut watch = Self {
+            files: files.into_iter().map(|(p, _, _)| p).collect(),
+            seen,
+            registry_state: Vec::new(),
+            registry_dirs,
+        };
+        watch.registry_state = watch.registry_snapshot();
+        watch
+    }
+
+    fn registry_snapshot(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
+        let mut state = Vec::new();
+        for dir in &self.registry_dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let manifest = entry.path().join(headstream_package::MANIFEST);
+                let modified = std::fs::metadata(&manifest).and_then(|m| m.modified()).ok();
+                if modified.is_some() {
+                    state.push((manifest, modified));
+                }
+            }
+        }
+        state.sort();
+        state
+    }
+
+    async fn poll(&mut self, live: &mut LiveHost) {
+        for path in self.files.clone() {
+            let text = std::fs::read_to_string(&path).ok();
+            let previous = self.seen.get(&path).cloned();
+            match (text, previous) {
+                (Some(text), Some((old, _))) if text == old => {}
+                (Some(text), previous) => {
+                    let old_name = previous.and_then(|(_, n)| n);
+                    let name = match live
+                        .apply(Origin::File(path.clone()), &text, &path, None)
+                        .await
+                    {
+                        Ok(()) => Pipeline::parse(&text, &path)
+                            .ok()
+                            .map(|p| p.name.get_ref().clone()),
+                        Err(_) => old_name.clone(),
+                    };
+                    if let Some(old) = old_name.filter(|o| Some(o) != name.as_ref()) {
+                        live.remove(&old, Origin::File(path.clone())).await;
+                    }
+                    self.seen.insert(path, (text, name));
+                }
+                // Deleted: stop serving what it configured.
+                (None, Some((_, name))) => {
+                    if let Some(name) = name {
+                        live.remove(&name, Origin::File(path.clone())).await;
+                    }
+                    self.seen.remove(&path);
+                }
+                (None, None) => {}
+            }
+        }
+        let state = self.registry_snapshot();
+        if state != self.registry_state {
+            self.registry_state = state;
+            live.refresh().await;
+        }
+    }
+}
