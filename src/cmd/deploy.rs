@@ -151,7 +151,12 @@ pub fn pipelines(command: &PipelinesCommand) -> anyhow::Result<()> {
 /// `headstream rollback pipeline NAME [--to REVISION]`.
 pub fn rollback(name: &str, to: Option<u64>, connect: &ConnectArgs) -> anyhow::Result<()> {
     super::serve::runtime()?.block_on(async {
-        let (restored, revision) = open(connect).await?.rollback(name, to).await?;
+        let check = |text: &str| {
+            let path = std::path::PathBuf::from(format!("{name}.toml"));
+            let pipeline = Pipeline::parse(text, &path).map_err(|e| e.to_string())?;
+            pipeline.check_deployable()
+        };
+        let (restored, revision) = open(connect).await?.rollback(name, to, check).await?;
         eprintln!("pipeline {name}: revision {restored} restored as revision {revision}");
         print_json(&serde_json::json!({ "name": name, "restored": restored, "revision": revision }))
     })

@@ -212,6 +212,33 @@ fn plugin_references_resolve_against_the_registry() -> Result<(), Box<dyn std::e
         "{stderr}"
     );
     assert!(stderr.contains("1.0.0"), "{stderr}");
+
+    // A digest pin: the component's sha256 prefix picks that exact build; another refuses.
+    let sha = headstream_package::Package::load(&registry.join("sentiment"))?
+        .manifest
+        .component
+        .sha256;
+    write(&format!("sentiment@sha256:{}", &sha[..16]))?;
+    let out = run(&pipeline);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(result["heads"]["mood"], "sentiment@1.0.0");
+    write("sentiment@sha256:000000000000")?;
+    let out = run(&pipeline);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no package matches sentiment@sha256:000000000000"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&sha),
+        "names the builds that exist: {stderr}"
+    );
     Ok(())
 }
 

@@ -13,6 +13,8 @@
 //!   `cargo plugins`.
 //! - `nats_serve`: `headstream serve` against a real nats-server (results, replies, error
 //!   records, a queue group of two hosts).
+//! - `nats_deploy`: the cluster registry and live hosts: hot swap under load on two hosts,
+//!   rejected deploys, rollback, canary and shadow, `serve --watch`.
 //! - `nats_jetstream`: JetStream delivery: nothing lost across a nats-server restart, messages
 //!   past `max_deliver` to the error subject.
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
@@ -27,6 +29,7 @@ mod cli_run;
 mod cli_train;
 mod encoder_parity;
 mod heads;
+mod nats_deploy;
 mod nats_jetstream;
 mod nats_serve;
 mod shared_datasets;

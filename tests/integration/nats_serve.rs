@@ -365,7 +365,7 @@ fn two_hosts_share_a_queue_group_without_duplicates() {
 }
 
 /// Reads `GET /metrics` from a host.
-fn scrape(addr: &str) -> String {
+pub(crate) fn scrape(addr: &str) -> String {
     use std::io::{Read as _, Write as _};
     let mut socket =
         std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("metrics endpoint: {e}"));
@@ -379,7 +379,7 @@ fn scrape(addr: &str) -> String {
     text
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next())

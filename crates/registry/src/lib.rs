@@ -432,40 +432,53 @@ impl ClusterRegistry {
         Ok(revisions)
     }
 
-    /// Restores pipeline `name` to revision `to` (default: the revision before the current
-    /// one) by storing that text again. Returns (restored revision, new revision).
-    pub async fn rollback(&self, name: &str, to: Option<u64>) -> Result<(u64, u64), RegistryError> {
+    /// Restores pipeline `name` to revision `to` (default: the newest earlier revision whose
+    /// text differs from the current one and passes `check`) by storing that text again.
+    /// Returns (restored revision, new revision).
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to: Option<u64>,
+        check: impl Fn(&str) -> Result<(), String>,
+    ) -> Result<(u64, u64), RegistryError> {
         let history = self.history(name).await?;
         let err = |reason: String| RegistryError::Pipeline {
             name: name.to_owned(),
             reason,
         };
-        let target = match to {
-            Some(rev) => history.iter().find(|r| r.revision == rev).ok_or_else(|| {
-                err(format!(
-                    "no revision {rev} (kept: {:?})",
-                    history.iter().map(|r| r.revision).collect::<Vec<_>>()
-                ))
-            })?,
+        let (target, text) = match to {
+            Some(rev) => {
+                let target = history.iter().find(|r| r.revision == rev).ok_or_else(|| {
+                    err(format!(
+                        "no revision {rev} (kept: {:?})",
+                        history.iter().map(|r| r.revision).collect::<Vec<_>>()
+                    ))
+                })?;
+                let text = target
+                    .text
+                    .as_deref()
+                    .ok_or_else(|| err(format!("revision {rev} is a removal")))?;
+                check(text).map_err(|e| err(format!("revision {rev} does not load: {e}")))?;
+                (target.revision, text)
+            }
             None => {
-                // The newest stored text before the current entry (the current one may be a
-                // removal, in which case this restores what was removed).
+                // The current entry may be a removal: then this restores what was removed.
                 let (current, earlier) = history
                     .split_last()
                     .ok_or_else(|| err("no history".to_owned()))?;
                 earlier
                     .iter()
                     .rev()
-                    .find(|r| r.text.is_some() && r.text != current.text)
-                    .ok_or_else(|| err("no earlier revision to roll back to".to_owned()))?
+                    .filter(|r| r.text != current.text)
+                    .find_map(|r| {
+                        let text = r.text.as_deref()?;
+                        check(text).ok().map(|()| (r.revision, text))
+                    })
+                    .ok_or_else(|| err("no earlier revision that loads".to_owned()))?
             }
         };
-        let text = target
-            .text
-            .as_deref()
-            .ok_or_else(|| err(format!("revision {} is a removal", target.revision)))?;
         let revision = self.deploy_pipeline(name, text).await?;
-        Ok((target.revision, revision))
+        Ok((target, revision))
     }
 
     /// Pipeline changes: first the current revision of every pipeline, then each change

@@ -240,7 +240,7 @@ impl LiveHost {
         });
         match self.served.get_mut(&name) {
             // Same subjects and delivery: swap the runner between batches.
-            Some(served) if served.options_equal(&options) => {
+            Some(served) if served.options == options => {
                 served.slot.send_replace(runner);
                 served.origin = origin;
                 served.text = text;
@@ -252,47 +252,59 @@ impl LiveHost {
                 if let Some(old) = self.served.remove(&name) {
                     old.stop();
                 }
-                let served = self.spawn(origin, text, pipeline, options, runner, resolved);
-                self.served.insert(name.clone(), served);
+                let (ready, subscribed) = oneshot::channel();
+                let (slot, stop, generation) = self.spawn(&name, &options, runner, ready);
+                self.served.insert(
+                    name.clone(),
+                    Served {
+                        origin,
+                        text,
+                        pipeline,
+                        options,
+                        resolved,
+                        slot,
+                        stop: Some(stop),
+                        generation,
+                    },
+                );
+                // Activated once messages published from now on are served; a subscription
+                // that fails surfaces through `stopped`.
+                if tokio::time::timeout(Duration::from_secs(30), subscribed)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(pipeline = %name, "subscribing takes longer than 30 s");
+                }
                 tracing::info!(pipeline = %name, %heads, "serving");
             }
         }
         self.event("activated", "pipeline", body).await;
     }
 
+    /// Starts serving `options` with `runner`; returns the runner slot, the stop signal and
+    /// the task's generation.
     fn spawn(
         &mut self,
-        origin: Origin,
-        text: String,
-        pipeline: Pipeline,
-        options: ServeOptions,
+        name: &str,
+        options: &ServeOptions,
         runner: Arc<Runner>,
-        resolved: Vec<String>,
-    ) -> Served {
+        ready: oneshot::Sender<()>,
+    ) -> (watch::Sender<Arc<Runner>>, oneshot::Sender<()>, u64) {
         self.generation += 1;
         let generation = self.generation;
         let (slot, receiver) = watch::channel(runner);
         let (stop, stopped) = oneshot::channel::<()>();
-        let name = pipeline.name.get_ref().clone();
+        let name = name.to_owned();
         let client = self.cx.client.clone();
-        let task_options = options.clone();
+        let options = options.clone();
         self.tasks.spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            let outcome = crate::serve(client, receiver, task_options, shutdown).await;
+            let outcome = crate::serve(client, receiver, options, Some(ready), shutdown).await;
             (name, generation, outcome)
         });
-        Served {
-            origin,
-            text,
-            pipeline,
-            options,
-            resolved,
-            slot,
-            stop: Some(stop),
-            generation,
-        }
+        (slot, stop, generation)
     }
 
     /// Stops serving pipeline `name` (its batch in hand finishes first).
@@ -452,10 +464,6 @@ impl LiveHost {
 }
 
 impl Served {
-    fn options_equal(&self, other: &ServeOptions) -> bool {
-        format!("{:?}", self.options) == format!("{other:?}")
-    }
-
     fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

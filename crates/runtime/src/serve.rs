@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::{InputError, Message, Runner, RuntimeError, error_record, parse_message};
 
 /// How [`serve`] consumes a pipeline's input.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
     /// Input subject.
     pub subject: String,
@@ -37,7 +37,7 @@ pub struct ServeOptions {
 
 /// JetStream delivery: a stream over the input subject and a durable pull consumer shared by
 /// every host serving the pipeline.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JetStreamOptions {
     /// Stream name (created over the input subject if missing).
     pub stream: String,
@@ -103,13 +103,21 @@ fn header_id(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
 pub type RunnerSlot = tokio::sync::watch::Receiver<Arc<Runner>>;
 
 /// Serves one pipeline until `shutdown` completes, then finishes the batch in hand and returns.
-/// Each batch runs on the runner `slot` holds when it starts.
+/// Each batch runs on the runner `slot` holds when it starts. `ready` is told once the
+/// subscription (or the stream and consumer) exists, so messages published from then on are
+/// served.
 pub async fn serve(
     client: async_nats::Client,
     slot: RunnerSlot,
     options: ServeOptions,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
+    let ready = move || {
+        if let Some(ready) = ready {
+            let _ = ready.send(());
+        }
+    };
     let runner = slot.borrow().clone();
     match options.jetstream.clone() {
         None => {
@@ -118,6 +126,11 @@ pub async fn serve(
                 .await
                 .map_err(|e| nats_error("subscribe to", &options.subject, e))?;
             tracing::info!(pipeline = runner.name(), subject = %options.subject, group = %options.queue_group, "serving (core)");
+            client
+                .flush()
+                .await
+                .map_err(|e| nats_error("subscribe to", &options.subject, e))?;
+            ready();
             let incoming = subscription.map(|m| Incoming {
                 header_id: header_id(m.headers.as_ref()),
                 payload: m.payload,
@@ -131,6 +144,7 @@ pub async fn serve(
         Some(js) => {
             let messages = jetstream_messages(&client, &options, &js).await?;
             tracing::info!(pipeline = runner.name(), subject = %options.subject, stream = %js.stream, consumer = %js.consumer, "serving (jetstream)");
+            ready();
             let stream_name = js.stream.clone();
             let incoming = messages.filter_map(move |m| {
                 let stream_name = stream_name.clone();

@@ -8,9 +8,19 @@ use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 
-/// The workspace root (the directory holding the top-level `Cargo.toml`).
+/// The workspace root (the directory holding the top-level `Cargo.toml`): the nearest
+/// ancestor of the running test's package (`CARGO_MANIFEST_DIR`, which cargo sets when it runs
+/// tests; else this crate's, as compiled) whose `Cargo.toml` declares the `[workspace]`.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map_or_else(|| start.join("../.."), Path::to_path_buf)
 }
 
 /// `tests/fixtures/<rel>` under the workspace root.
