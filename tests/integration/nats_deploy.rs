@@ -543,6 +543,28 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
         assert_eq!(listed["revision"], rolled["revision"]);
         let history = cli(&["pipelines", "history", "mood", "--nats", &url]);
         assert_eq!(history.lines().count(), 4, "{history}");
+
+        // Removal stops the pipeline on both hosts; a rollback brings it back.
+        cli(&["pipelines", "rm", "mood", "--nats", &url]);
+        events
+            .wait_hosts(2, "removal", |e| is(e, "removed", "pipeline"))
+            .await;
+        let unanswered = client
+            .request("mood.in", r#"{"text":"anyone?"}"#.into())
+            .await;
+        assert!(
+            unanswered.is_err(),
+            "no host serves a removed pipeline: {unanswered:?}"
+        );
+        assert_eq!(cli(&["pipelines", "ls", "--nats", &url]), "");
+        cli(&["rollback", "pipeline", "mood", "--nats", &url]);
+        events
+            .wait_hosts(2, "restoration", |e| is(e, "activated", "pipeline"))
+            .await;
+        assert_eq!(
+            ask(&client, "back again").await["heads"]["sentiment"],
+            "sentiment@1.0.0"
+        );
     });
 }
 
