@@ -155,7 +155,7 @@ pub struct ServeArgs {
     #[arg(long, short)]
     pub pipeline: Vec<PathBuf>,
     /// NATS server URL (default: the host config's, else nats://127.0.0.1:4222).
-    #[arg(long, env = "HEADSTREAM_NATS")]
+    #[arg(long, env = "HEADSTREAM_NATS", hide_env_values = true)]
     pub nats: Option<String>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; default: the host
     /// config's `metrics`, else none).
@@ -171,9 +171,8 @@ pub struct ServeArgs {
 /// What `publish` and `request` send, and where.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// NATS server URL.
-    #[arg(long, env = "HEADSTREAM_NATS", default_value = "nats://127.0.0.1:4222")]
-    pub nats: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// The pipeline's input subject.
     #[arg(long, short)]
     pub subject: String,
@@ -344,7 +343,7 @@ pub enum PluginsCommand {
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// NATS server URL (default: the host config's, else nats://127.0.0.1:4222).
-    #[arg(long, env = "HEADSTREAM_NATS")]
+    #[arg(long, env = "HEADSTREAM_NATS", hide_env_values = true)]
     pub nats: Option<String>,
     /// Host config (headstream.toml) whose [nats] url, credentials and TLS settings to use.
     #[arg(long, short)]

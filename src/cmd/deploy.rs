@@ -1,21 +1,14 @@
 //! `headstream deploy`, `pipelines`, `rollback` and `plugins ls --nats`: the cluster registry.
 
 use anyhow::Context as _;
-use headstream_pipeline::{HostFile, Pipeline, Requirement, parse_reference};
+use headstream_pipeline::{Pipeline, Requirement, parse_reference};
 use headstream_registry::{ClusterRegistry, PackageRecord};
 
 use crate::cli::{ConnectArgs, DeployCommand, PipelinesCommand};
 
 /// Connects as `connect` says and opens the registry buckets.
 async fn open(connect: &ConnectArgs) -> anyhow::Result<ClusterRegistry> {
-    let host = connect.config.as_deref().map(HostFile::load).transpose()?;
-    let url = connect
-        .nats
-        .clone()
-        .or_else(|| host.as_ref().and_then(|h| h.nats.url.clone()))
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
-    let settings = host.map(|h| h.nats).unwrap_or_default();
-    let client = super::serve::connect_once(&url, &settings).await?;
+    let client = super::serve::connect(connect).await?;
     Ok(ClusterRegistry::open(&client).await?)
 }
 

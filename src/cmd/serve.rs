@@ -12,7 +12,7 @@ use headstream_runtime::Metrics;
 use headstream_runtime::live::{FileWatch, HostContext, LiveHost, Origin};
 
 use super::jsonl::read_input;
-use crate::cli::{PublishArgs, RequestArgs, ServeArgs};
+use crate::cli::{ConnectArgs, PublishArgs, RequestArgs, ServeArgs};
 
 /// The async runtime the NATS commands run on.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -23,8 +23,38 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    connect_once(url, &NatsSettings::default()).await
+/// Connects a one-off command as `connect` says: `--nats`, else the host config's URL, else
+/// the local default; credentials and TLS from the host config.
+pub async fn connect(connect: &ConnectArgs) -> anyhow::Result<async_nats::Client> {
+    let host = connect.config.as_deref().map(HostFile::load).transpose()?;
+    let url = connect
+        .nats
+        .clone()
+        .or_else(|| host.as_ref().and_then(|h| h.nats.url.clone()))
+        .unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let settings = host.map(|h| h.nats).unwrap_or_default();
+    connect_once(&url, &settings).await
+}
+
+/// Where commands look for NATS when told nothing.
+const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// `url` with any password or token in it replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let (prefix, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{prefix}{shown}@{host}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// Connects for a one-off command: fails at once if the server cannot be reached.
@@ -64,6 +94,9 @@ async fn connect_with(
     if let Some(var) = &settings.token_env {
         options = options.token(secret(var)?);
     }
+    if let Some(var) = &settings.nkey_seed_env {
+        options = options.nkey(secret(var)?);
+    }
     if let Some(ca) = &settings.tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
@@ -87,7 +120,7 @@ async fn connect_with(
         })
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))
+        .with_context(|| format!("cannot connect to NATS at {}", redact(url)))
 }
 
 /// Serves every pipeline until Ctrl-C / SIGTERM; in-flight batches finish first. With
@@ -104,11 +137,16 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| Pipeline::load(p))
         .collect::<Result<Vec<_>, _>>()?;
+    if pipelines.is_empty() && !args.deployed {
+        anyhow::bail!(
+            "nothing to serve: name pipelines (--pipeline, or `pipelines` in the host config) or serve the cluster registry's (--deployed)"
+        );
+    }
     let url = args
         .nats
         .clone()
         .or_else(|| host.as_ref().and_then(|h| h.nats.url.clone()))
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
+        .unwrap_or_else(|| DEFAULT_URL.to_owned());
     let settings = host.as_ref().map(|h| h.nats.clone()).unwrap_or_default();
     let metrics_addr: Option<std::net::SocketAddr> = match &args.metrics {
         Some(addr) => Some(addr.parse().with_context(|| {
@@ -206,8 +244,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         };
         let watch = args.watch.then(|| FileWatch::new(texts, watched_dirs));
         eprintln!(
-            "headstream serving {} pipeline(s) on {url}{}{}",
+            "headstream serving {} pipeline(s) on {}{}{}",
             pipelines.len(),
+            redact(&url),
             if args.deployed {
                 ", following the cluster registry"
             } else {
@@ -314,7 +353,7 @@ async fn shutdown_signal() {
 pub fn publish(args: &PublishArgs) -> anyhow::Result<()> {
     let bodies = bodies(args.send.text.as_deref(), args.send.input.as_deref())?;
     runtime()?.block_on(async {
-        let client = connect(&args.send.nats).await?;
+        let client = connect(&args.send.connect).await?;
         for body in &bodies {
             client
                 .publish(args.send.subject.clone(), body.clone().into())
@@ -335,7 +374,7 @@ pub fn request(args: &RequestArgs) -> anyhow::Result<()> {
     let send = &args.send;
     let bodies = bodies(send.text.as_deref(), send.input.as_deref())?;
     runtime()?.block_on(async {
-        let client = connect(&send.nats).await?;
+        let client = connect(&send.connect).await?;
         let mut stdout = std::io::stdout().lock();
         for body in bodies {
             let reply = tokio::time::timeout(
@@ -364,4 +403,18 @@ fn bodies(text: Option<&str>, input: Option<&std::path::Path>) -> anyhow::Result
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
         .map(<[u8]>::to_vec)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_shown_without_secrets() {
+        use super::redact;
+        assert_eq!(
+            redact("nats://alice:s3cret@h:4222"),
+            "nats://alice:***@h:4222"
+        );
+        assert_eq!(redact("nats://t0ken@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact("tls://h:4222"), "tls://h:4222");
+    }
 }

@@ -17,6 +17,8 @@
 //!   rejected deploys, rollback, canary and shadow, `serve --watch`.
 //! - `nats_jetstream`: JetStream delivery: nothing lost across a nats-server restart, messages
 //!   past `max_deliver` to the error subject.
+//! - `nats_security`: user/password, token, NKey and TLS (custom CA, client certificates) in
+//!   every command that connects; refusals without credentials; no secrets in logs or --help.
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
 //!   default; `.ci/run` runs them with `--ignored`, since a user's clone has no `../shared`).
 //! - `shared_datasets`: shipped heads and 8-shot heads against the probe's accuracy on
@@ -31,6 +33,7 @@ mod encoder_parity;
 mod heads;
 mod nats_deploy;
 mod nats_jetstream;
+mod nats_security;
 mod nats_serve;
 mod shared_datasets;
 mod shared_reference;

@@ -703,6 +703,9 @@ pub struct HostFile {
     /// Config format version (`version = 1`).
     pub version: Spanned<u32>,
     /// Pipeline files to serve (`pipelines = ["pipelines/a.toml", ...]`); absolute after load.
+    /// May be empty (a host serving only deployed pipelines, or a config used for its `[nats]`
+    /// settings by `publish`, `request` and `deploy`).
+    #[serde(default)]
     pub pipelines: Vec<Spanned<PathBuf>>,
     /// `[nats]`: the connection.
     #[serde(default)]
@@ -733,6 +736,9 @@ pub struct NatsSettings {
     pub password_env: Option<String>,
     /// Environment variable holding an authentication token (`token_env = "NATS_TOKEN"`).
     pub token_env: Option<String>,
+    /// Environment variable holding an NKey seed (`nkey_seed_env = "NATS_NKEY_SEED"`, a
+    /// `SU...` user seed); the host signs the server's challenge with it.
+    pub nkey_seed_env: Option<String>,
     /// CA certificate (PEM) to verify the server with (`tls_ca`); enables TLS.
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS (`tls_cert`, with `tls_key`).
@@ -749,13 +755,6 @@ impl HostFile {
         let at = |span, key: &str, message| source.at(span, key, message);
         let mut host: HostFile = source.deserialize()?;
         source.check_version(&host.version)?;
-        if host.pipelines.is_empty() {
-            return Err(at(
-                0..0,
-                "pipelines",
-                "list at least one pipeline file".into(),
-            ));
-        }
         let dir = path.parent().unwrap_or(Path::new("."));
         for (i, pipeline) in host.pipelines.iter_mut().enumerate() {
             let resolved = dir.join(pipeline.get_ref());

@@ -67,7 +67,9 @@ impl State {
         stderr: MemoryOutputPipe,
     ) -> Self {
         // Deny-all WASI: no preopens, env, args or sockets; empty stdin, stdout discarded,
-        // stderr captured (bounded) so a panic message can be reported; frozen clocks.
+        // stderr captured (bounded) so a panic message can be reported; frozen clocks; and
+        // "randomness" that is a fixed byte cycle, so a head cannot observe entropy either
+        // (and its outputs are reproducible).
         let wasi = WasiCtx::builder()
             .stderr(stderr)
             .allow_tcp(false)
@@ -75,6 +77,9 @@ impl State {
             .allow_ip_name_lookup(false)
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a]))
+            .insecure_random(wasmtime_wasi::Deterministic::new(vec![0xa5]))
+            .insecure_random_seed(0)
             .build();
         Self {
             wasi,

@@ -290,6 +290,36 @@ fn head_that_keeps_failing_is_switched_off() {
 }
 
 #[test]
+fn plugins_see_no_environment_time_or_entropy() {
+    let e = [0.0f32; 4];
+    let mut seen = Vec::new();
+    // Two separate hosts, so nothing is shared between the two probes but the sandbox itself.
+    for _ in 0..2 {
+        let host = host();
+        let head = hostile(&host, "probe", Limits::default());
+        let out = head.run(&[item("1", "boom", &e)]);
+        let Ok(probe) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(probe["env"], json!([]), "no environment: {probe}");
+        assert_eq!(probe["args"], json!([]), "no arguments: {probe}");
+        assert_eq!(probe["stdin_bytes"], 0, "empty stdin: {probe}");
+        assert_eq!(
+            probe["wall_clock_s"], 0.0,
+            "the wall clock is frozen: {probe}"
+        );
+        assert_eq!(
+            probe["monotonic_elapsed_s"], 0.0,
+            "the monotonic clock is frozen: {probe}"
+        );
+        seen.push(probe["random_hash"].clone());
+    }
+    // std seeds HashMap keys from the platform's randomness: with none, every instance
+    // hashes alike.
+    assert_eq!(seen[0], seen[1], "randomness is not observable");
+}
+
+#[test]
 fn plugin_importing_files_or_sockets_is_refused_naming_the_import() {
     let err = host()
         .load(&plugin_path("hostile-wasi"), HeadConfig::default())

@@ -134,23 +134,46 @@ pub fn safetensors_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
 pub struct NatsServer {
     child: std::process::Child,
     port: u16,
+    args: Vec<String>,
     _store: tempfile::TempDir,
+    _config: Option<tempfile::TempDir>,
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> Self {
-        let binary = nats_server_binary();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        Self::start_with(free_port(), Vec::new())
+    }
+
+    /// Starts a server with a configuration file (authorization, TLS, ...) of this text.
+    pub fn start_with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let path = dir.path().join("server.conf");
+        std::fs::write(&path, config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut server =
+            Self::start_with(free_port(), vec!["-c".into(), path.display().to_string()]);
+        server._config = Some(dir);
+        server
+    }
+
+    /// Starts a server on `port` with extra command-line arguments.
+    pub fn start_with(port: u16, args: Vec<String>) -> Self {
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let child = spawn_server(&binary, port, store.path());
+        let child = spawn_server(&nats_server_binary(), port, store.path(), &args);
         let server = Self {
             child,
             port,
+            args,
             _store: store,
+            _config: None,
         };
         server.wait_listening();
         server
@@ -159,10 +182,25 @@ impl NatsServer {
     /// Kills the server (SIGKILL, no goodbye to clients) and starts it again on the same port
     /// with the same JetStream store, as an operator's restart would.
     pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_server(
+            &nats_server_binary(),
+            self.port,
+            self._store.path(),
+            &self.args,
+        );
+        self.wait_listening();
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_server(&nats_server_binary(), self.port, self._store.path());
-        self.wait_listening();
+    }
+
+    /// The server's client port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     fn wait_listening(&self) {
@@ -182,6 +220,52 @@ impl NatsServer {
     }
 }
 
+/// Three nats-servers routed into one JetStream cluster on loopback ports.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts a cluster of `n` nodes (named `n0`, `n1`, ...) and waits for every client port.
+    pub fn start(n: usize) -> Self {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let routes = ports
+            .iter()
+            .map(|(_, cluster)| format!("nats://127.0.0.1:{cluster}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, cluster))| {
+                let args = vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "headstream-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cluster}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ];
+                NatsServer::start_with(*client, args)
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// Every node's URL, comma-separated (what a client given the whole cluster connects to).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -189,8 +273,9 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn_server(binary: &Path, port: u16, store: &Path) -> std::process::Child {
+fn spawn_server(binary: &Path, port: u16, store: &Path, args: &[String]) -> std::process::Child {
     std::process::Command::new(binary)
+        .args(args)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
         .stdout(std::process::Stdio::null())

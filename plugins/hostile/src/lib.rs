@@ -6,7 +6,8 @@
 //! `loop` (spins forever), `memory` (allocates without bound), `recursion` (unbounded
 //! recursion), `huge-output` (a multi-megabyte JSON result), `panic`, `wrong-count` (returns
 //! fewer results than items), `bad-json`, `bad-span` (an entity outside the text),
-//! `config-fails` (rejects its config).
+//! `config-fails` (rejects its config), `probe` (answers what the sandbox lets it see: the
+//! environment, arguments, stdin, the clocks, and a hash keyed by the randomness std draws).
 
 use headstream_sdk::{
     Assets, Config, ConfigError, Description, Entity, Head, HeadError, Item, Output, TaskKind,
@@ -63,6 +64,7 @@ impl Head for Hostile {
                 }
                 "panic" => panic!("hostile head panicked on purpose"),
                 "wrong-count" => return Vec::new(),
+                "probe" => return batch.iter().map(|_| Ok(Output::Json(probe()))).collect(),
                 _ => {}
             }
         }
@@ -89,6 +91,31 @@ impl Head for Hostile {
     fn run_one(&self, _item: &Item) -> Result<Output, HeadError> {
         Err(HeadError::Failed("unused: run is overridden".into()))
     }
+}
+
+/// What ambient state the sandbox exposes, as JSON.
+fn probe() -> String {
+    use std::hash::BuildHasher as _;
+    use std::io::Read as _;
+    let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    let args: Vec<String> = std::env::args().collect();
+    let mut stdin = Vec::new();
+    let stdin_read = std::io::stdin().read_to_end(&mut stdin).is_ok();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(-1.0, |d| d.as_secs_f64());
+    let started = std::time::Instant::now();
+    let mut spin: u64 = 0;
+    for i in 0..1_000_000u64 {
+        spin = std::hint::black_box(spin.wrapping_add(i));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // HashMap's RandomState is seeded from the platform's randomness.
+    let keyed = std::collections::hash_map::RandomState::new().hash_one("headstream");
+    format!(
+        "{{\"env\":{env:?},\"args\":{args:?},\"stdin_bytes\":{},\"stdin_read\":{stdin_read},\"wall_clock_s\":{wall},\"monotonic_elapsed_s\":{elapsed},\"random_hash\":\"{keyed:x}\",\"spin\":{spin}}}",
+        stdin.len()
+    )
 }
 
 headstream_sdk::export_head!(Hostile);
