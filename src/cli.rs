@@ -154,7 +154,8 @@ pub struct ServeArgs {
     /// A pipeline config to serve (repeat for several), in addition to the host config's.
     #[arg(long, short)]
     pub pipeline: Vec<PathBuf>,
-    /// NATS server URL (default: the host config's, else nats://127.0.0.1:4222).
+    /// NATS server URL, or several of a cluster separated by commas (default: the host
+    /// config's, else nats://127.0.0.1:4222).
     #[arg(long, env = "HEADSTREAM_NATS", hide_env_values = true)]
     pub nats: Option<String>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; default: the host
@@ -342,7 +343,8 @@ pub enum PluginsCommand {
 /// How a command reaches NATS.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// NATS server URL (default: the host config's, else nats://127.0.0.1:4222).
+    /// NATS server URL, or several of a cluster separated by commas (default: the host
+    /// config's, else nats://127.0.0.1:4222).
     #[arg(long, env = "HEADSTREAM_NATS", hide_env_values = true)]
     pub nats: Option<String>,
     /// Host config (headstream.toml) whose [nats] url, credentials and TLS settings to use.

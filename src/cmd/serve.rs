@@ -118,7 +118,8 @@ async fn connect_with(
                 other => tracing::info!("NATS: {other}"),
             }
         })
-        .connect(url)
+        // A comma-separated list names several servers of a cluster.
+        .connect(url.split(',').map(str::trim).collect::<Vec<_>>())
         .await
         .with_context(|| format!("cannot connect to NATS at {}", redact(url)))
 }

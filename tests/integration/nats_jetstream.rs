@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt as _;
-use headstream_test_util::{NatsServer, plugin_path};
+use headstream_test_util::{NatsCluster, NatsServer, plugin_path};
 
 use crate::nats_serve::Host;
 use serde_json::Value;
@@ -19,6 +19,11 @@ const STREAM: &str = "TICKETS";
 const CONSUMER: &str = "triage";
 
 fn pipeline(dir: &std::path::Path) -> std::path::PathBuf {
+    pipeline_with(dir, "")
+}
+
+/// The tickets pipeline with extra `[delivery]` settings.
+fn pipeline_with(dir: &std::path::Path, delivery: &str) -> std::path::PathBuf {
     let path = dir.join("tickets.toml");
     let text = format!(
         r#"version = 1
@@ -34,6 +39,7 @@ stream = "{STREAM}"
 consumer = "{CONSUMER}"
 max_deliver = 3
 ack_wait_ms = 2000
+{delivery}
 [batching]
 max_batch_size = 16
 max_wait_ms = 5
@@ -68,32 +74,38 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn connect(url: &str) -> async_nats::Client {
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
-        .connect(url)
+        .connect(url.split(',').collect::<Vec<_>>())
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Input stream, plus a stream that records every result and error record the hosts publish.
-async fn streams(js: &jetstream::Context) -> stream::Stream {
-    js.get_or_create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec!["tickets.in".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    js.get_or_create_stream(stream::Config {
-        name: "RECORDED".into(),
-        subjects: vec!["tickets.out".into(), "tickets.errors".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+/// Input stream, plus a stream that records every result and error record the hosts publish
+/// (`replicas` copies of each; retried while a new cluster elects its JetStream leader).
+async fn streams(js: &jetstream::Context, replicas: usize) -> stream::Stream {
+    let create = |name: &str, subjects: &[&str]| {
+        let config = stream::Config {
+            name: name.into(),
+            subjects: subjects.iter().map(|s| (*s).into()).collect(),
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        async move {
+            for _ in 0..300 {
+                if let Ok(stream) = js.get_or_create_stream(config.clone()).await {
+                    return stream;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("cannot create stream {}", config.name);
+        }
+    };
+    create(STREAM, &["tickets.in"]).await;
+    create("RECORDED", &["tickets.out", "tickets.errors"]).await
 }
 
 /// Publishes to JetStream, retrying while the server is away (the restart).
 async fn publish(js: &jetstream::Context, body: String) {
-    for _ in 0..100 {
+    for _ in 0..300 {
         let stored: Result<_, jetstream::context::PublishError> =
             async { js.publish("tickets.in", body.clone().into()).await?.await }.await;
         if stored.is_ok() {
@@ -124,6 +136,107 @@ async fn read_new(recorded: &mut stream::Stream, next: &mut u64) -> Vec<(String,
     out
 }
 
+fn ticket(i: usize) -> String {
+    format!(r#"{{"id":"m{i}","text":"refund for order {i}"}}"#)
+}
+
+/// What a fault scenario produced: results by message id, and error records.
+struct Outcome {
+    seen: HashMap<String, Vec<Value>>,
+    errors: Vec<Value>,
+}
+
+/// Publishes `total` tickets, half before and half after `fault` (run once `after` results
+/// are in), and gathers results until every ticket has one and `errors` error records came.
+fn through_fault(
+    rt: &tokio::runtime::Runtime,
+    js: &jetstream::Context,
+    recorded: &mut stream::Stream,
+    total: usize,
+    errors: usize,
+    after: usize,
+    fault: impl FnOnce(),
+) -> Outcome {
+    rt.block_on(async {
+        for i in 0..total / 2 {
+            publish(js, ticket(i)).await;
+        }
+    });
+    let mut outcome = Outcome {
+        seen: HashMap::new(),
+        errors: Vec::new(),
+    };
+    let mut next = 1;
+    let mut fault = Some(fault);
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        while outcome.seen.len() < total || outcome.errors.len() < errors {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {total} results and {} error records",
+                outcome.seen.len(),
+                outcome.errors.len()
+            );
+            for (subject, record) in read_new(recorded, &mut next).await {
+                if subject == "tickets.errors" {
+                    outcome.errors.push(record);
+                } else if let Some(id) = record["id"].as_str() {
+                    outcome
+                        .seen
+                        .entry(id.to_owned())
+                        .or_default()
+                        .push(record.clone());
+                }
+            }
+            if outcome.seen.len() >= after
+                && let Some(fault) = fault.take()
+            {
+                fault();
+                for i in total / 2..total {
+                    publish(js, ticket(i)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert!(fault.is_none(), "the fault never ran");
+    let expected: HashSet<String> = (0..total).map(|i| format!("m{i}")).collect();
+    let got: HashSet<String> = outcome.seen.keys().cloned().collect();
+    assert_eq!(got, expected, "lost or unknown ids");
+    outcome
+}
+
+/// Checks every result and returns how many were repeats. A repeat carries the same id and
+/// idempotency key (message, pipeline, head versions) and the same outputs; with `marked`, it
+/// also says `redelivered`.
+fn repeats(outcome: &Outcome, marked: bool) -> usize {
+    let mut duplicates = 0;
+    for (id, records) in &outcome.seen {
+        assert_eq!(
+            records[0]["results"]["flags"]["flags"][0], "refund",
+            "{id}: {records:?}"
+        );
+        assert!(
+            records[0]["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("tickets/"))
+        );
+        for extra in records.iter().skip(1) {
+            duplicates += 1;
+            assert_eq!(extra["id"], records[0]["id"]);
+            assert_eq!(extra["key"], records[0]["key"], "{id}: {records:?}");
+            assert_eq!(extra["results"], records[0]["results"], "{id}: {records:?}");
+            if marked {
+                assert!(
+                    records.iter().any(|r| r["redelivered"].as_u64() >= Some(1)),
+                    "{id}: a repeat not marked as a redelivery: {records:?}"
+                );
+            }
+        }
+    }
+    duplicates
+}
+
 #[test]
 fn every_message_gets_a_result_across_a_nats_server_restart() {
     let mut server = NatsServer::start();
@@ -134,77 +247,76 @@ fn every_message_gets_a_result_across_a_nats_server_restart() {
     let _guard = rt.enter();
     let client = rt.block_on(connect(&url));
     let js = jetstream::new(client.clone());
-    let mut recorded = rt.block_on(streams(&js));
-    let total = 300;
-    rt.block_on(async {
-        for i in 0..total / 2 {
-            publish(
-                &js,
-                format!(r#"{{"id":"m{i}","text":"refund for order {i}"}}"#),
-            )
-            .await;
-        }
-        publish(&js, "not json".into()).await;
-    });
+    let mut recorded = rt.block_on(streams(&js, 1));
+    rt.block_on(publish(&js, "not json".into()));
     let _host = start_host(&url, &pipeline);
-    let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
-    let mut errors = Vec::new();
-    let mut next = 1;
-    let mut restarted = false;
-    rt.block_on(async {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-        while seen.len() < total || errors.is_empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {total} results and {} error records",
-                seen.len(),
-                errors.len()
-            );
-            for (subject, record) in read_new(&mut recorded, &mut next).await {
-                if subject == "tickets.errors" {
-                    errors.push(record);
-                } else if let Some(id) = record["id"].as_str() {
-                    seen.entry(id.to_owned()).or_default().push(record.clone());
-                }
-            }
-            if !restarted && seen.len() >= 30 {
-                // Mid-stream: kill nats-server and bring it back; then publish the rest.
-                restarted = true;
-                server.restart();
-                for i in total / 2..total {
-                    publish(
-                        &js,
-                        format!(r#"{{"id":"m{i}","text":"refund for order {i}"}}"#),
-                    )
-                    .await;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    assert!(restarted);
-    let expected: HashSet<String> = (0..total).map(|i| format!("m{i}")).collect();
-    let got: HashSet<String> = seen.keys().cloned().collect();
-    assert_eq!(got, expected, "lost or unknown ids");
-    let mut duplicates = 0;
-    for (id, records) in &seen {
-        assert_eq!(
-            records[0]["results"]["flags"]["flags"][0], "refund",
-            "{id}: {records:?}"
-        );
-        // A second result is a redelivery: the same id (the consumer's idempotency key) and
-        // the same outputs. It says `redelivered` when the server still knew it had delivered
-        // the message; a server killed with SIGKILL may lose its unsynced ack state and deliver
-        // it again as new.
-        for extra in records.iter().skip(1) {
-            duplicates += 1;
-            assert_eq!(extra["id"], records[0]["id"]);
-            assert_eq!(extra["results"], records[0]["results"], "{id}: {records:?}");
-        }
-    }
-    eprintln!("{total} messages across a restart: 0 lost, {duplicates} redelivered duplicates");
-    assert_eq!(errors[0]["error"]["kind"], "not_json");
-    assert_eq!(errors[0]["payload"], "not json");
+    let total = 300;
+    // Mid-stream: kill nats-server and bring it back.
+    let outcome = through_fault(&rt, &js, &mut recorded, total, 1, 30, || server.restart());
+    // A server killed with SIGKILL may lose its unsynced ack state and deliver a message again
+    // as new, so repeats are not always marked here; they still carry the same key.
+    let duplicates = repeats(&outcome, false);
+    eprintln!("{total} messages across a nats-server restart: 0 lost, {duplicates} repeated");
+    assert_eq!(outcome.errors[0]["error"]["kind"], "not_json");
+    assert_eq!(outcome.errors[0]["payload"], "not json");
+}
+
+#[test]
+fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = pipeline(dir.path());
+    let url = server.url();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let client = rt.block_on(connect(&url));
+    let js = jetstream::new(client.clone());
+    let mut recorded = rt.block_on(streams(&js, 1));
+    let mut doomed = start_host(&url, &pipeline);
+    let _survivor = start_host(&url, &pipeline);
+    let total = 400;
+    // SIGKILL one host mid-stream: its unacked messages come back to the other after
+    // `ack_wait` (2 s here).
+    let outcome = through_fault(&rt, &js, &mut recorded, total, 0, 100, || doomed.kill());
+    let duplicates = repeats(&outcome, true);
+    let hosts: HashSet<&str> = outcome
+        .seen
+        .values()
+        .flatten()
+        .filter_map(|r| r["host"].as_str())
+        .collect();
+    assert_eq!(hosts.len(), 2, "both hosts served before the kill");
+    eprintln!(
+        "{total} messages, one of two hosts SIGKILLed: 0 lost, {duplicates} repeated (marked)"
+    );
+}
+
+#[test]
+fn a_three_node_cluster_loses_a_node_and_nothing_is_lost() {
+    let mut cluster = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = pipeline_with(dir.path(), "replicas = 3");
+    let rt = runtime();
+    let _guard = rt.enter();
+    // The test's own client talks to the nodes that stay.
+    let survivors = cluster.nodes[1..]
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = rt.block_on(connect(&survivors));
+    let js = jetstream::new(client.clone());
+    let mut recorded = rt.block_on(streams(&js, 3));
+    // Hosts connect to the node that will die and learn the others from it (cluster gossip).
+    let first = cluster.nodes[0].url();
+    let _hosts = [start_host(&first, &pipeline), start_host(&first, &pipeline)];
+    let total = 300;
+    let node = &mut cluster.nodes[0];
+    let outcome = through_fault(&rt, &js, &mut recorded, total, 0, 50, || node.kill());
+    let duplicates = repeats(&outcome, false);
+    eprintln!(
+        "{total} messages, one of three cluster nodes SIGKILLed: 0 lost, {duplicates} repeated"
+    );
 }
 
 #[test]
@@ -217,7 +329,7 @@ fn a_message_past_max_deliveries_goes_to_the_error_subject() {
     let _guard = rt.enter();
     let client = rt.block_on(connect(&url));
     let js = jetstream::new(client.clone());
-    let mut recorded = rt.block_on(streams(&js));
+    let mut recorded = rt.block_on(streams(&js, 1));
     // Let a host create the durable consumer, then take it away.
     let host = start_host(&url, &pipeline);
     let input = rt.block_on(async {
@@ -235,6 +347,19 @@ fn a_message_past_max_deliveries_goes_to_the_error_subject() {
     });
     drop(host);
     rt.block_on(async {
+        // The killed host's pull requests linger on the server until they expire; wait them
+        // out so that none of them takes (and spends) a delivery of the poison message.
+        for _ in 0..100 {
+            let waiting = input
+                .clone()
+                .consumer_info(CONSUMER)
+                .await
+                .map_or(1, |info| info.num_waiting);
+            if waiting == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         publish(&js, r#"{"id":"poison","text":"crashes every host"}"#.into()).await;
         // Three deliveries that end without an ack, as if three hosts died on the message.
         let consumer: consumer::PullConsumer = input

@@ -30,6 +30,12 @@ impl Host {
         Host(child)
     }
 
+    /// Kills the host with SIGKILL: no batch finishes, nothing is acked.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
     fn start(nats: &str) -> Self {
         Self::start_with_args(nats, &[])
     }

@@ -78,6 +78,9 @@ pub struct Delivery {
     /// Milliseconds before an unacknowledged message is redelivered (`jetstream`).
     #[serde(default = "default_ack_wait_ms")]
     pub ack_wait_ms: u64,
+    /// Copies of the stream a NATS cluster keeps (`jetstream`; 1, or 3 to survive a node).
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
 }
 
 impl Default for Delivery {
@@ -89,6 +92,7 @@ impl Default for Delivery {
             consumer: None,
             max_deliver: default_max_deliver(),
             ack_wait_ms: default_ack_wait_ms(),
+            replicas: default_replicas(),
         }
     }
 }
@@ -101,6 +105,9 @@ fn default_max_deliver() -> u32 {
 }
 fn default_ack_wait_ms() -> u64 {
     30_000
+}
+fn default_replicas() -> u32 {
+    1
 }
 
 /// `[batching]`: how messages are grouped before encoding.
@@ -324,6 +331,13 @@ impl Pipeline {
                 pipeline.delivery.mode.span(),
                 "delivery.mode",
                 format!("{mode:?} is not `core` or `jetstream`"),
+            ));
+        }
+        if !(1..=5).contains(&pipeline.delivery.replicas) {
+            return Err(at(
+                0..0,
+                "delivery.replicas",
+                format!("{} is outside 1..=5", pipeline.delivery.replicas),
             ));
         }
         let batch = *pipeline.batching.max_batch_size.get_ref();

@@ -394,12 +394,23 @@ fn load_package(
 /// Whether message `id` goes to `head`'s canary serving `percent` of messages: a stable hash
 /// (FNV-1a) of the head and message id, so every host and every redelivery agree.
 fn takes_canary(head: &str, id: &str, percent: f64) -> bool {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in head.bytes().chain([0]).chain(id.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = fnv1a(head.bytes().chain([0]).chain(id.bytes()));
     ((hash % 10_000) as f64) < percent * 100.0
+}
+
+/// 64-bit FNV-1a: a stable hash (same on every host and release), not a cryptographic one.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A result's idempotency key: pipeline, message id, and a digest of the head versions that
+/// produced it. A redelivered message's result carries the same key (consumers drop repeats);
+/// a result from other head versions does not.
+fn idempotency_key(pipeline: &str, id: &str, heads: &Map<String, Value>) -> String {
+    let versions = Value::Object(heads.clone()).to_string();
+    format!("{pipeline}/{id}/{:016x}", fnv1a(versions.bytes()))
 }
 
 /// Whether a shadow output gives the same answer as the live one: the same `label` when both
@@ -784,8 +795,10 @@ impl Runner {
             .map(|(((m, (results, errors)), canaried), e)| {
                 let mut heads = self.heads_ids.clone();
                 heads.extend(canaried);
+                let key = idempotency_key(&self.name, &m.id, &heads);
                 let mut record = json!({
                     "id": m.id,
+                    "key": key,
                     "pipeline": self.name,
                     "meta": m.meta,
                     "results": results,

@@ -47,6 +47,8 @@ pub struct JetStreamOptions {
     pub max_deliver: u32,
     /// How long the server waits for an ack before redelivering.
     pub ack_wait: Duration,
+    /// Stream replicas in a NATS cluster (used when the stream is created).
+    pub replicas: u32,
 }
 
 impl ServeOptions {
@@ -62,6 +64,7 @@ impl ServeOptions {
             consumer: delivery.consumer.clone().unwrap_or_else(|| name.clone()),
             max_deliver: delivery.max_deliver,
             ack_wait: Duration::from_millis(delivery.ack_wait_ms),
+            replicas: delivery.replicas,
         });
         Self {
             subject: pipeline.input.subject.get_ref().clone(),
@@ -192,6 +195,7 @@ async fn jetstream_messages(
         .get_or_create_stream(stream::Config {
             name: js.stream.clone(),
             subjects: vec![options.subject.clone()],
+            num_replicas: js.replicas.max(1) as usize,
             ..Default::default()
         })
         .await
@@ -211,9 +215,14 @@ async fn jetstream_messages(
         })
         .await
         .map_err(|e| nats_error("create consumer on", &options.subject, e))?;
+    // Short-lived pull requests with heartbeats: after a reconnect or a cluster node's loss
+    // (a new consumer leader), a lost request is noticed and replaced within seconds rather
+    // than at the 30 s default expiry.
     consumer
         .stream()
         .max_messages_per_batch(options.max_batch_size)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(1))
         .messages()
         .await
         .map_err(|e| nats_error("pull from", &options.subject, e))
@@ -244,6 +253,7 @@ async fn run_loop(
             }
         }
         let runner = slot.borrow().clone();
+        tracing::debug!(pipeline = runner.name(), messages = batch.len(), "batch");
         handle_batch(client, &runner, options, batch).await?;
     }
     Ok(())
@@ -375,6 +385,7 @@ async fn handle_batch(
         m.observe(&name, "batch", started.elapsed());
     }
     if !acks.is_empty() {
+        tracing::debug!(pipeline = runner.name(), "flushing");
         // Acknowledge only once every result and error record has reached the server; if
         // that cannot be confirmed, the messages are redelivered rather than lost.
         if let Err(e) = client.flush().await {
@@ -385,6 +396,11 @@ async fn handle_batch(
             );
             return Ok(());
         }
+        tracing::debug!(
+            pipeline = runner.name(),
+            acks = acks.len(),
+            "batch published; acking"
+        );
         for message in acks {
             if let Err(e) = message.ack().await {
                 tracing::warn!(
