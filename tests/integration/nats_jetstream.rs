@@ -286,8 +286,14 @@ fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
         .filter_map(|r| r["host"].as_str())
         .collect();
     assert_eq!(hosts.len(), 2, "both hosts served before the kill");
+    let redelivered = outcome
+        .seen
+        .values()
+        .flatten()
+        .filter(|r| r["redelivered"].as_u64().is_some())
+        .count();
     eprintln!(
-        "{total} messages, one of two hosts SIGKILLed: 0 lost, {duplicates} repeated (marked)"
+        "{total} messages, one of two hosts SIGKILLed: 0 lost, {duplicates} repeated, {redelivered} results of redeliveries"
     );
 }
 
