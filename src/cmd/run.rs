@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use headstream_pipeline::Pipeline;
-use headstream_runtime::{Message, Runner, error_record, parse_message};
+use headstream_runtime::{Message, Runner, error_record, parse_message_within};
 
 use super::jsonl::read_input;
 use crate::cli::RunArgs;
@@ -42,7 +42,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match parse_message(line, || (n + 1).to_string()) {
+        match parse_message_within(line, runner.input_limits(), || (n + 1).to_string()) {
             Ok(message) => pending.push(message),
             Err(mut error) => {
                 bad += 1;

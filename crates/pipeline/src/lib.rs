@@ -47,6 +47,22 @@ pub struct PipelineError {
 pub struct Input {
     /// NATS subject the pipeline reads (`subject = "support.in"`).
     pub subject: Spanned<String>,
+    /// Largest message body accepted, in bytes (`max_message_bytes`, default 1 MiB); larger
+    /// ones go to the error subject as `too_large`.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Longest `text` accepted, in bytes of UTF-8 (`max_text_bytes`, default 64 KiB; the
+    /// encoder reads at most 256 tokens of it); longer ones go to the error subject as
+    /// `text_too_long`.
+    #[serde(default = "default_max_text_bytes")]
+    pub max_text_bytes: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+fn default_max_text_bytes() -> usize {
+    64 << 10
 }
 
 /// `[output]`: where results and error records go.

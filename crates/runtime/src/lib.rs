@@ -142,19 +142,58 @@ pub struct InputError {
     pub message: String,
 }
 
-/// Largest accepted message body, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// What a pipeline accepts from one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest body, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest `text`, in bytes of UTF-8.
+    pub max_text_bytes: usize,
+}
 
-/// Parses a message body `{"id"?, "text", "meta"?}`; `default_id` is used when it has no id.
+impl Default for InputLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            max_text_bytes: 64 << 10,
+        }
+    }
+}
+
+impl InputLimits {
+    /// The limits a pipeline config sets.
+    pub fn from_pipeline(pipeline: &Pipeline) -> Self {
+        Self {
+            max_message_bytes: pipeline.input.max_message_bytes,
+            max_text_bytes: pipeline.input.max_text_bytes,
+        }
+    }
+}
+
+/// Parses a message body `{"id"?, "text", "meta"?}` within the default [`InputLimits`];
+/// `default_id` is used when it has no id.
 pub fn parse_message(
     body: &[u8],
     default_id: impl FnOnce() -> String,
 ) -> Result<Message, InputError> {
+    parse_message_within(body, InputLimits::default(), default_id)
+}
+
+/// Parses a message body `{"id"?, "text", "meta"?}`, refusing bodies and texts past `limits`.
+pub fn parse_message_within(
+    body: &[u8],
+    limits: InputLimits,
+    default_id: impl FnOnce() -> String,
+) -> Result<Message, InputError> {
     let err = |kind, message: String| InputError { kind, message };
-    if body.len() > MAX_MESSAGE_BYTES {
+    if body.len() > limits.max_message_bytes {
         return Err(err(
             "too_large",
-            format!("{} bytes, the limit is {MAX_MESSAGE_BYTES}", body.len()),
+            format!(
+                "{} bytes, the limit is {}",
+                body.len(),
+                limits.max_message_bytes
+            ),
         ));
     }
     let text =
@@ -167,6 +206,16 @@ pub fn parse_message(
     let text = match object.remove("text") {
         Some(Value::String(t)) if t.trim().is_empty() => {
             return Err(err("empty_text", "\"text\" is empty".into()));
+        }
+        Some(Value::String(t)) if t.len() > limits.max_text_bytes => {
+            return Err(err(
+                "text_too_long",
+                format!(
+                    "\"text\" is {} bytes, the limit is {}",
+                    t.len(),
+                    limits.max_text_bytes
+                ),
+            ));
         }
         Some(Value::String(t)) => t,
         Some(_) => return Err(err("bad_text", "\"text\" must be a string".into())),
@@ -596,6 +645,7 @@ struct CompiledRoute {
 /// A pipeline ready to process batches: its heads loaded, sharing one encoder.
 pub struct Runner {
     name: String,
+    limits: InputLimits,
     routes: Vec<CompiledRoute>,
     metrics: Option<Arc<Metrics>>,
     batcher: Option<CoBatcher>,
@@ -656,6 +706,7 @@ impl Runner {
             .collect::<Result<_, RuntimeError>>()?;
         Ok(Self {
             name: pipeline.name.get_ref().clone(),
+            limits: InputLimits::from_pipeline(pipeline),
             routes,
             metrics: None,
             batcher: None,
@@ -670,6 +721,11 @@ impl Runner {
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the pipeline accepts from one message.
+    pub fn input_limits(&self) -> InputLimits {
+        self.limits
     }
 
     /// Records stage latencies and head failures in `metrics`.
@@ -836,4 +892,55 @@ pub struct Processed {
     pub records: Vec<Value>,
     /// Shadow records `(subject, record)`: live and shadow outputs side by side.
     pub shadows: Vec<(String, Value)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InputLimits, parse_message, parse_message_within};
+
+    fn kind(body: &[u8], limits: InputLimits) -> &'static str {
+        match parse_message_within(body, limits, || "x".into()) {
+            Ok(_) => "ok",
+            Err(e) => e.kind,
+        }
+    }
+
+    #[test]
+    fn bad_messages_are_named() {
+        let limits = InputLimits::default();
+        assert_eq!(kind(b"\xff", limits), "not_utf8");
+        assert_eq!(kind(b"{", limits), "not_json");
+        assert_eq!(kind(b"[]", limits), "not_object");
+        assert_eq!(kind(br#"{"id":1}"#, limits), "no_text");
+        assert_eq!(kind(br#"{"text":"  "}"#, limits), "empty_text");
+        assert_eq!(kind(br#"{"text":3}"#, limits), "bad_text");
+        assert_eq!(kind(br#"{"text":"a","id":[]}"#, limits), "bad_id");
+        assert_eq!(kind(br#"{"text":"a","meta":1}"#, limits), "bad_meta");
+        assert_eq!(kind(br#"{"text":"a"}"#, limits), "ok");
+    }
+
+    #[test]
+    fn message_and_text_sizes_are_bounded() {
+        let limits = InputLimits {
+            max_message_bytes: 64,
+            max_text_bytes: 8,
+        };
+        assert_eq!(kind(br#"{"text":"12345678"}"#, limits), "ok");
+        let long = parse_message_within(br#"{"text":"123456789"}"#, limits, || "x".into());
+        let Err(error) = long else { panic!("{long:?}") };
+        assert_eq!(error.kind, "text_too_long");
+        assert!(
+            error.message.contains("9 bytes, the limit is 8"),
+            "{}",
+            error.message
+        );
+        let body = format!(r#"{{"text":"{}"}}"#, "a".repeat(100));
+        assert_eq!(kind(body.as_bytes(), limits), "too_large");
+        // The defaults: 1 MiB bodies, 64 KiB texts.
+        let text = "a ".repeat(40 << 10);
+        let body = serde_json::json!({ "text": text }).to_string();
+        assert!(
+            matches!(parse_message(body.as_bytes(), || "x".into()), Err(e) if e.kind == "text_too_long")
+        );
+    }
 }

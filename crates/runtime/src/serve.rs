@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use headstream_pipeline::Pipeline;
 use tokio::time::Instant;
 
-use crate::{InputError, Message, Runner, RuntimeError, error_record, parse_message};
+use crate::{InputError, Message, Runner, RuntimeError, error_record, parse_message_within};
 
 /// How [`serve`] consumes a pipeline's input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,7 +302,7 @@ async fn handle_batch(
             continue;
         }
         let (header, fallback) = (incoming.header_id, incoming.fallback_id);
-        match parse_message(&incoming.payload, || {
+        match parse_message_within(&incoming.payload, runner.input_limits(), || {
             header.or(fallback).unwrap_or_else(generate_id)
         }) {
             Ok(message) => {
