@@ -15,6 +15,8 @@
 //!   records, a queue group of two hosts).
 //! - `nats_deploy`: the cluster registry and live hosts: hot swap under load on two hosts,
 //!   rejected deploys, rollback, canary and shadow, `serve --watch`.
+//! - `nats_faults`: a hanging head cut off by its deadline and switched off while the others
+//!   answer; a JetStream burst far above capacity with the host's memory bounded.
 //! - `nats_jetstream`: JetStream delivery: nothing lost across a nats-server restart, messages
 //!   past `max_deliver` to the error subject.
 //! - `nats_security`: user/password, token, NKey and TLS (custom CA, client certificates) in
@@ -32,6 +34,7 @@ mod cli_train;
 mod encoder_parity;
 mod heads;
 mod nats_deploy;
+mod nats_faults;
 mod nats_jetstream;
 mod nats_security;
 mod nats_serve;

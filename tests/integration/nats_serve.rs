@@ -30,6 +30,11 @@ impl Host {
         Host(child)
     }
 
+    /// The host's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Kills the host with SIGKILL: no batch finishes, nothing is acked.
     pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
