@@ -23,6 +23,7 @@
 //!   every command that connects; refusals without credentials; no secrets in logs or --help.
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
 //!   default; `.ci/run` runs them with `--ignored`, since a user's clone has no `../shared`).
+//! - `soak`: a mixed workload with hot swaps for 20 s (`scripts/soak.sh` runs it for 30 min).
 //! - `shared_datasets`: shipped heads and 8-shot heads against the probe's accuracy on
 //!   ../shared/datasets (ignored by default, like `shared_reference`).
 
@@ -40,6 +41,7 @@ mod nats_security;
 mod nats_serve;
 mod shared_datasets;
 mod shared_reference;
+mod soak;
 
 use std::process::{Command, Output};
 

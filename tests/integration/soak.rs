@@ -1,0 +1,263 @@
+//! Soak: a mixed workload — good messages, malformed ones and texts over the limit — through
+//! JetStream into a host following the cluster registry, with a new head version deployed every
+//! few seconds (minutes in the long run). Every good message gets a result, every bad one an
+//! error record of the right kind; head errors stay at zero; the host's memory stays flat.
+//!
+//! The test suite runs it for 20 s; `scripts/soak.sh 30` runs it for 30 minutes
+//! (`HEADSTREAM_SOAK_SECS`, `HEADSTREAM_SOAK_SWAP_SECS`) and prints the report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use headstream_test_util::{NatsServer, workspace_root};
+use serde_json::{Value, json};
+
+use crate::nats_serve::Host;
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Deploys the shipped sentiment package under `version`.
+fn deploy_version(dir: &std::path::Path, url: &str, version: &str) {
+    let source = workspace_root().join("heads/sentiment");
+    let out = dir.join(format!("sentiment-{version}"));
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{e}"));
+    for file in ["head.wasm", "weights.safetensors"] {
+        std::fs::copy(source.join(file), out.join(file)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut manifest: Value = serde_json::from_slice(
+        &std::fs::read(source.join("manifest.json")).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    manifest["version"] = json!(version);
+    std::fs::write(out.join("manifest.json"), manifest.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = out.to_string_lossy();
+    let done = crate::headstream(&["deploy", "plugin", &out, "--nats", url], b"");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
+/// What came back: results by id, error records by kind (and by message id), head errors,
+/// results by head version.
+#[derive(Default)]
+struct Tally {
+    results: HashMap<String, usize>,
+    errors: BTreeMap<String, usize>,
+    error_ids: HashMap<String, String>,
+    head_errors: usize,
+    versions: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn record(&mut self, m: &async_nats::Message, is_error: bool) {
+        let record: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+        if is_error {
+            let kind = record["error"]["kind"].as_str().unwrap_or("?").to_owned();
+            // The payload is the original message; malformed JSON still names its id.
+            let payload = record["payload"].as_str().unwrap_or_default();
+            let id = payload
+                .split('"')
+                .skip_while(|part| *part != "id")
+                .nth(2)
+                .unwrap_or_default();
+            self.error_ids.insert(id.to_owned(), kind.clone());
+            *self.errors.entry(kind).or_default() += 1;
+        } else {
+            let id = record["id"].as_str().unwrap_or_default().to_owned();
+            *self.results.entry(id).or_default() += 1;
+            if record["errors"] != json!({}) {
+                self.head_errors += 1;
+            }
+            let version = record["heads"]["sentiment"].as_str().unwrap_or("?");
+            *self.versions.entry(version.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+#[test]
+fn mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory() {
+    let seconds = env_secs("HEADSTREAM_SOAK_SECS", 20);
+    let swap_every = env_secs("HEADSTREAM_SOAK_SWAP_SECS", 5);
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let empty = dir.path().join("local");
+    std::fs::create_dir_all(&empty).unwrap_or_else(|e| panic!("{e}"));
+    deploy_version(dir.path(), &url, "1.0.0");
+    let pipeline = dir.path().join("soak.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"soak\"\n[input]\nsubject = \"soak.in\"\nmax_text_bytes = 2048\n\
+         [output]\nsubject = \"soak.out\"\nerrors = \"soak.errors\"\n[delivery]\nmode = \"jetstream\"\n\
+         [batching]\nmax_batch_size = 16\nmax_wait_ms = 5\n[[heads]]\nname = \"sentiment\"\n\
+         plugin = \"sentiment@^1\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let file = pipeline.to_string_lossy();
+    let done = crate::headstream(&["deploy", "pipeline", &file, "--nats", &url], b"");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let empty = empty.to_string_lossy();
+    let host = Host::serve(&["--deployed", "--nats", &url, "--registry", &empty]);
+    let pid = host.pid();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let client = async_nats::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut results = client
+            .subscribe("soak.out")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut errors = client
+            .subscribe("soak.errors")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let js = async_nats::jetstream::new(client.clone());
+        for _ in 0..240 {
+            if js.get_stream("SOAK").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+
+        let started = Instant::now();
+        let mut sent: HashMap<String, &str> = HashMap::new();
+        let mut tally = Tally::default();
+        let mut rss = Vec::new();
+        let mut swaps = 0;
+        let mut next_swap = Duration::from_secs(swap_every);
+        let mut i = 0usize;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while started.elapsed() < Duration::from_secs(seconds) {
+            tick.tick().await;
+            // 10 messages per tick (~500/s offered): 8 good, 1 malformed, 1 over the limit.
+            for _ in 0..10 {
+                let id = format!("s{i}");
+                let (kind, body) = match i % 10 {
+                    8 => ("not_json", format!("{{\"id\":\"{id}\", oops")),
+                    9 => (
+                        "text_too_long",
+                        json!({ "id": id, "text": "long ".repeat(600) }).to_string(),
+                    ),
+                    _ => (
+                        "good",
+                        json!({ "id": id, "text": format!("review {i}: it was fine") }).to_string(),
+                    ),
+                };
+                js.publish("soak.in", body.into())
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                sent.insert(id, kind);
+                i += 1;
+            }
+            while let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(1), results.next()).await
+            {
+                tally.record(&m, false);
+            }
+            while let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(1), errors.next()).await
+            {
+                tally.record(&m, true);
+            }
+            if started.elapsed() >= next_swap {
+                swaps += 1;
+                let version = format!("1.{swaps}.0");
+                let url = url.clone();
+                let dir = dir.path().to_path_buf();
+                tokio::task::spawn_blocking(move || deploy_version(&dir, &url, &version));
+                next_swap += Duration::from_secs(swap_every);
+            }
+            if rss.len() < (started.elapsed().as_secs() / 2) as usize + 1 {
+                rss.push(rss_mib(pid));
+            }
+        }
+        let offered = started.elapsed();
+        let good = sent.values().filter(|k| **k == "good").count();
+        let bad = sent.len() - good;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while tally.results.len() < good || tally.error_ids.len() < bad {
+            assert!(
+                Instant::now() < deadline,
+                "drain: {} of {good} results, {} of {bad} errors",
+                tally.results.len(),
+                tally.error_ids.len()
+            );
+            tokio::select! {
+                Some(m) = results.next() => tally.record(&m, false),
+                Some(m) = errors.next() => tally.record(&m, true),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let total = started.elapsed();
+        rss.push(rss_mib(pid));
+        for (id, kind) in &sent {
+            if *kind == "good" {
+                assert!(tally.results.contains_key(id), "{id}: no result");
+            } else {
+                assert_eq!(
+                    tally.error_ids.get(id).map(String::as_str),
+                    Some(*kind),
+                    "{id}"
+                );
+            }
+        }
+        let repeated: usize = tally.results.values().map(|n| n - 1).sum();
+        let warm = rss.get(rss.len().min(3) - 1).copied().unwrap_or_default();
+        let last = rss.last().copied().unwrap_or_default();
+        let peak = rss.iter().copied().fold(0.0, f64::max);
+        let report = json!({
+            "seconds": offered.as_secs(),
+            "messages": sent.len(),
+            "good": good,
+            "results": tally.results.len(),
+            "repeated_results": repeated,
+            "lost": good - tally.results.len(),
+            "error_records": tally.errors,
+            "head_errors": tally.head_errors,
+            "swaps": swaps,
+            "results_by_version": tally.versions,
+            "throughput_msg_per_s": (sent.len() as f64 / total.as_secs_f64()).round(),
+            "rss_mib": { "warm": warm.round(), "peak": peak.round(), "last": last.round(),
+                         "samples": rss.iter().map(|r| r.round()).collect::<Vec<_>>() },
+        });
+        println!("soak report: {report}");
+        assert_eq!(tally.head_errors, 0);
+        assert!(swaps >= 1, "no hot swap happened");
+        assert!(
+            tally.versions.len() >= 2,
+            "results from one version only: {:?}",
+            tally.versions
+        );
+        assert!(last - warm < 64.0, "memory grew {warm:.0} -> {last:.0} MiB");
+    });
+}
