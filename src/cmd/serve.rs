@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use headstream_pipeline::{HostFile, NatsSettings, Pipeline};
 use headstream_runtime::Metrics;
-use headstream_runtime::live::{FileWatch, HostContext, LiveHost, Origin};
+use headstream_runtime::live::{FileWatch, HostContext, LiveHost, Origin, StatusBoard};
 
 use super::jsonl::read_input;
 use crate::cli::{ConnectArgs, PublishArgs, RequestArgs, ServeArgs};
@@ -233,8 +233,14 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             texts.push((file.clone(), text, pipeline.name.get_ref().clone()));
         }
-        let _service =
-            register_service(&client, &pipelines, &encoder, &host_id, metrics.clone()).await?;
+        let _service = register_service(
+            &client,
+            &encoder,
+            &host_id,
+            metrics.clone(),
+            live.status_board(),
+        )
+        .await?;
         let cluster = match args.deployed {
             true => Some(
                 headstream_registry::ClusterRegistry::open(&client)
@@ -288,22 +294,21 @@ fn host_id() -> String {
     format!("{name}-{}", std::process::id())
 }
 
-/// Registers the host as a NATS micro service (`$SRV.PING|INFO|STATS`, `nats micro ls`), with
-/// one status endpoint per pipeline (`headstream.status.<pipeline>`) answering its counters.
+/// Registers the host as a NATS micro service (`$SRV.PING|INFO|STATS`, `nats micro ls`) with
+/// status endpoints: `headstream.status` (every pipeline served now, with its head versions and
+/// counters) and `headstream.status.<pipeline>` (one), following deploys and removals.
 async fn register_service(
     client: &async_nats::Client,
-    pipelines: &[Pipeline],
     encoder: &headstream_encoder::Encoder,
     host_id: &str,
     metrics: Arc<Metrics>,
+    board: StatusBoard,
 ) -> anyhow::Result<async_nats::service::Service> {
     use async_nats::service::ServiceExt as _;
     use futures::StreamExt as _;
-    let names: Vec<String> = pipelines.iter().map(|p| p.name.get_ref().clone()).collect();
     let metadata = std::collections::HashMap::from([
         ("host".to_owned(), host_id.to_owned()),
         ("encoder".to_owned(), encoder.fingerprint().to_string()),
-        ("pipelines".to_owned(), names.join(",")),
     ]);
     let service = client
         .service_builder()
@@ -312,22 +317,56 @@ async fn register_service(
         .start("headstream", env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("cannot register the NATS micro service: {e}"))?;
-    let group = service.group("headstream.status");
-    for name in names {
-        let mut endpoint = group
-            .endpoint(name.clone())
+    let status = move |name: &str, entry: &serde_json::Value| {
+        let count = |outcome: &str| metrics.messages.with_label_values(&[name, outcome]).get();
+        serde_json::json!({
+            "pipeline": name,
+            "heads": entry["heads"],
+            "source": entry["source"],
+            "results": count("result"),
+            "errors": count("error"),
+        })
+    };
+    let status = Arc::new(status);
+    let read = |board: &StatusBoard| match board.read() {
+        Ok(b) => b.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    for (name, subject) in [
+        ("status", "headstream.status"),
+        ("pipeline-status", "headstream.status.*"),
+    ] {
+        let mut endpoint = service
+            .endpoint_builder()
+            .name(name)
+            .add(subject)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot add the status endpoint for {name}: {e}"))?;
-        let metrics = metrics.clone();
+            .map_err(|e| anyhow::anyhow!("cannot add the status endpoint {subject}: {e}"))?;
+        let (board, status, host) = (board.clone(), status.clone(), host_id.to_owned());
         tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
-                let count =
-                    |outcome: &str| metrics.messages.with_label_values(&[&name, outcome]).get();
-                let body = serde_json::json!({
-                    "pipeline": name,
-                    "results": count("result"),
-                    "errors": count("error"),
-                });
+                let served = read(&board);
+                let body = match request
+                    .message
+                    .subject
+                    .as_str()
+                    .strip_prefix("headstream.status.")
+                {
+                    Some(pipeline) => match served.get(pipeline) {
+                        Some(entry) => status(pipeline, entry),
+                        None => serde_json::json!({
+                            "pipeline": pipeline,
+                            "error": format!("host {host} does not serve {pipeline}"),
+                        }),
+                    },
+                    None => serde_json::json!({
+                        "host": host,
+                        "pipelines": served
+                            .iter()
+                            .map(|(name, entry)| (name.clone(), status(name, entry)))
+                            .collect::<serde_json::Map<_, _>>(),
+                    }),
+                };
                 let _ = request.respond(Ok(body.to_string().into())).await;
             }
         });

@@ -744,6 +744,14 @@ fn serve_watch_applies_edited_files_and_new_packages() {
             ask(&client, "a lovely surprise").await["heads"]["sentiment"],
             "sentiment@1.1.0"
         );
+        // The micro-service status endpoint follows the change.
+        let status = client
+            .request("headstream.status.mood", "".into())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status: Value =
+            serde_json::from_slice(&status.payload).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status["heads"]["sentiment"], "sentiment@1.1.0", "{status}");
 
         // The file gains a head.
         let two = format!("{ONE_HEAD}[[heads]]\nname = \"again\"\nplugin = \"sentiment@1.0.0\"\n");

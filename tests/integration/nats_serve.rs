@@ -299,6 +299,16 @@ fn serves_results_replies_and_errors_over_nats() {
             status["results"].as_u64().is_some_and(|n| n >= 20),
             "{status}"
         );
+        assert_eq!(status["heads"]["sentiment"], "sentiment@1.0.0", "{status}");
+        let all = client
+            .request("headstream.status", "".into())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let all = json(&all.payload);
+        assert!(
+            all["pipelines"]["support-triage"]["heads"].is_object(),
+            "{all}"
+        );
 
         // Prometheus metrics count what happened.
         let text = tokio::task::spawn_blocking(move || scrape(&metrics_addr))

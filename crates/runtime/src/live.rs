@@ -78,9 +78,14 @@ struct Served {
     generation: u64,
 }
 
+/// What a host serves now, by pipeline: `{"heads": {name: "name@version"}, "source": ...}`;
+/// shared with whoever reports status (the NATS micro-service endpoints).
+pub type StatusBoard = Arc<std::sync::RwLock<BTreeMap<String, Value>>>;
+
 /// The pipelines a host serves, changed while it runs.
 pub struct LiveHost {
     cx: HostContext,
+    board: StatusBoard,
     served: BTreeMap<String, Served>,
     /// Configs that could not be loaded yet (say, a package not fetched yet), retried on every
     /// registry change.
@@ -110,6 +115,7 @@ impl LiveHost {
     pub fn new(cx: HostContext) -> Self {
         Self {
             cx,
+            board: StatusBoard::default(),
             served: BTreeMap::new(),
             pending: BTreeMap::new(),
             tasks: JoinSet::new(),
@@ -120,6 +126,22 @@ impl LiveHost {
     /// The pipelines being served.
     pub fn pipelines(&self) -> impl Iterator<Item = &str> {
         self.served.keys().map(String::as_str)
+    }
+
+    /// The live status of what this host serves, kept current by every change.
+    pub fn status_board(&self) -> StatusBoard {
+        self.board.clone()
+    }
+
+    fn post(&self, pipeline: &str, status: Option<Value>) {
+        let mut board = match self.board.write() {
+            Ok(board) => board,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match status {
+            Some(status) => board.insert(pipeline.to_owned(), status),
+            None => board.remove(pipeline),
+        };
     }
 
     /// Publishes a deploy event on `headstream.events.<kind>` and counts it.
@@ -278,6 +300,10 @@ impl LiveHost {
                 tracing::info!(pipeline = %name, %heads, "serving");
             }
         }
+        self.post(
+            &name,
+            Some(json!({ "heads": body["heads"], "source": body["source"] })),
+        );
         self.event("activated", "pipeline", body).await;
     }
 
@@ -312,6 +338,7 @@ impl LiveHost {
         self.pending.remove(name);
         if let Some(served) = self.served.remove(name) {
             served.stop();
+            self.post(name, None);
             tracing::info!(pipeline = %name, source = %origin, "removed");
             self.event(
                 "removed",
