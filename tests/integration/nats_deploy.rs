@@ -157,6 +157,25 @@ async fn ask(client: &async_nats::Client, text: &str) -> Value {
     serde_json::from_slice(&reply.payload).unwrap_or_else(|e| panic!("{e}"))
 }
 
+impl Events {
+    /// Waits for `hosts` hosts to reject something matching `want`, each naming `reason`.
+    async fn rejected_by(
+        &mut self,
+        hosts: usize,
+        what: &str,
+        want: impl Fn(&Value) -> bool,
+        reason: &str,
+    ) {
+        let rejected = self
+            .wait_hosts(hosts, what, |e| e["event"] == "rejected" && want(e))
+            .await;
+        for event in rejected.values() {
+            let said = event["reason"].as_str().unwrap_or_default();
+            assert!(said.contains(reason), "expected {reason:?}: {event}");
+        }
+    }
+}
+
 fn is(event: &Value, kind: &str, what: &str) -> bool {
     event["event"] == kind && event["kind"] == what
 }
@@ -406,20 +425,14 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let rejected = events
-            .wait_hosts(2, "corrupt package rejection", |e| {
-                is(e, "rejected", "package") && e["package"] == "sentiment@1.5.0"
-            })
+        events
+            .rejected_by(
+                2,
+                "corrupt package rejection",
+                |e| e["kind"] == "package" && e["package"] == "sentiment@1.5.0",
+                "sha256",
+            )
             .await;
-        for event in rejected.values() {
-            assert!(
-                event["reason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("sha256"),
-                "{event}"
-            );
-        }
 
         // A package trained on another encoder: deployable, refused by every host.
         cli(&[
@@ -429,20 +442,14 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
             "--nats",
             &url,
         ]);
-        let rejected = events
-            .wait_hosts(2, "foreign package rejection", |e| {
-                is(e, "rejected", "package") && e["package"] == "sentiment@1.6.0"
-            })
+        events
+            .rejected_by(
+                2,
+                "foreign package rejection",
+                |e| e["kind"] == "package" && e["package"] == "sentiment@1.6.0",
+                "encoder",
+            )
             .await;
-        for event in rejected.values() {
-            assert!(
-                event["reason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("encoder"),
-                "{event}"
-            );
-        }
 
         // An invalid pipeline: the CLI refuses it with file and line; stored anyway, every
         // host rejects it.
@@ -467,15 +474,14 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
             .deploy_pipeline("mood", &broken)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let rejected = events
-            .wait_hosts(2, "invalid pipeline rejection", |e| {
-                is(e, "rejected", "pipeline")
-            })
+        events
+            .rejected_by(
+                2,
+                "invalid pipeline rejection",
+                |e| e["kind"] == "pipeline",
+                "max_batch_size",
+            )
             .await;
-        for event in rejected.values() {
-            let reason = event["reason"].as_str().unwrap_or_default();
-            assert!(reason.contains("max_batch_size"), "{event}");
-        }
 
         // Revision B adds a head on both hosts; rollback brings revision A back (skipping the
         // broken revision) on both.

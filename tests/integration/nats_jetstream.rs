@@ -18,12 +18,8 @@ use serde_json::Value;
 const STREAM: &str = "TICKETS";
 const CONSUMER: &str = "triage";
 
-fn pipeline(dir: &std::path::Path) -> std::path::PathBuf {
-    pipeline_with(dir, "")
-}
-
 /// The tickets pipeline with extra `[delivery]` settings.
-fn pipeline_with(dir: &std::path::Path, delivery: &str) -> std::path::PathBuf {
+fn pipeline(dir: &std::path::Path, delivery: &str) -> std::path::PathBuf {
     let path = dir.join("tickets.toml");
     let text = format!(
         r#"version = 1
@@ -136,6 +132,39 @@ async fn read_new(recorded: &mut stream::Stream, next: &mut u64) -> Vec<(String,
     out
 }
 
+/// A nats-server-backed JetStream setup for one test: the pipeline file, a runtime, a
+/// JetStream context and the stream recording every result and error record.
+struct Rig {
+    _dir: tempfile::TempDir,
+    pipeline: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+    js: jetstream::Context,
+    recorded: stream::Stream,
+}
+
+impl Rig {
+    /// Connects to `url` (comma-separated servers) with streams of `replicas` copies; the
+    /// pipeline gets `delivery` settings on top of the defaults.
+    fn new(url: &str, replicas: usize, delivery: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pipeline = pipeline(dir.path(), delivery);
+        let rt = runtime();
+        let (js, recorded) = rt.block_on(async {
+            let client = connect(url).await;
+            let js = jetstream::new(client);
+            let recorded = streams(&js, replicas).await;
+            (js, recorded)
+        });
+        Self {
+            _dir: dir,
+            pipeline,
+            rt,
+            js,
+            recorded,
+        }
+    }
+}
+
 fn ticket(i: usize) -> String {
     format!(r#"{{"id":"m{i}","text":"refund for order {i}"}}"#)
 }
@@ -149,14 +178,15 @@ struct Outcome {
 /// Publishes `total` tickets, half before and half after `fault` (run once `after` results
 /// are in), and gathers results until every ticket has one and `errors` error records came.
 fn through_fault(
-    rt: &tokio::runtime::Runtime,
-    js: &jetstream::Context,
-    recorded: &mut stream::Stream,
+    rig: &mut Rig,
     total: usize,
     errors: usize,
     after: usize,
     fault: impl FnOnce(),
 ) -> Outcome {
+    let Rig {
+        rt, js, recorded, ..
+    } = rig;
     rt.block_on(async {
         for i in 0..total / 2 {
             publish(js, ticket(i)).await;
@@ -240,19 +270,13 @@ fn repeats(outcome: &Outcome, marked: bool) -> usize {
 #[test]
 fn every_message_gets_a_result_across_a_nats_server_restart() {
     let mut server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = pipeline(dir.path());
     let url = server.url();
-    let rt = runtime();
-    let _guard = rt.enter();
-    let client = rt.block_on(connect(&url));
-    let js = jetstream::new(client.clone());
-    let mut recorded = rt.block_on(streams(&js, 1));
-    rt.block_on(publish(&js, "not json".into()));
-    let _host = start_host(&url, &pipeline);
+    let mut rig = Rig::new(&url, 1, "");
+    rig.rt.block_on(publish(&rig.js, "not json".into()));
+    let _host = start_host(&url, &rig.pipeline);
     let total = 300;
     // Mid-stream: kill nats-server and bring it back.
-    let outcome = through_fault(&rt, &js, &mut recorded, total, 1, 30, || server.restart());
+    let outcome = through_fault(&mut rig, total, 1, 30, || server.restart());
     // A server killed with SIGKILL may lose its unsynced ack state and deliver a message again
     // as new, so repeats are not always marked here; they still carry the same key.
     let duplicates = repeats(&outcome, false);
@@ -264,20 +288,14 @@ fn every_message_gets_a_result_across_a_nats_server_restart() {
 #[test]
 fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
     let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = pipeline(dir.path());
     let url = server.url();
-    let rt = runtime();
-    let _guard = rt.enter();
-    let client = rt.block_on(connect(&url));
-    let js = jetstream::new(client.clone());
-    let mut recorded = rt.block_on(streams(&js, 1));
-    let mut doomed = start_host(&url, &pipeline);
-    let _survivor = start_host(&url, &pipeline);
+    let mut rig = Rig::new(&url, 1, "");
+    let mut doomed = start_host(&url, &rig.pipeline);
+    let _survivor = start_host(&url, &rig.pipeline);
     let total = 400;
     // SIGKILL one host mid-stream: its unacked messages come back to the other after
     // `ack_wait` (2 s here).
-    let outcome = through_fault(&rt, &js, &mut recorded, total, 0, 100, || doomed.kill());
+    let outcome = through_fault(&mut rig, total, 0, 100, || doomed.kill());
     let duplicates = repeats(&outcome, true);
     let hosts: HashSet<&str> = outcome
         .seen
@@ -300,25 +318,22 @@ fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
 #[test]
 fn a_three_node_cluster_loses_a_node_and_nothing_is_lost() {
     let mut cluster = NatsCluster::start(3);
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = pipeline_with(dir.path(), "replicas = 3");
-    let rt = runtime();
-    let _guard = rt.enter();
     // The test's own client talks to the nodes that stay.
     let survivors = cluster.nodes[1..]
         .iter()
         .map(NatsServer::url)
         .collect::<Vec<_>>()
         .join(",");
-    let client = rt.block_on(connect(&survivors));
-    let js = jetstream::new(client.clone());
-    let mut recorded = rt.block_on(streams(&js, 3));
+    let mut rig = Rig::new(&survivors, 3, "replicas = 3");
     // Hosts connect to the node that will die and learn the others from it (cluster gossip).
     let first = cluster.nodes[0].url();
-    let _hosts = [start_host(&first, &pipeline), start_host(&first, &pipeline)];
+    let _hosts = [
+        start_host(&first, &rig.pipeline),
+        start_host(&first, &rig.pipeline),
+    ];
     let total = 300;
     let node = &mut cluster.nodes[0];
-    let outcome = through_fault(&rt, &js, &mut recorded, total, 0, 50, || node.kill());
+    let outcome = through_fault(&mut rig, total, 0, 50, || node.kill());
     let duplicates = repeats(&outcome, false);
     eprintln!(
         "{total} messages, one of three cluster nodes SIGKILLed: 0 lost, {duplicates} repeated"
@@ -328,14 +343,14 @@ fn a_three_node_cluster_loses_a_node_and_nothing_is_lost() {
 #[test]
 fn a_message_past_max_deliveries_goes_to_the_error_subject() {
     let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = pipeline(dir.path());
     let url = server.url();
-    let rt = runtime();
-    let _guard = rt.enter();
-    let client = rt.block_on(connect(&url));
-    let js = jetstream::new(client.clone());
-    let mut recorded = rt.block_on(streams(&js, 1));
+    let Rig {
+        _dir,
+        pipeline,
+        rt,
+        js,
+        mut recorded,
+    } = Rig::new(&url, 1, "");
     // Let a host create the durable consumer, then take it away.
     let host = start_host(&url, &pipeline);
     let input = rt.block_on(async {
