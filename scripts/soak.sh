@@ -17,4 +17,4 @@ cargo plugins >/dev/null
 HEADSTREAM_SOAK_SECS=$((minutes * 60)) HEADSTREAM_SOAK_SWAP_SECS="$swap" HEADSTREAM_SOAK_RATE="$rate" \
     cargo test --workspace --test integration -- --nocapture --exact \
     soak::mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory 2>&1 |
-    grep -E "soak report|test result|panicked|assert"
+    grep -E -A3 "soak report|test result|panicked"

@@ -69,9 +69,9 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, m: &async_nats::Message, is_error: bool) {
+    fn record(&mut self, m: &async_nats::jetstream::Message) {
         let record: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
-        if is_error {
+        if m.subject.as_str() == "soak.errors" {
             let kind = record["error"]["kind"].as_str().unwrap_or("?").to_owned();
             // The payload is the original message; malformed JSON still names its id.
             let payload = record["payload"].as_str().unwrap_or_default();
@@ -124,8 +124,6 @@ fn mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory() {
         String::from_utf8_lossy(&done.stderr)
     );
     let empty = empty.to_string_lossy();
-    let host = Host::serve(&["--deployed", "--nats", &url, "--registry", &empty]);
-    let pid = host.pid();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -134,16 +132,30 @@ fn mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory() {
         let client = async_nats::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut results = client
-            .subscribe("soak.out")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut errors = client
-            .subscribe("soak.errors")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
         let js = async_nats::jetstream::new(client.clone());
+        // Every result and error record is kept in a stream and read back through an ordered
+        // consumer, so the tally misses nothing however long the run (a plain subscription
+        // can be cut off as a slow consumer).
+        let recorded = js
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "SOAKREC".into(),
+                subjects: vec!["soak.out".into(), "soak.errors".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut records = recorded
+            .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .messages()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let host = Host::serve(&["--deployed", "--nats", &url, "--registry", &empty]);
+        let pid = host.pid();
         for _ in 0..240 {
             if js.get_stream("SOAK").await.is_ok() {
                 break;
@@ -183,15 +195,10 @@ fn mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory() {
                 sent.insert(id, kind);
                 i += 1;
             }
-            while let Ok(Some(m)) =
-                tokio::time::timeout(Duration::from_millis(1), results.next()).await
+            while let Ok(Some(Ok(m))) =
+                tokio::time::timeout(Duration::from_millis(1), records.next()).await
             {
-                tally.record(&m, false);
-            }
-            while let Ok(Some(m)) =
-                tokio::time::timeout(Duration::from_millis(1), errors.next()).await
-            {
-                tally.record(&m, true);
+                tally.record(&m);
             }
             if started.elapsed() >= next_swap {
                 swaps += 1;
@@ -216,10 +223,10 @@ fn mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory() {
                 tally.results.len(),
                 tally.error_ids.len()
             );
-            tokio::select! {
-                Some(m) = results.next() => tally.record(&m, false),
-                Some(m) = errors.next() => tally.record(&m, true),
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            if let Ok(Some(Ok(m))) =
+                tokio::time::timeout(Duration::from_secs(1), records.next()).await
+            {
+                tally.record(&m);
             }
         }
         let total = started.elapsed();
