@@ -1,7 +1,7 @@
 //! `headstream deploy`, `pipelines`, `rollback` and `plugins ls --nats`: the cluster registry.
 
 use anyhow::Context as _;
-use headstream_pipeline::{Pipeline, Requirement, parse_reference};
+use headstream_pipeline::{Pipeline, parse_reference};
 use headstream_registry::{ClusterRegistry, PackageRecord};
 
 use crate::cli::{ConnectArgs, DeployCommand, PipelinesCommand};
@@ -22,10 +22,11 @@ pub fn deploy(command: &DeployCommand) -> anyhow::Result<()> {
     super::serve::runtime()?.block_on(async {
         match command {
             DeployCommand::Plugin { package, connect } => {
-                let package = headstream_package::Package::load(package)
-                    .with_context(|| format!("refusing to deploy {}", package.display()))?;
                 let registry = open(connect).await?;
-                let record = registry.deploy_package(&package).await?;
+                let record = registry
+                    .deploy_package(package)
+                    .await
+                    .with_context(|| format!("cannot deploy {}", package.display()))?;
                 eprintln!("deployed plugin {}@{}", record.name, record.version);
                 print_json(&record)
             }
@@ -39,12 +40,7 @@ pub fn deploy(command: &DeployCommand) -> anyhow::Result<()> {
                 let registry = open(connect).await?;
                 let packages = registry.packages().await?;
                 for head in pipeline.heads() {
-                    let references = head
-                        .plugin
-                        .iter()
-                        .chain(head.canary.iter().map(|c| &c.plugin))
-                        .chain(head.shadow.iter().map(|s| &s.plugin));
-                    for reference in references {
+                    for reference in head.references() {
                         resolve(&packages, reference.get_ref()).with_context(|| {
                             format!("{}: head {:?}", file.display(), head.name.get_ref())
                         })?;
@@ -65,17 +61,14 @@ fn resolve<'a>(
     reference: &str,
 ) -> anyhow::Result<&'a PackageRecord> {
     let (name, req) = parse_reference(reference).map_err(anyhow::Error::msg)?;
-    let candidates = packages.iter().filter(|p| p.name == name);
-    let found = match &req {
-        Requirement::Version(req) => candidates
-            .filter_map(|p| semver::Version::parse(&p.version).ok().map(|v| (v, p)))
-            .filter(|(v, _)| req.matches(v))
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(_, p)| p),
-        Requirement::Digest(prefix) => candidates
-            .into_iter()
-            .find(|p| p.component_sha256.starts_with(prefix.as_str())),
-    };
+    // As hosts resolve it: the newest version that meets the requirement.
+    let found = packages
+        .iter()
+        .filter(|p| p.name == name)
+        .filter_map(|p| semver::Version::parse(&p.version).ok().map(|v| (v, p)))
+        .filter(|(v, p)| req.matches(v, &p.component_sha256))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, p)| p);
     found.ok_or_else(|| {
         let versions: Vec<&str> = packages
             .iter()

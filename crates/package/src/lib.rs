@@ -347,48 +347,33 @@ impl Registry {
 
     /// The newest package called `name` whose version meets `req`.
     pub fn resolve(&self, name: &str, req: &semver::VersionReq) -> Result<Package, PackageError> {
+        self.resolve_with(name, &req.to_string(), |version, _| req.matches(version))
+    }
+
+    /// The newest package called `name` for which `matches(version, manifest)` holds;
+    /// `requirement` describes the test in the error when none does.
+    pub fn resolve_with(
+        &self,
+        name: &str,
+        requirement: &str,
+        matches: impl Fn(&semver::Version, &Manifest) -> bool,
+    ) -> Result<Package, PackageError> {
         let candidates: Vec<(semver::Version, Package)> = self
             .list()
             .into_iter()
             .filter(|(_, p)| p.manifest.name == name)
             .collect();
-        let versions: Vec<String> = candidates.iter().map(|(v, _)| v.to_string()).collect();
+        let versions: Vec<String> = candidates
+            .iter()
+            .map(|(v, p)| format!("{v} (sha256:{})", p.manifest.component.sha256))
+            .collect();
         candidates
             .into_iter()
-            .filter(|(v, _)| req.matches(v))
+            .filter(|(v, p)| matches(v, &p.manifest))
             .max_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, p)| p)
             .ok_or_else(|| PackageError::NotFound {
-                reference: format!("{name}@{req}"),
-                dirs: self.dirs.clone(),
-                versions,
-            })
-    }
-}
-
-impl Registry {
-    /// The package called `name` whose component sha256 starts with `prefix` (lower-case hex).
-    pub fn resolve_digest(&self, name: &str, prefix: &str) -> Result<Package, PackageError> {
-        let candidates: Vec<Package> = self
-            .list()
-            .into_iter()
-            .map(|(_, p)| p)
-            .filter(|p| p.manifest.name == name)
-            .collect();
-        let versions = candidates
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} (sha256:{})",
-                    p.manifest.version, p.manifest.component.sha256
-                )
-            })
-            .collect();
-        candidates
-            .into_iter()
-            .find(|p| p.manifest.component.sha256.starts_with(prefix))
-            .ok_or_else(|| PackageError::NotFound {
-                reference: format!("{name}@sha256:{prefix}"),
+                reference: format!("{name}@{requirement}"),
                 dirs: self.dirs.clone(),
                 versions,
             })

@@ -227,6 +227,16 @@ pub struct Shadow {
     pub subject: Spanned<String>,
 }
 
+impl Head {
+    /// Every registry reference the head names: its `plugin`, then its canary's and shadow's.
+    pub fn references(&self) -> impl Iterator<Item = &Spanned<String>> {
+        self.plugin
+            .iter()
+            .chain(self.canary.iter().map(|c| &c.plugin))
+            .chain(self.shadow.iter().map(|s| &s.plugin))
+    }
+}
+
 fn optional_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     String::deserialize(d).map(|s| Some(PathBuf::from(s)))
 }
@@ -549,6 +559,17 @@ pub enum Requirement {
     /// The package whose component sha256 starts with this lower-case hex prefix
     /// (`name@sha256:9f2c…`, at least 12 hex digits).
     Digest(String),
+}
+
+impl Requirement {
+    /// Whether a package of `version` whose component digest is `sha256` meets it. Resolvers
+    /// take the newest version that does.
+    pub fn matches(&self, version: &semver::Version, sha256: &str) -> bool {
+        match self {
+            Self::Version(req) => req.matches(version),
+            Self::Digest(prefix) => sha256.starts_with(prefix.as_str()),
+        }
+    }
 }
 
 impl std::fmt::Display for Requirement {

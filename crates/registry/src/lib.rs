@@ -191,11 +191,11 @@ impl ClusterRegistry {
         })
     }
 
-    /// Uploads a verified package: its component and assets, then its manifest (which makes
-    /// it visible to hosts). Re-deploying the same name and version replaces it.
-    pub async fn deploy_package(&self, package: &Package) -> Result<PackageRecord, RegistryError> {
-        // Verify on disk before anything is written to the cluster.
-        let package = Package::load(&package.dir)?;
+    /// Uploads the package in `dir` once it is verified (every digest checked): its component
+    /// and assets, then its manifest (which makes it visible to hosts). Re-deploying the same
+    /// name and version replaces it.
+    pub async fn deploy_package(&self, dir: &Path) -> Result<PackageRecord, RegistryError> {
+        let package = Package::load(dir)?;
         let m = &package.manifest;
         semver::Version::parse(&m.version).map_err(|e| RegistryError::BadPackage {
             name: m.name.clone(),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use headstream_encoder::{EncodedText, Encoder};
 use headstream_package::{Package, Registry};
-use headstream_pipeline::{Pipeline, Requirement};
+use headstream_pipeline::Pipeline;
 use headstream_plugin_host::{
     Asset, Head, HeadConfig, HostConfig, Item, Limits, PluginError, PluginHost, TokenStates,
 };
@@ -236,12 +236,7 @@ pub fn resolved_versions(
     let mut resolved = Vec::new();
     for spec in pipeline.heads() {
         let name = spec.name.get_ref();
-        let references = spec
-            .plugin
-            .iter()
-            .chain(spec.canary.iter().map(|c| &c.plugin))
-            .chain(spec.shadow.iter().map(|s| &s.plugin));
-        for reference in references {
+        for reference in spec.references() {
             let m = resolve(registry, name, reference.get_ref())?.manifest;
             resolved.push(format!(
                 "{name}={}@{} {}",
@@ -279,14 +274,14 @@ pub fn check_package(
 fn resolve(registry: &Registry, head: &str, reference: &str) -> Result<Package, RuntimeError> {
     let (plugin, req) =
         headstream_pipeline::parse_reference(reference).map_err(RuntimeError::Reference)?;
-    let package = match &req {
-        Requirement::Version(req) => registry.resolve(&plugin, req),
-        Requirement::Digest(prefix) => registry.resolve_digest(&plugin, prefix),
-    }
-    .map_err(|e| RuntimeError::Head {
-        head: head.to_owned(),
-        source: PluginError::Package(e),
-    })?;
+    let package = registry
+        .resolve_with(&plugin, &req.to_string(), |version, manifest| {
+            req.matches(version, &manifest.component.sha256)
+        })
+        .map_err(|e| RuntimeError::Head {
+            head: head.to_owned(),
+            source: PluginError::Package(e),
+        })?;
     tracing::debug!(head, reference, package = %package.dir.display(), "resolved");
     Ok(package)
 }
@@ -329,9 +324,13 @@ fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
 /// A result's idempotency key: pipeline, message id, and a digest of the head versions that
 /// produced it. A redelivered message's result carries the same key (consumers drop repeats);
 /// a result from other head versions does not.
-fn idempotency_key(pipeline: &str, id: &str, heads: &Map<String, Value>) -> String {
-    let versions = Value::Object(heads.clone()).to_string();
-    format!("{pipeline}/{id}/{:016x}", fnv1a(versions.bytes()))
+fn idempotency_key(pipeline: &str, id: &str, heads_digest: u64) -> String {
+    format!("{pipeline}/{id}/{heads_digest:016x}")
+}
+
+/// The digest of a `heads` map (head → `name@version`) that idempotency keys carry.
+fn heads_digest(heads: &Map<String, Value>) -> u64 {
+    fnv1a(Value::Object(heads.clone()).to_string().bytes())
 }
 
 /// Whether a shadow output gives the same answer as the live one: the same `label` when both
@@ -525,6 +524,8 @@ pub struct Runner {
     encoder: Arc<Encoder>,
     needs_tokens: bool,
     heads_ids: Map<String, Value>,
+    /// [`heads_digest`] of `heads_ids`: the key digest of every result no canary touched.
+    heads_digest: u64,
     fingerprint: String,
 }
 
@@ -588,6 +589,7 @@ impl Runner {
             stages,
             encoder,
             needs_tokens,
+            heads_digest: heads_digest(&heads_ids),
             heads_ids,
             fingerprint,
         })
@@ -725,8 +727,13 @@ impl Runner {
             .zip(&encoded)
             .map(|(((m, (results, errors)), canaried), e)| {
                 let mut heads = self.heads_ids.clone();
-                heads.extend(canaried);
-                let key = idempotency_key(&self.name, &m.id, &heads);
+                let digest = if canaried.is_empty() {
+                    self.heads_digest
+                } else {
+                    heads.extend(canaried);
+                    heads_digest(&heads)
+                };
+                let key = idempotency_key(&self.name, &m.id, digest);
                 let mut record = json!({
                     "id": m.id,
                     "key": key,

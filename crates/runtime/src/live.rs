@@ -9,7 +9,7 @@
 //! change that fails a check is rejected with an event on `headstream.events.rejected`, a log
 //! line and a metric, and the old version stays live.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -169,14 +169,14 @@ impl LiveHost {
     /// Loads pipeline config `text` (from `origin`; `path` names it in errors and anchors its
     /// relative paths) and serves it, replacing the pipeline of the same name. Nothing changes
     /// unless every check passes; a failure is published as a `rejected` event and returned.
-    /// `expected` (a cluster key) must match the config's name.
+    /// `expected` (a cluster key) must match the config's name. Returns the pipeline's name.
     pub async fn apply(
         &mut self,
         origin: Origin,
         text: &str,
         path: &Path,
         expected: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         let outcome = self.try_apply(origin.clone(), text, path, expected).await;
         if let Err(reason) = &outcome {
             tracing::error!(source = %origin, "pipeline rejected, the old version stays live: {reason}");
@@ -201,7 +201,7 @@ impl LiveHost {
         text: &str,
         path: &Path,
         expected: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         let pipeline = Pipeline::parse(text, path).map_err(|e| e.to_string())?;
         let name = pipeline.name.get_ref().clone();
         if let Some(expected) = expected.filter(|e| **e != name) {
@@ -218,12 +218,12 @@ impl LiveHost {
             && served.text == text
             && served.origin == origin
         {
-            return Ok(());
+            return Ok(name);
         }
         let (runner, resolved) = self.build(&pipeline).await.map_err(|e| e.to_string())?;
         self.install(origin, text.to_owned(), pipeline, runner, resolved)
             .await;
-        Ok(())
+        Ok(name)
     }
 
     /// Loads a runner for `pipeline` off the async threads (compiling components can take a
@@ -389,14 +389,12 @@ impl LiveHost {
         }
         let pending = std::mem::take(&mut self.pending);
         for (name, (origin, text, path)) in pending {
-            match self
+            if self
                 .try_apply(origin.clone(), &text, &path, Some(&name))
                 .await
+                .is_err()
             {
-                Ok(()) => {}
-                Err(_) => {
-                    self.pending.insert(name, (origin, text, path));
-                }
+                self.pending.insert(name, (origin, text, path));
             }
         }
     }
@@ -450,27 +448,43 @@ impl LiveHost {
         }
     }
 
-    /// Waits for a served pipeline to stop on its own (an error such as NATS refusing a
-    /// publish); pipelines stopped by a change are not reported. `None` when none is served.
-    pub async fn stopped(&mut self) -> Option<(String, Result<(), RuntimeError>)> {
-        while let Some(done) = self.tasks.join_next().await {
+    /// Waits for a served pipeline to stop on its own — which is always a failure: NATS refused
+    /// a publish, or its subscription ended. Pipelines stopped by a change are not reported;
+    /// with none served this waits until one is served and stops.
+    pub async fn stopped(&mut self) -> (String, RuntimeError) {
+        loop {
+            let Some(done) = self.tasks.join_next().await else {
+                return std::future::pending().await;
+            };
             let (name, generation, outcome) = match done {
                 Ok(done) => done,
-                Err(e) => return Some(("?".to_owned(), Err(RuntimeError::Worker(e.to_string())))),
+                Err(e) => return ("?".to_owned(), RuntimeError::Worker(e.to_string())),
             };
             let current = self
                 .served
                 .get(&name)
                 .is_some_and(|s| s.generation == generation);
-            if current {
-                self.served.remove(&name);
-                return Some((name, outcome));
-            }
-            if let Err(e) = outcome {
-                tracing::warn!(pipeline = %name, "a replaced subscription ended with: {e}");
+            match outcome {
+                _ if !current => {
+                    if let Err(e) = outcome {
+                        tracing::warn!(pipeline = %name, "a replaced subscription ended with: {e}");
+                    }
+                }
+                Err(e) => {
+                    self.served.remove(&name);
+                    return (name, e);
+                }
+                Ok(()) => {
+                    self.served.remove(&name);
+                    let error = RuntimeError::Nats {
+                        action: "keep serving",
+                        subject: name.clone(),
+                        reason: "the subscription ended".to_owned(),
+                    };
+                    return (name, error);
+                }
             }
         }
-        None
     }
 
     /// Stops every pipeline and waits for the batches in hand to finish.
@@ -512,14 +526,12 @@ pub async fn follow(
     let mut packages = match cluster {
         Some(c) => {
             // Packages first, so pipelines find what they reference.
-            let mut fetched = HashMap::new();
+            // Each is fetched once here, accepted or not; the watch below replays them.
+            let mut fetched = HashSet::new();
             for record in c.packages().await.map_err(registry_error)? {
-                if live
-                    .accept_package(c, &record.name, &record.version, package_dir)
-                    .await
-                {
-                    fetched.insert((record.name, record.version), ());
-                }
+                live.accept_package(c, &record.name, &record.version, package_dir)
+                    .await;
+                fetched.insert((record.name, record.version));
             }
             Some((c.watch_packages().await.map_err(registry_error)?, fetched))
         }
@@ -544,7 +556,7 @@ pub async fn follow(
                 // The watch starts with every stored package; skip those fetched at start
                 // (a re-deploy of the same version comes later and is fetched again).
                 if let Some((_, fetched)) = packages.as_mut()
-                    && fetched.remove(&(name.clone(), version.clone())).is_some()
+                    && fetched.remove(&(name.clone(), version.clone()))
                 {
                     continue;
                 }
@@ -563,18 +575,9 @@ pub async fn follow(
                     w.poll(live).await;
                 }
             }
-            stopped = live.stopped() => {
-                if let Some((name, Err(e))) = stopped {
-                    tracing::error!(pipeline = %name, "stopped serving: {e}");
-                    return Err(e);
-                }
-                if stopped.is_none() && cluster.is_none() && watched.is_none() {
-                    return Ok(());
-                }
-                if stopped.is_none() {
-                    // Nothing served yet: wait for a change rather than spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            (name, e) = live.stopped() => {
+                tracing::error!(pipeline = %name, "stopped serving: {e}");
+                return Err(e);
             }
         }
     }
@@ -656,15 +659,11 @@ impl FileWatch {
                 (Some(text), Some((old, _))) if text == old => {}
                 (Some(text), previous) => {
                     let old_name = previous.and_then(|(_, n)| n);
-                    let name = match live
+                    let name = live
                         .apply(Origin::File(path.clone()), &text, &path, None)
                         .await
-                    {
-                        Ok(()) => Pipeline::parse(&text, &path)
-                            .ok()
-                            .map(|p| p.name.get_ref().clone()),
-                        Err(_) => old_name.clone(),
-                    };
+                        .ok()
+                        .or_else(|| old_name.clone());
                     if let Some(old) = old_name.filter(|o| Some(o) != name.as_ref()) {
                         live.remove(&old, Origin::File(path.clone())).await;
                     }
