@@ -47,9 +47,17 @@ use std::process::{Command, Output};
 
 /// Runs the `headstream` binary with `args`, feeding `stdin`.
 pub fn headstream(args: &[&str], stdin: &[u8]) -> Output {
+    headstream_env(args, &[], stdin)
+}
+
+/// Runs the `headstream` binary with `args` and extra environment variables, feeding `stdin`
+/// (no inherited `HEADSTREAM_NATS`).
+pub fn headstream_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_headstream"))
         .args(args)
+        .env_remove("HEADSTREAM_NATS")
+        .envs(env.iter().copied())
         .env("HEADSTREAM_MODEL", headstream_test_util::model_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -64,4 +72,26 @@ pub fn headstream(args: &[&str], stdin: &[u8]) -> Output {
     child
         .wait_with_output()
         .unwrap_or_else(|e| panic!("headstream did not finish: {e}"))
+}
+
+/// A multi-threaded async runtime for a test's NATS client.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Resident and peak resident memory of process `pid`, in MiB (Linux `/proc`).
+pub fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

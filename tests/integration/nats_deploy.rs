@@ -25,16 +25,14 @@ use headstream_test_util::{NatsServer, workspace_root};
 use serde_json::{Value, json};
 
 use crate::nats_serve::{Host, metric, scrape};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+use crate::runtime;
 
 /// A copy of the shipped sentiment package as `version`; `edit` may change its manifest.
-fn sentiment_package(dir: &Path, version: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+pub(crate) fn sentiment_package(
+    dir: &Path,
+    version: &str,
+    edit: impl FnOnce(&mut Value),
+) -> PathBuf {
     let source = workspace_root().join("heads/sentiment");
     let out = dir.join(format!("sentiment-{version}"));
     std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{e}"));
@@ -67,6 +65,22 @@ fn cli(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `headstream deploy plugin PACKAGE --nats URL`, asserting success.
+pub(crate) fn deploy_plugin(package: &Path, url: &str) {
+    cli(&[
+        "deploy",
+        "plugin",
+        &package.to_string_lossy(),
+        "--nats",
+        url,
+    ]);
+}
+
+/// `headstream deploy pipeline FILE --nats URL`, asserting success.
+pub(crate) fn deploy_pipeline(file: &Path, url: &str) {
+    cli(&["deploy", "pipeline", &file.to_string_lossy(), "--nats", url]);
 }
 
 fn pipeline_text(delivery: &str, heads: &str) -> String {
@@ -208,14 +222,8 @@ fn a_new_head_version_takes_over_both_hosts_under_load_with_nothing_lost() {
     let v2 = sentiment_package(dir.path(), "1.1.0", |_| {});
     let delivery = "mode = \"jetstream\"\nstream = \"MOOD\"\nconsumer = \"mood\"";
     let file = write(dir.path(), "mood.toml", &pipeline_text(delivery, ONE_HEAD));
-    cli(&["deploy", "plugin", &v1.to_string_lossy(), "--nats", &url]);
-    cli(&[
-        "deploy",
-        "pipeline",
-        &file.to_string_lossy(),
-        "--nats",
-        &url,
-    ]);
+    deploy_plugin(&v1, &url);
+    deploy_pipeline(&file, &url);
     let total = 2000;
     let swap_at = 700;
     let rt = runtime();
@@ -270,7 +278,7 @@ fn a_new_head_version_takes_over_both_hosts_under_load_with_nothing_lost() {
                 let v2 = v2.clone();
                 let url = url.clone();
                 tokio::task::spawn_blocking(move || {
-                    cli(&["deploy", "plugin", &v2.to_string_lossy(), "--nats", &url])
+                    deploy_plugin(&v2, &url)
                 });
                 deployed_at = Some((started, Instant::now()));
             }
@@ -351,14 +359,8 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
     );
     let broken = rev_a.replace("max_batch_size = 16", "max_batch_size = 0");
     let file_a = write(dir.path(), "mood.toml", &rev_a);
-    cli(&["deploy", "plugin", &v1.to_string_lossy(), "--nats", &url]);
-    cli(&[
-        "deploy",
-        "pipeline",
-        &file_a.to_string_lossy(),
-        "--nats",
-        &url,
-    ]);
+    deploy_plugin(&v1, &url);
+    deploy_pipeline(&file_a, &url);
     let rt = runtime();
     rt.block_on(async {
         let client = async_nats::connect(&url)
@@ -435,13 +437,7 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
             .await;
 
         // A package trained on another encoder: deployable, refused by every host.
-        cli(&[
-            "deploy",
-            "plugin",
-            &foreign.to_string_lossy(),
-            "--nats",
-            &url,
-        ]);
+        deploy_plugin(&foreign, &url);
         events
             .rejected_by(
                 2,
@@ -486,13 +482,7 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
         // Revision B adds a head on both hosts; rollback brings revision A back (skipping the
         // broken revision) on both.
         let file_b = write(dir.path(), "mood.toml", &rev_b);
-        cli(&[
-            "deploy",
-            "pipeline",
-            &file_b.to_string_lossy(),
-            "--nats",
-            &url,
-        ]);
+        deploy_pipeline(&file_b, &url);
         events
             .wait_hosts(2, "revision B", |e| {
                 is(e, "activated", "pipeline") && e["heads"]["second"].is_string()
@@ -598,21 +588,9 @@ shadow = { plugin = "sentiment@2.0.0", subject = "mood.shadow" }
         &pipeline_text("mode = \"core\"", heads),
     );
     for package in [&v1, &v2] {
-        cli(&[
-            "deploy",
-            "plugin",
-            &package.to_string_lossy(),
-            "--nats",
-            &url,
-        ]);
+        deploy_plugin(package, &url);
     }
-    cli(&[
-        "deploy",
-        "pipeline",
-        &file.to_string_lossy(),
-        "--nats",
-        &url,
-    ]);
+    deploy_pipeline(&file, &url);
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.to_string())

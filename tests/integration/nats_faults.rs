@@ -11,13 +11,7 @@ use headstream_test_util::{NatsServer, plugin_path};
 use serde_json::{Value, json};
 
 use crate::nats_serve::Host;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+use crate::{memory_mib, runtime};
 
 fn write_pipeline(dir: &std::path::Path, delivery: &str, heads: &str) -> std::path::PathBuf {
     let path = dir.join("faults.toml");
@@ -44,20 +38,6 @@ fn start(url: &str, pipeline: &std::path::Path) -> Host {
         "--pipeline".as_ref(),
         pipeline.as_os_str(),
     ])
-}
-
-/// Resident and peak resident memory of a process, in MiB (Linux `/proc`).
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 #[test]

@@ -13,6 +13,7 @@ use futures::StreamExt as _;
 use headstream_test_util::{NatsCluster, NatsServer, plugin_path};
 
 use crate::nats_serve::Host;
+use crate::runtime;
 use serde_json::Value;
 
 const STREAM: &str = "TICKETS";
@@ -58,13 +59,6 @@ fn start_host(nats: &str, pipeline: &std::path::Path) -> Host {
         "--pipeline".as_ref(),
         pipeline.as_os_str(),
     ])
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn connect(url: &str) -> async_nats::Client {

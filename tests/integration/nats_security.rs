@@ -4,60 +4,29 @@
 //! clear reason; secrets never reach the logs (hosts run with debug logging here) nor `--help`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use headstream_test_util::{NatsServer, model_dir, workspace_root};
+use headstream_test_util::{NatsServer, workspace_root};
+
+use crate::nats_serve::Host;
 use serde_json::Value;
 
 /// Runs `headstream ARGS` with extra environment variables.
 fn headstream_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_headstream"))
-        .args(args)
-        .envs(env.iter().copied())
-        .env("HEADSTREAM_MODEL", model_dir())
-        .env_remove("HEADSTREAM_NATS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run headstream: {e}"))
+    crate::headstream_env(args, env, b"")
 }
 
-/// A `headstream serve --config` process with debug logs captured to a file; killed on drop.
-struct LoggedHost {
-    child: Child,
-    log: PathBuf,
-}
-
-impl LoggedHost {
-    fn start(config: &Path, env: &[(&str, &str)], log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .env("HEADSTREAM_MODEL", model_dir())
-            .env("HEADSTREAM_LOG", "debug")
-            .env_remove("HEADSTREAM_NATS")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
-        Self { child, log }
-    }
-
-    /// Stops the host and returns everything it logged.
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for LoggedHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `headstream serve --config CONFIG` with debug logs captured to `log`.
+fn logged_host(config: &Path, env: &[(&str, &str)], log: &Path) -> Host {
+    let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{e}"));
+    let mut env = env.to_vec();
+    env.push(("HEADSTREAM_LOG", "debug"));
+    Host::serve_with(
+        &[std::ffi::OsStr::new("--config"), config.as_os_str()],
+        &env,
+        file,
+    )
 }
 
 /// A host config serving a sentiment pipeline, with `nats` as its `[nats]` section body.
@@ -127,7 +96,8 @@ fn authenticated_round_trip(
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let url = server.url();
     let config = host_config(dir.path(), &url, nats);
-    let host = LoggedHost::start(&config, env, dir.path().join("host.log"));
+    let log = dir.path().join("host.log");
+    let host = logged_host(&config, env, &log);
     let reply = request_until_served(&config, env);
     assert_eq!(
         reply["results"]["sentiment"]["label"], "positive",
@@ -159,7 +129,8 @@ fn authenticated_round_trip(
     let help = headstream_env(&["serve", "--help"], &[("HEADSTREAM_NATS", &leaky)]);
     assert!(!String::from_utf8_lossy(&help.stdout).contains(secret));
 
-    let log = host.stop();
+    drop(host);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log.contains("NATS connected"), "{log}");
     assert!(!log.contains(secret), "the secret is in the host's log");
 }

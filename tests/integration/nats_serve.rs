@@ -12,19 +12,31 @@ use futures::StreamExt as _;
 use headstream_test_util::{NatsServer, model_dir, plugin_path, workspace_root};
 use serde_json::Value;
 
+use crate::runtime;
+
 /// A `headstream serve` process, killed on drop.
 pub(crate) struct Host(Child);
 
 impl Host {
     /// Runs `headstream serve ARGS` with the test model and no inherited NATS URL.
     pub(crate) fn serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Self {
+        Self::serve_with(args, &[], Stdio::null())
+    }
+
+    /// Like [`Host::serve`], with extra environment variables and stderr sent to `stderr`.
+    pub(crate) fn serve_with<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        env: &[(&str, &str)],
+        stderr: impl Into<Stdio>,
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
             .arg("serve")
             .args(args)
+            .envs(env.iter().copied())
             .env("HEADSTREAM_MODEL", model_dir())
             .env_remove("HEADSTREAM_NATS")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start headstream serve: {e}"));
         Host(child)
@@ -71,13 +83,6 @@ impl Drop for Host {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits until a host answers a request (it loads the model and plugins first).

@@ -11,9 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use headstream_test_util::{NatsServer, workspace_root};
+use headstream_test_util::NatsServer;
 use serde_json::{Value, json};
 
+use crate::memory_mib;
+use crate::nats_deploy::{deploy_pipeline, deploy_plugin, sentiment_package};
 use crate::nats_serve::Host;
 
 fn env_secs(name: &str, default: u64) -> u64 {
@@ -23,38 +25,10 @@ fn env_secs(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Deploys the shipped sentiment package under `version`.
 fn deploy_version(dir: &std::path::Path, url: &str, version: &str) {
-    let source = workspace_root().join("heads/sentiment");
-    let out = dir.join(format!("sentiment-{version}"));
-    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{e}"));
-    for file in ["head.wasm", "weights.safetensors"] {
-        std::fs::copy(source.join(file), out.join(file)).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let mut manifest: Value = serde_json::from_slice(
-        &std::fs::read(source.join("manifest.json")).unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    manifest["version"] = json!(version);
-    std::fs::write(out.join("manifest.json"), manifest.to_string())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let out = out.to_string_lossy();
-    let done = crate::headstream(&["deploy", "plugin", &out, "--nats", url], b"");
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    let package = sentiment_package(dir, version, |_| {});
+    deploy_plugin(&package, url);
 }
 
 /// What came back: results by id, error records by kind (and by message id), head errors,
@@ -116,13 +90,7 @@ fn mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory() {
          plugin = \"sentiment@^1\"\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let file = pipeline.to_string_lossy();
-    let done = crate::headstream(&["deploy", "pipeline", &file, "--nats", &url], b"");
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    deploy_pipeline(&pipeline, &url);
     let empty = empty.to_string_lossy();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -209,7 +177,7 @@ fn mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory() {
                 next_swap += Duration::from_secs(swap_every);
             }
             if rss.len() < (started.elapsed().as_secs() / 2) as usize + 1 {
-                rss.push(rss_mib(pid));
+                rss.push(memory_mib(pid).0);
             }
         }
         let offered = started.elapsed();
@@ -230,7 +198,7 @@ fn mixed_workload_with_hot_swaps_keeps_every_message_and_flat_memory() {
             }
         }
         let total = started.elapsed();
-        rss.push(rss_mib(pid));
+        rss.push(memory_mib(pid).0);
         for (id, kind) in &sent {
             if *kind == "good" {
                 assert!(tally.results.contains_key(id), "{id}: no result");
