@@ -307,6 +307,11 @@ fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
     eprintln!(
         "{total} messages, one of two hosts SIGKILLed: 0 lost, {duplicates} repeated, {redelivered} results of redeliveries"
     );
+    // The killed host held pulled, unacked messages: they came back to the survivor, marked.
+    assert!(
+        redelivered > 0,
+        "no redelivery after killing a host mid-stream"
+    );
 }
 
 #[test]
