@@ -2,7 +2,9 @@
 //! consumer; every message gets a result even when nats-server is killed and restarted
 //! mid-stream (hosts reconnect; a message is acked only after its result is published, so a
 //! redelivery is possible and marked, a loss is not); a message delivered past `max_deliver`
-//! goes to the error subject with its payload instead of being retried forever.
+//! goes to the error subject with its payload instead of being retried forever. With
+//! `output.confirm`, results are stored in their stream even across a cluster failover or a
+//! stream that stops storing for a while.
 //! Needs `cargo plugins`.
 
 use std::collections::{HashMap, HashSet};
@@ -19,8 +21,8 @@ use serde_json::Value;
 const STREAM: &str = "TICKETS";
 const CONSUMER: &str = "triage";
 
-/// The tickets pipeline with extra `[delivery]` settings.
-fn pipeline(dir: &std::path::Path, delivery: &str) -> std::path::PathBuf {
+/// The tickets pipeline with extra `[output]` and `[delivery]` settings.
+fn pipeline(dir: &std::path::Path, output: &str, delivery: &str) -> std::path::PathBuf {
     let path = dir.join("tickets.toml");
     let text = format!(
         r#"version = 1
@@ -30,6 +32,7 @@ subject = "tickets.in"
 [output]
 subject = "tickets.out"
 errors = "tickets.errors"
+{output}
 [delivery]
 mode = "jetstream"
 stream = "{STREAM}"
@@ -138,10 +141,10 @@ struct Rig {
 
 impl Rig {
     /// Connects to `url` (comma-separated servers) with streams of `replicas` copies; the
-    /// pipeline gets `delivery` settings on top of the defaults.
-    fn new(url: &str, replicas: usize, delivery: &str) -> Self {
+    /// pipeline gets `output` and `delivery` settings on top of the defaults.
+    fn new(url: &str, replicas: usize, output: &str, delivery: &str) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let pipeline = pipeline(dir.path(), delivery);
+        let pipeline = pipeline(dir.path(), output, delivery);
         let rt = runtime();
         let (js, recorded) = rt.block_on(async {
             let client = connect(url).await;
@@ -195,12 +198,18 @@ fn through_fault(
     rt.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         while outcome.seen.len() < total || outcome.errors.len() < errors {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {total} results and {} error records",
-                outcome.seen.len(),
-                outcome.errors.len()
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let missing: Vec<usize> = (0..total)
+                    .filter(|i| !outcome.seen.contains_key(&format!("m{i}")))
+                    .take(50)
+                    .collect();
+                panic!(
+                    "only {} of {total} results and {} error records; missing (first 50) {missing:?}; errors {:?}",
+                    outcome.seen.len(),
+                    outcome.errors.len(),
+                    outcome.errors.first()
+                );
+            }
             for (subject, record) in read_new(recorded, &mut next).await {
                 if subject == "tickets.errors" {
                     outcome.errors.push(record);
@@ -224,6 +233,12 @@ fn through_fault(
         }
     });
     assert!(fault.is_none(), "the fault never ran");
+    assert_eq!(
+        outcome.errors.len(),
+        errors,
+        "unexpected error records: {:?}",
+        outcome.errors
+    );
     let expected: HashSet<String> = (0..total).map(|i| format!("m{i}")).collect();
     let got: HashSet<String> = outcome.seen.keys().cloned().collect();
     assert_eq!(got, expected, "lost or unknown ids");
@@ -265,7 +280,7 @@ fn repeats(outcome: &Outcome, marked: bool) -> usize {
 fn every_message_gets_a_result_across_a_nats_server_restart() {
     let mut server = NatsServer::start();
     let url = server.url();
-    let mut rig = Rig::new(&url, 1, "");
+    let mut rig = Rig::new(&url, 1, "confirm = true", "");
     rig.rt.block_on(publish(&rig.js, "not json".into()));
     let _host = start_host(&url, &rig.pipeline);
     let total = 300;
@@ -283,7 +298,7 @@ fn every_message_gets_a_result_across_a_nats_server_restart() {
 fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
     let server = NatsServer::start();
     let url = server.url();
-    let mut rig = Rig::new(&url, 1, "");
+    let mut rig = Rig::new(&url, 1, "", "");
     let mut doomed = start_host(&url, &rig.pipeline);
     let _survivor = start_host(&url, &rig.pipeline);
     let total = 400;
@@ -323,7 +338,9 @@ fn a_three_node_cluster_loses_a_node_and_nothing_is_lost() {
         .map(NatsServer::url)
         .collect::<Vec<_>>()
         .join(",");
-    let mut rig = Rig::new(&survivors, 3, "replicas = 3");
+    // Results are confirmed by RECORDED (also three copies): one published while that
+    // stream elects a new leader is not stored, so its input is not acked and comes again.
+    let mut rig = Rig::new(&survivors, 3, "confirm = true", "replicas = 3");
     // Hosts connect to the node that will die and learn the others from it (cluster gossip).
     let first = cluster.nodes[0].url();
     let _hosts = [
@@ -340,6 +357,61 @@ fn a_three_node_cluster_loses_a_node_and_nothing_is_lost() {
 }
 
 #[test]
+fn confirmed_results_wait_out_a_results_stream_that_stops_storing() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut rig = Rig::new(&url, 1, "confirm = true", "");
+    let log = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = log.reopen().unwrap_or_else(|e| panic!("{e}"));
+    let _host = Host::serve_with(
+        &[
+            std::ffi::OsStr::new("--nats"),
+            url.as_ref(),
+            "--pipeline".as_ref(),
+            rig.pipeline.as_os_str(),
+        ],
+        &[],
+        stderr,
+    );
+    let total = 200;
+    // Mid-stream, RECORDED stops capturing results for 3 s (as a stream without a leader
+    // would): hosts keep the batch in hand, publish again, and lose nothing — and, the
+    // messages kept in progress, spend none of their deliveries (`max_deliver` is 3 here).
+    let away = {
+        let url = url.clone();
+        move || {
+            std::thread::spawn(move || {
+                runtime().block_on(async {
+                    let js = jetstream::new(connect(&url).await);
+                    let set = |subjects: &[&str]| stream::Config {
+                        name: "RECORDED".into(),
+                        subjects: subjects.iter().map(|s| (*s).into()).collect(),
+                        ..Default::default()
+                    };
+                    js.update_stream(set(&["tickets.errors"]))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    js.update_stream(set(&["tickets.out", "tickets.errors"]))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                });
+            });
+        }
+    };
+    let outcome = through_fault(&mut rig, total, 0, 40, away);
+    let duplicates = repeats(&outcome, false);
+    let log = std::fs::read_to_string(log.path()).unwrap_or_else(|e| panic!("{e}"));
+    let retries = log.matches("results not stored yet").count();
+    eprintln!(
+        "{total} confirmed results, results stream away for 3 s: 0 lost, {duplicates} repeated, {retries} retries"
+    );
+    assert!(retries > 0, "no publish was retried:\n{log}");
+    // Retried publishes carry the result's key as `Nats-Msg-Id`: the stream stores each once.
+    assert_eq!(duplicates, 0);
+}
+
+#[test]
 fn a_message_past_max_deliveries_goes_to_the_error_subject() {
     let server = NatsServer::start();
     let url = server.url();
@@ -349,7 +421,7 @@ fn a_message_past_max_deliveries_goes_to_the_error_subject() {
         rt,
         js,
         mut recorded,
-    } = Rig::new(&url, 1, "");
+    } = Rig::new(&url, 1, "", "");
     // Let a host create the durable consumer, then take it away.
     let host = start_host(&url, &pipeline);
     let input = rt.block_on(async {

@@ -58,6 +58,10 @@ pub struct Input {
     pub max_text_bytes: usize,
 }
 
+fn default_confirm() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
+
 fn default_max_message_bytes() -> usize {
     1 << 20
 }
@@ -73,6 +77,13 @@ pub struct Output {
     pub subject: Spanned<String>,
     /// Subject for error records: unusable messages and their payloads (`errors = "..."`).
     pub errors: Spanned<String>,
+    /// Publish results and error records through JetStream and acknowledge an input message
+    /// only once the stream capturing them has stored them (`confirm = true`; needs
+    /// `delivery.mode = "jetstream"` and a stream over both subjects). Without it they are
+    /// core publishes: delivered to subscribers, but a stream without a leader at that moment
+    /// would miss them.
+    #[serde(default = "default_confirm")]
+    pub confirm: Spanned<bool>,
 }
 
 /// `[delivery]`: how messages are consumed from NATS.
@@ -357,6 +368,14 @@ impl Pipeline {
                 pipeline.delivery.mode.span(),
                 "delivery.mode",
                 format!("{mode:?} is not `core` or `jetstream`"),
+            ));
+        }
+        if *pipeline.output.confirm.get_ref() && mode != "jetstream" {
+            return Err(at(
+                pipeline.output.confirm.span(),
+                "output.confirm",
+                "needs `delivery.mode = \"jetstream\"` (core delivery has nothing to hold back)"
+                    .to_owned(),
             ));
         }
         if !(1..=5).contains(&pipeline.delivery.replicas) {

@@ -49,6 +49,9 @@ pub struct JetStreamOptions {
     pub ack_wait: Duration,
     /// Stream replicas in a NATS cluster (used when the stream is created).
     pub replicas: u32,
+    /// Publish results and error records through JetStream and ack an input only once the
+    /// streams capturing them have stored them.
+    pub confirm: bool,
 }
 
 impl ServeOptions {
@@ -65,6 +68,7 @@ impl ServeOptions {
             max_deliver: delivery.max_deliver,
             ack_wait: Duration::from_millis(delivery.ack_wait_ms),
             replicas: delivery.replicas,
+            confirm: *pipeline.output.confirm.get_ref(),
         });
         Self {
             subject: pipeline.input.subject.get_ref().clone(),
@@ -142,10 +146,15 @@ pub async fn serve(
                 delivered: 1,
                 ack: None,
             });
-            run_loop(&client, &slot, &options, incoming, shutdown).await?;
+            run_loop(&client, None, &slot, &options, incoming, shutdown).await?;
         }
         Some(js) => {
             let messages = jetstream_messages(&client, &options, &js).await?;
+            let confirm = if js.confirm {
+                Some(confirming_context(&client, &options).await?)
+            } else {
+                None
+            };
             tracing::info!(pipeline = runner.name(), subject = %options.subject, stream = %js.stream, consumer = %js.consumer, "serving (jetstream)");
             ready();
             let stream_name = js.stream.clone();
@@ -173,7 +182,15 @@ pub async fn serve(
                     })
                 }
             });
-            run_loop(&client, &slot, &options, incoming, shutdown).await?;
+            run_loop(
+                &client,
+                confirm.as_ref(),
+                &slot,
+                &options,
+                incoming,
+                shutdown,
+            )
+            .await?;
         }
     }
     client
@@ -228,9 +245,33 @@ async fn jetstream_messages(
         .map_err(|e| nats_error("pull from", &options.subject, e))
 }
 
+/// The JetStream context confirmed results go through, once a stream is found capturing
+/// the output and the error subject (without one, every publish would fail and every message
+/// would be retried until it ran out of deliveries).
+async fn confirming_context(
+    client: &async_nats::Client,
+    options: &ServeOptions,
+) -> Result<async_nats::jetstream::Context, RuntimeError> {
+    let context = async_nats::jetstream::new(client.clone());
+    for subject in [&options.output, &options.errors] {
+        context
+            .stream_by_subject(subject.as_str())
+            .await
+            .map_err(|e| {
+                nats_error(
+                    "find a stream (output.confirm) capturing",
+                    subject,
+                    format!("{e}; create one over the output and error subjects"),
+                )
+            })?;
+    }
+    Ok(context)
+}
+
 /// Micro-batches `incoming` until it ends or `shutdown` completes.
 async fn run_loop(
     client: &async_nats::Client,
+    confirm: Option<&async_nats::jetstream::Context>,
     slot: &RunnerSlot,
     options: &ServeOptions,
     incoming: impl futures::Stream<Item = Incoming>,
@@ -254,13 +295,134 @@ async fn run_loop(
         }
         let runner = slot.borrow().clone();
         tracing::debug!(pipeline = runner.name(), messages = batch.len(), "batch");
-        handle_batch(client, &runner, options, batch).await?;
+        let mut outbox = Outbox {
+            client,
+            confirm,
+            records: Vec::new(),
+        };
+        handle_batch(&mut outbox, &runner, options, batch).await?;
     }
     Ok(())
 }
 
+/// Where one batch's records go: core publishes, or (with `output.confirm`) JetStream
+/// publishes whose acks are awaited before the inputs are acked.
+struct Outbox<'a> {
+    client: &'a async_nats::Client,
+    confirm: Option<&'a async_nats::jetstream::Context>,
+    /// Confirmed records: subject, body, and the stream's answer once published.
+    records: Vec<Confirmed>,
+}
+
+/// A record published through JetStream, kept until the stream has stored it.
+struct Confirmed {
+    subject: String,
+    body: Bytes,
+    /// `Nats-Msg-Id` (a result's idempotency key): a retried publish the stream already
+    /// stored is dropped by its duplicate window instead of stored twice.
+    id: Option<String>,
+    ack: Option<async_nats::jetstream::context::PublishAckFuture>,
+}
+
+impl Confirmed {
+    async fn publish(&mut self, js: &async_nats::jetstream::Context) {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = &self.id {
+            headers.insert("Nats-Msg-Id", id.as_str());
+        }
+        self.ack = js
+            .publish_with_headers(self.subject.clone(), headers, self.body.clone())
+            .await
+            .ok();
+    }
+}
+
+impl Outbox<'_> {
+    /// Publishes a result or an error record (`id`: its idempotency key, if any): confirmed
+    /// when the pipeline asks for it.
+    async fn record(
+        &mut self,
+        subject: &str,
+        body: Bytes,
+        id: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        match self.confirm {
+            Some(js) => {
+                let mut record = Confirmed {
+                    subject: subject.to_owned(),
+                    body,
+                    id: id.map(str::to_owned),
+                    ack: None,
+                };
+                record.publish(js).await;
+                self.records.push(record);
+                Ok(())
+            }
+            None => publish(self.client, subject, body).await,
+        }
+    }
+
+    /// Publishes anything else (replies, routes, shadows) as a core message.
+    async fn core(&self, subject: &str, body: Bytes) -> Result<(), RuntimeError> {
+        publish(self.client, subject, body).await
+    }
+
+    /// Waits until everything published has reached the server and every confirmed record
+    /// is stored. A record the stream did not store (no leader during a cluster's failover,
+    /// the server away) is published again, with backoff, for up to [`CONFIRM_FOR`], while
+    /// `inputs` are kept in progress so the server neither redelivers them nor counts a
+    /// delivery; after that, the reason.
+    async fn settle(
+        &mut self,
+        inputs: &[async_nats::jetstream::Message],
+        ack_wait: Duration,
+    ) -> Result<(), String> {
+        self.client.flush().await.map_err(|e| e.to_string())?;
+        let Some(js) = self.confirm else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut failure = None;
+            let mut unstored = Vec::new();
+            for mut record in self.records.drain(..) {
+                let stored = match record.ack.take() {
+                    Some(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                    None => Err("not published".to_owned()),
+                };
+                if let Err(e) = stored {
+                    failure.get_or_insert_with(|| format!("{}: {e}", record.subject));
+                    unstored.push(record);
+                }
+            }
+            self.records = unstored;
+            let Some(failure) = failure else {
+                return Ok(());
+            };
+            if started.elapsed() >= CONFIRM_FOR {
+                return Err(format!("not stored after {CONFIRM_FOR:?}: {failure}"));
+            }
+            tracing::warn!(
+                records = self.records.len(),
+                "results not stored yet ({failure}); retrying in {backoff:?}"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(ack_wait / 2).min(Duration::from_secs(2));
+            for input in inputs {
+                let _ = input
+                    .ack_with(async_nats::jetstream::AckKind::Progress)
+                    .await;
+            }
+            for record in &mut self.records {
+                record.publish(js).await;
+            }
+        }
+    }
+}
+
 async fn handle_batch(
-    client: &async_nats::Client,
+    outbox: &mut Outbox<'_>,
     runner: &Arc<Runner>,
     options: &ServeOptions,
     batch: Vec<Incoming>,
@@ -298,7 +460,9 @@ async fn handle_batch(
             tracing::warn!(pipeline = runner.name(), "{}", error.message);
             count_error(error.kind);
             let record = error_record(runner.name(), &error, &incoming.payload);
-            publish(client, &options.errors, Bytes::from(record.to_string())).await?;
+            outbox
+                .record(&options.errors, Bytes::from(record.to_string()), None)
+                .await?;
             continue;
         }
         let (header, fallback) = (incoming.header_id, incoming.fallback_id);
@@ -314,9 +478,9 @@ async fn handle_batch(
                 count_error(error.kind);
                 let record =
                     Bytes::from(error_record(runner.name(), &error, &incoming.payload).to_string());
-                publish(client, &options.errors, record.clone()).await?;
+                outbox.record(&options.errors, record.clone(), None).await?;
                 if let Some(reply) = incoming.reply {
-                    publish(client, &reply, record).await?;
+                    outbox.core(&reply, record).await?;
                 }
             }
         }
@@ -331,7 +495,9 @@ async fn handle_batch(
             Ok(crate::Processed { records, shadows }) => {
                 let publishing = std::time::Instant::now();
                 for (subject, shadow) in shadows {
-                    publish(client, &subject, Bytes::from(shadow.to_string())).await?;
+                    outbox
+                        .core(&subject, Bytes::from(shadow.to_string()))
+                        .await?;
                 }
                 if let Some(m) = metrics {
                     m.messages
@@ -346,15 +512,17 @@ async fn handle_batch(
                         record["host"] = serde_json::json!(host);
                     }
                     let body = Bytes::from(record.to_string());
-                    publish(client, &options.output, body.clone()).await?;
+                    outbox
+                        .record(&options.output, body.clone(), record["key"].as_str())
+                        .await?;
                     for (route, subject) in runner.route_subjects(&record) {
-                        publish(client, subject, body.clone()).await?;
+                        outbox.core(subject, body.clone()).await?;
                         if let Some(m) = metrics {
                             m.routes.with_label_values(&[&name, route]).inc();
                         }
                     }
                     if let Some(reply) = reply {
-                        publish(client, &reply, body).await?;
+                        outbox.core(&reply, body).await?;
                     }
                 }
                 if let Some(m) = metrics {
@@ -373,9 +541,9 @@ async fn handle_batch(
                     count_error(error.kind);
                     let record =
                         Bytes::from(error_record(runner.name(), &error, &payload).to_string());
-                    publish(client, &options.errors, record.clone()).await?;
+                    outbox.record(&options.errors, record.clone(), None).await?;
                     if let Some(reply) = reply {
-                        publish(client, &reply, record).await?;
+                        outbox.core(&reply, record).await?;
                     }
                 }
             }
@@ -386,14 +554,24 @@ async fn handle_batch(
     }
     if !acks.is_empty() {
         tracing::debug!(pipeline = runner.name(), "flushing");
-        // Acknowledge only once every result and error record has reached the server; if
-        // that cannot be confirmed, the messages are redelivered rather than lost.
-        if let Err(e) = client.flush().await {
+        // Acknowledge only once every result and error record has reached the server (and,
+        // with `output.confirm`, is stored); if that cannot be confirmed, the messages are
+        // redelivered rather than lost.
+        let ack_wait = options
+            .jetstream
+            .as_ref()
+            .map_or(Duration::from_secs(30), |j| j.ack_wait);
+        if let Err(e) = outbox.settle(&acks, ack_wait).await {
             tracing::warn!(
                 pipeline = runner.name(),
-                "results not confirmed, leaving {} messages for redelivery: {e}",
+                "results not confirmed, sending {} messages back for redelivery: {e}",
                 acks.len()
             );
+            for message in acks {
+                let _ = message
+                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(RETRY_DELAY)))
+                    .await;
+            }
             return Ok(());
         }
         tracing::debug!(
@@ -412,6 +590,13 @@ async fn handle_batch(
     }
     Ok(())
 }
+
+/// How long a message whose results could not be confirmed waits before its redelivery.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a batch's records are published again while their stream cannot store them,
+/// before its messages go back to the server for redelivery.
+const CONFIRM_FOR: Duration = Duration::from_secs(30);
 
 async fn publish(
     client: &async_nats::Client,
