@@ -12,19 +12,27 @@ pub mod serve;
 pub mod train;
 
 use anyhow::Context as _;
-use headstream_encoder::{BatchLimits, Encoder, EncoderOptions};
+use headstream_encoder::{Backend, BatchLimits, Encoder, EncoderOptions};
 
 /// Where `model fetch` puts the model and where the other commands look for it.
 pub const DEFAULT_MODEL_DIR: &str = "models/all-minilm-l6-v2";
 
-/// Loads the encoder from `dir` with the given batch size.
+/// Loads the encoder from `dir` with the given batch size; `$HEADSTREAM_ENCODER_BACKEND`
+/// (`auto`, `packed`, `candle`) picks the forward pass.
 pub fn load_encoder(dir: &std::path::Path, batch_size: usize) -> anyhow::Result<Encoder> {
+    let backend = match std::env::var("HEADSTREAM_ENCODER_BACKEND") {
+        Ok(value) => value
+            .parse()
+            .map_err(|e| anyhow::anyhow!("HEADSTREAM_ENCODER_BACKEND: {e}"))?,
+        Err(_) => Backend::Auto,
+    };
     let options = EncoderOptions {
         limits: BatchLimits {
             max_batch_size: batch_size,
             ..BatchLimits::default()
         },
         prefer_gpu: true,
+        backend,
     };
     Encoder::load(dir, options)
         .with_context(|| format!("cannot load the encoder from {}", dir.display()))

@@ -1,9 +1,10 @@
-//! The encoder matches sentence-transformers on our own fixture sentences, in one padded,
-//! length-sorted call, within the tolerances of ../shared/reference/all-minilm-l6-v2/README.md.
+//! The encoder matches sentence-transformers on our own fixture sentences, in one
+//! length-sorted call, within the tolerances of ../shared/reference/all-minilm-l6-v2/README.md:
+//! both forward passes, the packed CPU path (the default) and candle-transformers' BERT.
 
 use std::sync::OnceLock;
 
-use headstream_encoder::{BatchLimits, EncodedText, Encoder, EncoderOptions};
+use headstream_encoder::{Backend, BatchLimits, EncodedText, Encoder, EncoderOptions};
 use headstream_test_util::{fixture, max_abs_diff, model_dir, one_minus_cosine, read_jsonl};
 use serde::Deserialize;
 
@@ -60,9 +61,24 @@ fn load() -> (Vec<Sentence>, Vec<Expected>) {
 
 #[test]
 fn matches_sentence_transformers_on_fixture_sentences() {
+    assert_eq!(encoder().backend(), Backend::Packed, "the CPU default");
+    matches_sentence_transformers(encoder());
+}
+
+#[test]
+fn candle_backend_matches_sentence_transformers_on_fixture_sentences() {
+    let options = EncoderOptions {
+        backend: Backend::Candle,
+        ..Default::default()
+    };
+    let enc = Encoder::load(&model_dir(), options).unwrap_or_else(|e| panic!("load: {e}"));
+    assert_eq!(enc.backend(), Backend::Candle);
+    matches_sentence_transformers(&enc);
+}
+
+fn matches_sentence_transformers(enc: &Encoder) {
     let (sentences, expected) = load();
     let texts: Vec<&str> = sentences.iter().map(|s| s.text.as_str()).collect();
-    let enc = encoder();
     let got = enc
         .encode(&texts, true)
         .unwrap_or_else(|e| panic!("encode: {e}"));

@@ -29,6 +29,7 @@
 mod batch;
 mod config;
 mod fingerprint;
+mod packed;
 
 use std::path::PathBuf;
 
@@ -89,6 +90,38 @@ pub struct EncoderOptions {
     pub limits: BatchLimits,
     /// Run on the first CUDA GPU when built with the `cuda` feature and one is present.
     pub prefer_gpu: bool,
+    /// Which implementation of the forward pass runs.
+    pub backend: Backend,
+}
+
+/// The implementation of BERT's forward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The packed CPU path on the CPU, candle-transformers' `BertModel` on a GPU.
+    #[default]
+    Auto,
+    /// Dense layers on the batch's real tokens only (no padding), attention per sequence.
+    Packed,
+    /// candle-transformers' `BertModel` on padded batches.
+    Candle,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "packed" => Ok(Self::Packed),
+            "candle" => Ok(Self::Candle),
+            other => Err(format!("{other:?} is not auto, packed or candle")),
+        }
+    }
+}
+
+/// The loaded forward pass.
+enum Model {
+    Candle(BertModel),
+    Packed(packed::PackedBert),
 }
 
 /// The encoder's output for one text.
@@ -119,7 +152,7 @@ impl EncodedText {
 pub struct Encoder {
     config: ModelConfig,
     tokenizer: Tokenizer,
-    model: BertModel,
+    model: Model,
     device: Device,
     pad_id: u32,
     fingerprint: Fingerprint,
@@ -132,6 +165,7 @@ impl std::fmt::Debug for Encoder {
             .field("dir", &self.config.dir)
             .field("fingerprint", &self.fingerprint.to_string())
             .field("device", &self.device)
+            .field("backend", &self.backend())
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -174,8 +208,23 @@ impl Encoder {
         let device = select_device(options.prefer_gpu)?;
         let weights_path = dir.join("model.safetensors");
         let tensors = candle_core::safetensors::load(&weights_path, &device)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let model = BertModel::load(vb, &config.bert)?;
+        let packed = match options.backend {
+            Backend::Packed => true,
+            Backend::Candle => false,
+            Backend::Auto => device.is_cpu(),
+        };
+        let model = if packed {
+            if !device.is_cpu() {
+                return Err(EncoderError::Config {
+                    path: weights_path,
+                    reason: "the packed backend runs on the CPU only".to_owned(),
+                });
+            }
+            Model::Packed(packed::PackedBert::load(&tensors, &config.bert)?)
+        } else {
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+            Model::Candle(BertModel::load(vb, &config.bert)?)
+        };
         let fingerprint = Fingerprint::compute(&config)?;
         tracing::debug!(dir = %dir.display(), %fingerprint, "encoder loaded");
         Ok(Self {
@@ -192,6 +241,14 @@ impl Encoder {
     /// The encoder's identity; heads built for one encoder refuse any other.
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.fingerprint
+    }
+
+    /// Which forward pass runs: [`Backend::Packed`] or [`Backend::Candle`].
+    pub fn backend(&self) -> Backend {
+        match self.model {
+            Model::Candle(_) => Backend::Candle,
+            Model::Packed(_) => Backend::Packed,
+        }
     }
 
     /// The configuration read from the model directory.
@@ -263,9 +320,65 @@ impl Encoder {
         Ok(results.into_iter().flatten().collect())
     }
 
-    /// Runs BERT on one padded batch; returns (embedding, token states) per item.
+    /// Runs BERT on one batch; returns (embedding, token states) per item.
     fn forward_batch(
         &self,
+        items: &[Tokenized],
+        token_states: bool,
+    ) -> Result<Vec<Forwarded>, EncoderError> {
+        match &self.model {
+            Model::Candle(model) => self.forward_padded(model, items, token_states),
+            Model::Packed(model) => self.forward_packed(model, items, token_states),
+        }
+    }
+
+    /// The packed path: real tokens only, pooled per sequence.
+    fn forward_packed(
+        &self,
+        model: &packed::PackedBert,
+        items: &[Tokenized],
+        token_states: bool,
+    ) -> Result<Vec<Forwarded>, EncoderError> {
+        let h = self.hidden_size();
+        let sequences: Vec<&[u32]> = items.iter().map(|t| t.ids.as_slice()).collect();
+        let packed = model.forward(&sequences)?;
+        let mut out = Vec::with_capacity(items.len());
+        for w in packed.starts.windows(2) {
+            let rows = &packed.states[w[0] * h..w[1] * h];
+            let mut pooled = vec![0.0f32; h];
+            match self.config.pooling {
+                Pooling::Mean => {
+                    for row in rows.chunks_exact(h) {
+                        for (p, v) in pooled.iter_mut().zip(row) {
+                            *p += v;
+                        }
+                    }
+                    let n = (w[1] - w[0]).max(1) as f32;
+                    pooled.iter_mut().for_each(|p| *p /= n);
+                }
+                Pooling::Cls => pooled.copy_from_slice(&rows[..h.min(rows.len())]),
+                Pooling::Max => {
+                    pooled.fill(f32::NEG_INFINITY);
+                    for row in rows.chunks_exact(h) {
+                        for (p, v) in pooled.iter_mut().zip(row) {
+                            *p = p.max(*v);
+                        }
+                    }
+                }
+            }
+            if self.config.normalize {
+                let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                pooled.iter_mut().for_each(|p| *p /= norm);
+            }
+            out.push((pooled, token_states.then(|| rows.to_vec())));
+        }
+        Ok(out)
+    }
+
+    /// candle-transformers' BERT on one padded batch.
+    fn forward_padded(
+        &self,
+        model: &BertModel,
         items: &[Tokenized],
         token_states: bool,
     ) -> Result<Vec<Forwarded>, EncoderError> {
@@ -285,7 +398,7 @@ impl Encoder {
         let ids = Tensor::from_vec(ids, (batch, seq), &self.device)?;
         let mask = Tensor::from_vec(mask, (batch, seq), &self.device)?;
         let type_ids = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = model.forward(&ids, &type_ids, Some(&mask))?;
         let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let pooled = match self.config.pooling {
             Pooling::Mean => {

@@ -1,0 +1,577 @@
+//! The CPU forward pass on packed tokens: every dense layer (QKV, attention output, FFN,
+//! LayerNorm, GELU) runs on the concatenated real tokens of the whole batch, so no FLOP is
+//! spent on padding; only attention is computed per sequence. Matrix products use `gemm`
+//! (the kernels candle's CPU backend runs on) on one rayon pool; the element-wise steps are
+//! fused loops compiled for AVX2+FMA when the CPU has them.
+//!
+//! It computes what `candle_transformers::models::bert::BertModel` computes (same weights,
+//! same f32 arithmetic up to summation order); the encoder's parity tests hold it to the
+//! sentence-transformers reference.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use candle_transformers::models::bert::{Config, HiddenAct};
+use rayon::prelude::*;
+
+use crate::EncoderError;
+
+/// `x · W + b` with `W` stored `in × out`, row-major.
+struct Linear {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+/// LayerNorm parameters.
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+struct Layer {
+    /// Query, key and value in one product: outputs `[q | k | v]`.
+    qkv: Linear,
+    attention_out: Linear,
+    attention_norm: Norm,
+    up: Linear,
+    down: Linear,
+    output_norm: Norm,
+}
+
+/// BERT weights laid out for the packed forward pass.
+pub(crate) struct PackedBert {
+    hidden: usize,
+    heads: usize,
+    eps: f32,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    /// Token type 0's embedding (sentence encoders feed type 0 only).
+    token_type: Vec<f32>,
+    embedding_norm: Norm,
+    layers: Vec<Layer>,
+    max_positions: usize,
+}
+
+/// The last hidden state of every real token, packed: sequence `s` owns rows
+/// `starts[s]..starts[s + 1]` of a `rows × hidden` row-major matrix.
+pub(crate) struct PackedStates {
+    pub(crate) states: Vec<f32>,
+    pub(crate) starts: Vec<usize>,
+}
+
+fn tensor(
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, EncoderError> {
+    let key = format!("{prefix}{name}");
+    let t = tensors
+        .get(&key)
+        .ok_or_else(|| candle_core::Error::Msg(format!("weight {key} is missing")))?;
+    if t.dims() != shape {
+        return Err(candle_core::Error::Msg(format!(
+            "weight {key} has shape {:?}, expected {shape:?}",
+            t.dims()
+        ))
+        .into());
+    }
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// A PyTorch `out × in` weight turned `in × out`.
+fn transposed(weight: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
+    let mut t = vec![0.0; weight.len()];
+    for o in 0..outputs {
+        for i in 0..inputs {
+            t[i * outputs + o] = weight[o * inputs + i];
+        }
+    }
+    t
+}
+
+impl PackedBert {
+    /// Lays out the weights of a BERT checkpoint (optionally under a `bert.` prefix).
+    pub(crate) fn load(
+        tensors: &HashMap<String, Tensor>,
+        config: &Config,
+    ) -> Result<Self, EncoderError> {
+        if config.hidden_act != HiddenAct::Gelu {
+            return Err(candle_core::Error::Msg(format!(
+                "hidden_act {:?} is not supported by the packed CPU path",
+                config.hidden_act
+            ))
+            .into());
+        }
+        let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let h = config.hidden_size;
+        let inter = config.intermediate_size;
+        if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
+            return Err(candle_core::Error::Msg(format!(
+                "hidden size {h} is not a multiple of {} heads",
+                config.num_attention_heads
+            ))
+            .into());
+        }
+        let get = |name: &str, shape: &[usize]| tensor(tensors, prefix, name, shape);
+        let norm = |name: &str| -> Result<Norm, EncoderError> {
+            Ok(Norm {
+                gamma: get(&format!("{name}.weight"), &[h])?,
+                beta: get(&format!("{name}.bias"), &[h])?,
+            })
+        };
+        let linear = |name: &str, inputs: usize, outputs: usize| -> Result<Linear, EncoderError> {
+            let w = get(&format!("{name}.weight"), &[outputs, inputs])?;
+            Ok(Linear {
+                weight: transposed(&w, outputs, inputs),
+                bias: get(&format!("{name}.bias"), &[outputs])?,
+                inputs,
+                outputs,
+            })
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let at = |name: &str| format!("encoder.layer.{l}.{name}");
+            let (q, k, v) = (
+                linear(&at("attention.self.query"), h, h)?,
+                linear(&at("attention.self.key"), h, h)?,
+                linear(&at("attention.self.value"), h, h)?,
+            );
+            let mut weight = vec![0.0; h * 3 * h];
+            for i in 0..h {
+                for (part, m) in [&q, &k, &v].into_iter().enumerate() {
+                    weight[i * 3 * h + part * h..i * 3 * h + (part + 1) * h]
+                        .copy_from_slice(&m.weight[i * h..(i + 1) * h]);
+                }
+            }
+            let bias = [q.bias, k.bias, v.bias].concat();
+            layers.push(Layer {
+                qkv: Linear {
+                    weight,
+                    bias,
+                    inputs: h,
+                    outputs: 3 * h,
+                },
+                attention_out: linear(&at("attention.output.dense"), h, h)?,
+                attention_norm: norm(&at("attention.output.LayerNorm"))?,
+                up: linear(&at("intermediate.dense"), h, inter)?,
+                down: linear(&at("output.dense"), inter, h)?,
+                output_norm: norm(&at("output.LayerNorm"))?,
+            });
+        }
+        let token_types = get(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, h],
+        )?;
+        Ok(Self {
+            hidden: h,
+            heads: config.num_attention_heads,
+            eps: config.layer_norm_eps as f32,
+            word: get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
+            position: get(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, h],
+            )?,
+            token_type: token_types[..h].to_vec(),
+            embedding_norm: norm("embeddings.LayerNorm")?,
+            layers,
+            max_positions: config.max_position_embeddings,
+        })
+    }
+
+    /// Runs the encoder over `sequences` (token ids) and returns every token's last hidden
+    /// state, packed.
+    pub(crate) fn forward(&self, sequences: &[&[u32]]) -> Result<PackedStates, EncoderError> {
+        let h = self.hidden;
+        let mut starts = Vec::with_capacity(sequences.len() + 1);
+        let mut rows = 0;
+        for s in sequences {
+            if s.len() > self.max_positions {
+                return Err(candle_core::Error::Msg(format!(
+                    "{} tokens exceed the model's {} positions",
+                    s.len(),
+                    self.max_positions
+                ))
+                .into());
+            }
+            starts.push(rows);
+            rows += s.len();
+        }
+        starts.push(rows);
+        let vocab = self.word.len() / h;
+        let mut x = vec![0.0f32; rows * h];
+        for (s, ids) in sequences.iter().enumerate() {
+            for (p, &id) in ids.iter().enumerate() {
+                let id = id as usize;
+                if id >= vocab {
+                    return Err(candle_core::Error::Msg(format!(
+                        "token id {id} is outside the vocabulary of {vocab}"
+                    ))
+                    .into());
+                }
+                let row = &mut x[(starts[s] + p) * h..(starts[s] + p + 1) * h];
+                let (w, pos) = (
+                    &self.word[id * h..(id + 1) * h],
+                    &self.position[p * h..(p + 1) * h],
+                );
+                for j in 0..h {
+                    row[j] = w[j] + pos[j] + self.token_type[j];
+                }
+            }
+        }
+        kernels::layer_norm_rows(&mut x, h, &self.embedding_norm, self.eps);
+        let inter = self.layers.first().map_or(0, |l| l.up.outputs);
+        let mut qkv = vec![0.0f32; rows * 3 * h];
+        let mut context = vec![0.0f32; rows * h];
+        let mut attended = vec![0.0f32; rows * h];
+        let mut up = vec![0.0f32; rows * inter];
+        for layer in &self.layers {
+            linear(&x, rows, &layer.qkv, &mut qkv, None);
+            self.attention(&qkv, &starts, &mut context);
+            linear(
+                &context,
+                rows,
+                &layer.attention_out,
+                &mut attended,
+                Some(&x),
+            );
+            kernels::layer_norm_rows(&mut attended, h, &layer.attention_norm, self.eps);
+            linear(&attended, rows, &layer.up, &mut up, None);
+            kernels::gelu(&mut up);
+            linear(&up, rows, &layer.down, &mut x, Some(&attended));
+            kernels::layer_norm_rows(&mut x, h, &layer.output_norm, self.eps);
+        }
+        Ok(PackedStates { states: x, starts })
+    }
+
+    /// Scaled dot-product attention of every head of every sequence (no mask: only real
+    /// tokens are present), into `context` (`rows × hidden`).
+    fn attention(&self, qkv: &[f32], starts: &[usize], context: &mut [f32]) {
+        let h = self.hidden;
+        let d = h / self.heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        // One task per sequence; each writes only its own rows of `context`.
+        let mut pieces: Vec<(usize, &mut [f32])> = Vec::with_capacity(starts.len());
+        let mut rest = context;
+        for w in starts.windows(2) {
+            let (mine, tail) = rest.split_at_mut((w[1] - w[0]) * h);
+            pieces.push((w[0], mine));
+            rest = tail;
+        }
+        pieces.into_par_iter().for_each(|(start, out)| {
+            let len = out.len() / h;
+            let rows = &qkv[start * 3 * h..(start + len) * 3 * h];
+            kernels::attend(rows, len, h, self.heads, d, scale, out);
+        });
+    }
+}
+
+/// Most FLOPs a product may have to run on one thread (below that, threads cost more).
+const PARALLEL_FLOPS: usize = 1 << 21;
+
+/// `out = input · W + b (+ residual)`, `input` being `rows × W.inputs`.
+fn linear(input: &[f32], rows: usize, layer: &Linear, out: &mut [f32], residual: Option<&[f32]>) {
+    let (k, n) = (layer.inputs, layer.outputs);
+    let out = &mut out[..rows * n];
+    match residual {
+        Some(r) => {
+            for (o, r) in out.chunks_exact_mut(n).zip(r.chunks_exact(n)) {
+                for j in 0..n {
+                    o[j] = r[j] + layer.bias[j];
+                }
+            }
+        }
+        None => {
+            for o in out.chunks_exact_mut(n) {
+                o.copy_from_slice(&layer.bias);
+            }
+        }
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && 2 * rows * k * n > PARALLEL_FLOPS {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    assert!(input.len() >= rows * k && layer.weight.len() == k * n);
+    // SAFETY: the pointers cover `rows × k` (input), `k × n` (weight) and `rows × n` (out)
+    // row-major matrices, as the strides say (lengths asserted above); `out` is a unique
+    // borrow, so it aliases neither input.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            input.as_ptr(),
+            1,
+            k as isize,
+            layer.weight.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Element-wise kernels, compiled twice: for AVX2+FMA (chosen at run time) and for the
+/// baseline target.
+mod kernels {
+    use rayon::prelude::*;
+
+    use super::Norm;
+
+    macro_rules! dispatch {
+        ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+            $(#[$doc])*
+            pub(super) fn $name($($arg: $ty),*) {
+                #[inline(always)]
+                fn generic($($arg: $ty),*) $body
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx2,fma")]
+                    fn avx2($($arg: $ty),*) {
+                        generic($($arg),*)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the CPU has the features `avx2` was compiled for.
+                        #[allow(unsafe_code)]
+                        return unsafe { avx2($($arg),*) };
+                    }
+                }
+                generic($($arg),*)
+            }
+        };
+    }
+
+    /// `e^x` for f32, branch-free so that loops over it vectorize (Cephes' polynomial,
+    /// within 2 ulp of `f32::exp` on the range that does not underflow).
+    #[inline(always)]
+    #[allow(clippy::excessive_precision)] // the published constants, verbatim
+    fn exp(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 88.0);
+        let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let p = 1.987_569_1e-4_f32;
+        let p = p * r + 1.398_199_9e-3;
+        let p = p * r + 8.333_452e-3;
+        let p = p * r + 4.166_579_6e-2;
+        let p = p * r + 1.666_666_5e-1;
+        let p = p * r + 5.000_000_1e-1;
+        let y = p * r * r + r + 1.0;
+        y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    }
+
+    /// Sum in eight lanes (a reduction the compiler can vectorize).
+    #[inline(always)]
+    fn sum(x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let chunks = x.chunks_exact(8);
+        let tail = chunks.remainder().iter().sum::<f32>();
+        for c in chunks {
+            for l in 0..8 {
+                acc[l] += c[l];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    /// Sum of squared differences from `mean`, in eight lanes.
+    #[inline(always)]
+    fn sum_sq(x: &[f32], mean: f32) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let chunks = x.chunks_exact(8);
+        let tail = chunks
+            .remainder()
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f32>();
+        for c in chunks {
+            for l in 0..8 {
+                acc[l] += (c[l] - mean) * (c[l] - mean);
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[cfg(test)]
+    pub(super) fn exp_for_test(x: f32) -> f32 {
+        exp(x)
+    }
+
+    /// `erf(x)` within ~1.2e-7 (Numerical Recipes' erfc), branch-free.
+    #[inline(always)]
+    #[allow(clippy::excessive_precision)] // the published constants, verbatim
+    fn erf(x: f32) -> f32 {
+        let z = x.abs();
+        let t = 1.0 / (1.0 + 0.5 * z);
+        let p = 0.170_872_77_f32;
+        let p = p * t - 0.822_152_23;
+        let p = p * t + 1.488_515_9;
+        let p = p * t - 1.135_203_98;
+        let p = p * t + 0.278_868_07;
+        let p = p * t - 0.186_288_06;
+        let p = p * t + 0.096_784_18;
+        let p = p * t + 0.374_091_96;
+        let p = p * t + 1.000_023_68;
+        let p = p * t - 1.265_512_23;
+        let erfc = t * exp(-z * z + p);
+        (1.0 - erfc).copysign(x)
+    }
+
+    dispatch! {
+        fn gelu_chunk(x: &mut [f32]) {
+            for v in x.iter_mut() {
+                *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        }
+    }
+
+    /// GELU (the exact, erf form) in place.
+    pub(super) fn gelu(x: &mut [f32]) {
+        x.par_chunks_mut(16 * 1024).for_each(gelu_chunk);
+    }
+
+    dispatch! {
+        fn norm_rows(x: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+            for row in x.chunks_exact_mut(width) {
+                let mean = sum(row) / width as f32;
+                let var = sum_sq(row, mean) / width as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                    *v = (*v - mean) * inv * g + b;
+                }
+            }
+        }
+    }
+
+    /// LayerNorm of every `width`-wide row, in place.
+    pub(super) fn layer_norm_rows(x: &mut [f32], width: usize, norm: &Norm, eps: f32) {
+        x.par_chunks_mut(width * 64)
+            .for_each(|rows| norm_rows(rows, width, &norm.gamma, &norm.beta, eps));
+    }
+
+    dispatch! {
+        /// Attention of one sequence: `qkv` is its `len × 3h` rows (`[q | k | v]`), `out` its
+        /// `len × h` context rows.
+        fn attend(
+            qkv: &[f32],
+            len: usize,
+            h: usize,
+            heads: usize,
+            d: usize,
+            scale: f32,
+            out: &mut [f32]
+        ) {
+            let mut scores = vec![0.0f32; len];
+            for head in 0..heads {
+                let (qo, ko, vo) = (head * d, h + head * d, 2 * h + head * d);
+                for i in 0..len {
+                    let q = &qkv[i * 3 * h + qo..i * 3 * h + qo + d];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        let k = &qkv[j * 3 * h + ko..j * 3 * h + ko + d];
+                        let mut acc = [0.0f32; 8];
+                        for (qc, kc) in q.chunks_exact(8).zip(k.chunks_exact(8)) {
+                            for l in 0..8 {
+                                acc[l] += qc[l] * kc[l];
+                            }
+                        }
+                        let mut dot = acc.iter().sum::<f32>();
+                        for l in d - d % 8..d {
+                            dot += q[l] * k[l];
+                        }
+                        *s = dot * scale;
+                        max = max.max(*s);
+                    }
+                    for s in scores.iter_mut() {
+                        *s = exp(*s - max);
+                    }
+                    let inv = 1.0 / sum(&scores);
+                    let o = &mut out[i * h + qo..i * h + qo + d];
+                    o.fill(0.0);
+                    for (j, s) in scores.iter().enumerate() {
+                        let v = &qkv[j * 3 * h + vo..j * 3 * h + vo + d];
+                        let p = s * inv;
+                        for (o, v) in o.iter_mut().zip(v) {
+                            *o += p * v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn erf_and_exp_match_the_reference_functions() {
+        let mut worst_exp = 0.0f32;
+        let mut worst_gelu = 0.0f64;
+        for i in -20_000..=20_000 {
+            let x = i as f32 * 0.0005 * 20.0; // -200..200 for exp's clamp, fine steps near 0
+            let want = f64::from(x).exp();
+            if want > 1e-30 && want < 1e30 {
+                let got = f64::from(super::kernels::exp_for_test(x));
+                worst_exp = worst_exp.max(((got - want) / want).abs() as f32);
+            }
+            let x = i as f32 * 0.0005; // -10..10
+            let mut g = [x];
+            super::kernels::gelu(&mut g);
+            let want =
+                0.5 * f64::from(x) * (1.0 + libm_erf(f64::from(x) / std::f64::consts::SQRT_2));
+            worst_gelu = worst_gelu.max((f64::from(g[0]) - want).abs());
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        assert!(worst_gelu < 2e-6, "gelu absolute error {worst_gelu}");
+    }
+
+    /// erf in f64 (Abramowitz–Stegun 7.1.28 is too coarse; this is the series/continued
+    /// fraction pair, accurate to ~1e-15).
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() < 2.5 {
+            // Maclaurin series.
+            let mut term = x;
+            let mut total = x;
+            for n in 1..80 {
+                term *= -x * x / n as f64;
+                total += term / (2 * n + 1) as f64;
+            }
+            total * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // Continued fraction for erfc.
+            let z = x.abs();
+            let mut f = 0.0;
+            for n in (1..60).rev() {
+                f = (n as f64 / 2.0) / (z + f);
+            }
+            let erfc = (-z * z).exp() / (std::f64::consts::PI.sqrt() * (z + f));
+            (1.0 - erfc).copysign(x)
+        }
+    }
+
+    #[test]
+    fn transposed_swaps_rows_and_columns() {
+        // 2 outputs × 3 inputs.
+        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(super::transposed(&w, 2, 3), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+}
