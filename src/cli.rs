@@ -465,6 +465,10 @@ pub struct BenchEncoderArgs {
     /// Untimed warm-up passes.
     #[arg(long, default_value_t = 1)]
     pub warmup: u32,
+    /// Also measure this machine's f32 matrix-product rate (2048³, same threads) and report
+    /// the encoder's share of it (about a second more).
+    #[arg(long)]
+    pub roofline: bool,
 }
 
 #[cfg(test)]

@@ -47,16 +47,37 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
         eprintln!("warm-up {}: {:.2}s", i + 1, t.elapsed().as_secs_f64());
     }
     let mut times = Vec::new();
+    // With batches of one, each text is timed too: the per-request latency.
+    let mut latencies = Vec::new();
     for i in 0..args.passes {
         let t = Instant::now();
-        encoder.encode(&texts, false)?;
+        if batch_size == 1 {
+            for text in &texts {
+                let one = Instant::now();
+                encoder.encode(&[text], false)?;
+                latencies.push(one.elapsed().as_secs_f64() * 1e3);
+            }
+        } else {
+            encoder.encode(&texts, false)?;
+        }
         times.push(t.elapsed().as_secs_f64());
         eprintln!("pass {}: {:.2}s", i + 1, times[times.len() - 1]);
     }
     let load_after = loadavg();
     let median = median(&mut times);
     let limits: BatchLimits = encoder.limits();
-    let result = json!({
+    let flops = encoder.flops(&lengths);
+    let gflops = flops / median / 1e9;
+    let peak = args
+        .roofline
+        .then(|| headstream_encoder::sgemm_gflops(2048, 2048, 2048));
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|v| round(*v, 3))
+    };
+    let mut result = json!({
         "engine": "headstream",
         "input": args.input.file_name().map(|n| n.to_string_lossy().into_owned()),
         "batch_size": batch_size,
@@ -76,6 +97,9 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
         "tokens_per_s": round(real_tokens as f64 / median, 1),
         "padded_tokens_per_s": round(padded_tokens as f64 / median, 1),
         "model_load_seconds": round(load_s, 2),
+        "backend": format!("{:?}", encoder.backend()).to_lowercase(),
+        "gflop_per_pass": round(flops / 1e9, 2),
+        "gflops": round(gflops, 1),
         "fingerprint": encoder.fingerprint().to_string(),
         "host": {
             "nproc": std::thread::available_parallelism().map_or(1, usize::from),
@@ -83,6 +107,17 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
             "loadavg_1m_after": load_after,
         },
     });
+    if let Some(peak) = peak {
+        result["sgemm_peak_gflops"] = json!(round(peak, 1));
+        result["roofline_share"] = json!(round(gflops / peak, 3));
+    }
+    if !latencies.is_empty() {
+        result["latency_ms"] = json!({
+            "p50": percentile(0.5),
+            "p99": percentile(0.99),
+            "mean": round(latencies.iter().sum::<f64>() / latencies.len() as f64, 3),
+        });
+    }
     println!("{result}");
     Ok(())
 }

@@ -42,6 +42,13 @@ pub use batch::{BatchLimits, plan_batches};
 pub use config::{ModelConfig, Pooling};
 pub use fingerprint::Fingerprint;
 
+/// This machine's f32 matrix-product rate (GFLOP/s) on the kernels and rayon pool the packed
+/// path runs on, measured now on a `m × k · k × n` product (best of 20): the roof a roofline
+/// compares the encoder with. Takes about a second for 2048³.
+pub fn sgemm_gflops(m: usize, k: usize, n: usize) -> f64 {
+    packed::sgemm_gflops(m, k, n)
+}
+
 /// Why loading or running the encoder failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -241,6 +248,19 @@ impl Encoder {
     /// The encoder's identity; heads built for one encoder refuse any other.
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.fingerprint
+    }
+
+    /// Floating-point operations of one forward pass over texts of these token counts
+    /// (multiply-adds count two; the matrix products and attention, not the element-wise
+    /// steps): the work a roofline compares with the machine's matrix-product rate.
+    pub fn flops(&self, lengths: &[usize]) -> f64 {
+        let b = &self.config.bert;
+        let (h, inter) = (b.hidden_size as f64, b.intermediate_size as f64);
+        let tokens: f64 = lengths.iter().map(|&l| l as f64).sum();
+        let squares: f64 = lengths.iter().map(|&l| (l * l) as f64).sum();
+        let dense = 2.0 * tokens * (3.0 * h * h + h * h + 2.0 * h * inter);
+        let attention = 4.0 * squares * h;
+        b.num_hidden_layers as f64 * (dense + attention)
     }
 
     /// Which forward pass runs: [`Backend::Packed`] or [`Backend::Candle`].
