@@ -418,6 +418,31 @@ pub enum BenchCommand {
     Encoder(BenchEncoderArgs),
     /// What task heads cost next to the encoder: compile, cached load, per-message call cost.
     Heads(BenchHeadsArgs),
+    /// A pipeline end to end through NATS (a real `serve` process, JetStream with acks) against
+    /// the bare encoder: throughput, latency at half that rate, cold start, host RSS.
+    Pipeline(BenchPipelineArgs),
+}
+
+/// `headstream bench pipeline`
+#[derive(Debug, Args)]
+pub struct BenchPipelineArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL file with a "text" field per line.
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// The pipeline to serve (JetStream delivery); its heads resolve as `serve` resolves them.
+    #[arg(long, default_value = "pipelines/bench.toml")]
+    pub pipeline: PathBuf,
+    /// NATS server with JetStream (default nats://127.0.0.1:4222).
+    #[arg(long, env = "HEADSTREAM_NATS", hide_env_values = true)]
+    pub nats: Option<String>,
+    /// Messages in the throughput run (the file is cycled to reach it).
+    #[arg(long, default_value_t = 1000)]
+    pub messages: usize,
+    /// Messages in the latency run, published at half the measured throughput.
+    #[arg(long, default_value_t = 500)]
+    pub latency_messages: usize,
 }
 
 /// `headstream bench heads`

@@ -70,6 +70,9 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Heads(args),
         } => cmd::bench_heads::run(&args),
+        Command::Bench {
+            command: BenchCommand::Pipeline(args),
+        } => cmd::bench_pipeline::run(&args, threads),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

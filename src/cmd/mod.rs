@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_heads;
+pub mod bench_pipeline;
 pub mod deploy;
 pub mod embed;
 pub mod jsonl;
