@@ -97,7 +97,9 @@ def table(runs, med):
                      f"{p['encoder_sentences_per_s']}; at {p['latency_rate_per_s']} messages/s latency p50 {p['latency_ms']['p50']} ms, "
                      f"p99 {p['latency_ms']['p99']} ms; cold start {p['cold_start_s']} s; host RSS {p['host_rss_mib']} MiB "
                      f"(peak {p['host_peak_rss_mib']} MiB); {p['errors']} errors.")
-    return "\n".join(lines) + "\n"
+    # Prose lines after the table are paragraphs of their own.
+    table_part, _, notes = ("\n".join(lines)).rpartition("|\n")
+    return table_part + "|\n\n" + "\n\n".join(l for l in notes.split("\n") if l.strip()) + "\n"
 
 
 def inp_name(runs, key):
@@ -116,7 +118,7 @@ def svg(runs, med):
         x0 = i * w
         batches = sorted(med[inp])
         top = max(v[0] for b in batches for v in med[inp][b].values()) * 1.1
-        xs = {b: x0 + pad + (w - pad - 20) * (j / max(1, len(batches) - 1)) for j, b in enumerate(batches)}
+        xs = {b: x0 + pad + 15 + (w - pad - 45) * (j / max(1, len(batches) - 1)) for j, b in enumerate(batches)}
         y = lambda v: h - 30 - (h - 60) * v / top
         out.append(f'<text x="{x0 + w / 2}" y="18" text-anchor="middle" font-weight="bold">'
                    f'{inp_name(runs, inp)}: sentences/s by batch size</text>')
