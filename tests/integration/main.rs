@@ -27,6 +27,7 @@
 //! - `shared_datasets`: shipped heads and 8-shot heads against the probe's accuracy on
 //!   ../shared/datasets (ignored by default, like `shared_reference`).
 
+mod cli_bench;
 mod cli_embed;
 mod cli_model;
 mod cli_new_head;

@@ -1,0 +1,148 @@
+//! `headstream bench encoder` and `bench pipeline` run end to end and print the figures the
+//! README's Performance section and benches/compare.sh read (small inputs: these check the
+//! commands, not the speed). `bench pipeline` starts a real `serve` process on a real
+//! nats-server. Needs `cargo plugins` for the pipeline's heads.
+
+use headstream_test_util::{NatsServer, fixture};
+use serde_json::Value;
+
+use crate::headstream;
+
+fn run(args: &[&str]) -> Value {
+    let out = headstream(args, b"");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn bench_encoder_reports_throughput_roofline_and_latency() {
+    let input = fixture("encoder/sentences.jsonl");
+    let input = input.to_str().unwrap_or_default();
+    let batched = run(&[
+        "--threads",
+        "2",
+        "bench",
+        "encoder",
+        "--input",
+        input,
+        "--batch-size",
+        "8",
+        "--passes",
+        "1",
+        "--warmup",
+        "0",
+        "--roofline",
+    ]);
+    assert_eq!(batched["engine"], "headstream");
+    assert_eq!(batched["backend"], "packed");
+    assert_eq!(batched["n_texts"], 26);
+    for field in [
+        "sentences_per_s",
+        "gflops",
+        "gflop_per_pass",
+        "sgemm_peak_gflops",
+    ] {
+        assert!(
+            batched[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {batched}"
+        );
+    }
+    let share = batched["roofline_share"].as_f64().unwrap_or(-1.0);
+    assert!(share > 0.0 && share < 2.0, "roofline share {share}");
+    // Batches of one time each text: latency percentiles.
+    let single = run(&[
+        "bench",
+        "encoder",
+        "--input",
+        input,
+        "--batch-size",
+        "1",
+        "--passes",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let (p50, p99) = (
+        single["latency_ms"]["p50"].as_f64().unwrap_or(-1.0),
+        single["latency_ms"]["p99"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{single}");
+    // The same figures from candle-transformers' BERT on request.
+    let out = crate::headstream_env(
+        &[
+            "bench", "encoder", "--input", input, "--passes", "1", "--warmup", "0",
+        ],
+        &[("HEADSTREAM_ENCODER_BACKEND", "candle")],
+        b"",
+    );
+    let candle: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        candle["backend"],
+        "candle",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = crate::headstream_env(
+        &["bench", "encoder", "--input", input],
+        &[("HEADSTREAM_ENCODER_BACKEND", "onnx")],
+        b"",
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("HEADSTREAM_ENCODER_BACKEND"),
+        "the error names the variable"
+    );
+}
+
+#[test]
+fn bench_pipeline_serves_ten_heads_through_nats() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let input = fixture("encoder/sentences.jsonl");
+    let report = run(&[
+        "--threads",
+        "2",
+        "bench",
+        "pipeline",
+        "--input",
+        input.to_str().unwrap_or_default(),
+        "--nats",
+        &url,
+        "--messages",
+        "40",
+        "--latency-messages",
+        "10",
+    ]);
+    assert_eq!(report["pipeline"], "bench");
+    assert_eq!(report["heads"], 10);
+    assert_eq!(report["messages"], 40);
+    // The fixture's two blank texts (ids 11 and 12 of 26, twice in 40 messages) go to the
+    // error subject; the benchmark counts them as answered, not lost.
+    assert_eq!(report["errors"], 4, "{report}");
+    for field in [
+        "encoder_sentences_per_s",
+        "pipeline_sentences_per_s",
+        "pipeline_share_of_encoder",
+        "cold_start_s",
+        "host_peak_rss_mib",
+    ] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {report}"
+        );
+    }
+    let (p50, p99) = (
+        report["latency_ms"]["p50"].as_f64().unwrap_or(-1.0),
+        report["latency_ms"]["p99"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{report}");
+}
