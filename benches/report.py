@@ -62,6 +62,8 @@ def table(runs, med):
             lines.append(f"| {inp_name(runs, inp)} | {batch} | {cell('headstream')} | {cell('ort')} | "
                          f"{cell('st')} | {ratio('ort')} | {ratio('st')} |")
     lines.append("")
+    # What follows the table: one paragraph each.
+    notes = []
     for inp in sorted(med):
         one = med[inp].get(1)
         if not one:
@@ -73,13 +75,13 @@ def table(runs, med):
                 p50 = [r["latency_ms"]["p50"] for r in one[engine][2] if "latency_ms" in r]
                 extra = f", p50 {statistics.median(p50):.1f} ms" if p50 else ""
                 parts.append(f"{NAMES[engine]} {mean_ms:.1f} ms{extra}")
-        lines.append(f"Batch 1 latency per sentence ({inp_name(runs, inp)}; mean = pass time / texts): "
+        notes.append(f"Batch 1 latency per sentence ({inp_name(runs, inp)}; mean = pass time / texts): "
                      + "; ".join(parts) + ".")
     roof = [r for r in runs if r.get("bench") == "roofline"]
     blas = [r for r in runs if r.get("bench") == "openblas_sgemm"]
     if roof:
         r = roof[-1]
-        lines.append(f"Roofline (SST-2, batch 32): the encoder ran {r['gflops']} GFLOP/s "
+        notes.append(f"Roofline (SST-2, batch 32): the encoder ran {r['gflops']} GFLOP/s "
                      f"({r['gflop_per_pass']} GFLOP per pass of {r['n_texts']} texts at their real token counts); "
                      f"sgemm 2048³ on the same kernels and threads: {r['sgemm_peak_gflops']} GFLOP/s"
                      + (f", OpenBLAS through numpy: {blas[-1]['gflops']} GFLOP/s" if blas else "")
@@ -88,18 +90,16 @@ def table(runs, med):
     heads = [r for r in runs if r.get("bench") == "heads"]
     if heads:
         h = heads[-1]
-        lines.append(f"Heads: {h['heads']} linear heads cost {h['all_heads_us_per_message']} µs per message, "
+        notes.append(f"Heads: {h['heads']} linear heads cost {h['all_heads_us_per_message']} µs per message, "
                      f"{100 * h['all_heads_share_of_encoder']:.1f}% of the encoder's {h['encoder_us_per_message'] / 1000:.1f} ms; "
                      f"compile {h['compile_ms']} ms, cached load {h['cached_load_ms']} ms.")
     for p in (r for r in runs if r.get("bench") == "pipeline"):
-        lines.append(f"Pipeline ({inp_name(runs, p['file'])}, {p['heads']} heads, JetStream with acks, results published): "
+        notes.append(f"Pipeline ({inp_name(runs, p['file'])}, {p['heads']} heads, JetStream with acks, results published): "
                      f"{p['pipeline_sentences_per_s']} sentences/s = **{p['pipeline_share_of_encoder']:.2f}×** the bare encoder's "
                      f"{p['encoder_sentences_per_s']}; at {p['latency_rate_per_s']} messages/s latency p50 {p['latency_ms']['p50']} ms, "
                      f"p99 {p['latency_ms']['p99']} ms; cold start {p['cold_start_s']} s; host RSS {p['host_rss_mib']} MiB "
                      f"(peak {p['host_peak_rss_mib']} MiB); {p['errors']} errors.")
-    # Prose lines after the table are paragraphs of their own.
-    table_part, _, notes = ("\n".join(lines)).rpartition("|\n")
-    return table_part + "|\n\n" + "\n\n".join(l for l in notes.split("\n") if l.strip()) + "\n"
+    return "\n".join(lines) + "\n" + "\n\n".join(notes) + "\n"
 
 
 def inp_name(runs, key):

@@ -434,9 +434,11 @@ pub struct BenchPipelineArgs {
     /// The pipeline to serve (JetStream delivery); its heads resolve as `serve` resolves them.
     #[arg(long, default_value = "pipelines/bench.toml")]
     pub pipeline: PathBuf,
-    /// NATS server with JetStream (default nats://127.0.0.1:4222).
-    #[arg(long, env = "HEADSTREAM_NATS", hide_env_values = true)]
-    pub nats: Option<String>,
+    /// The NATS server (with JetStream) and its credentials; the host under test gets the same
+    /// `--nats` / `--config` (a host config's own pipelines are served too: name one that lists
+    /// none).
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Messages in the throughput run (the file is cycled to reach it).
     #[arg(long, default_value_t = 1000)]
     pub messages: usize,

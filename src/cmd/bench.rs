@@ -6,7 +6,7 @@ use headstream_encoder::{BatchLimits, plan_batches};
 use serde_json::json;
 
 use super::jsonl::{parse_records, read_input};
-use super::{median, round};
+use super::{median, percentile, round};
 use crate::cli::BenchEncoderArgs;
 
 /// Runs the encoder benchmark and prints one JSON line (field names follow peer_bench.py).
@@ -72,11 +72,6 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
         .roofline
         .then(|| headstream_encoder::sgemm_gflops(2048, 2048, 2048));
     latencies.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map(|v| round(*v, 3))
-    };
     let mut result = json!({
         "engine": "headstream",
         "input": args.input.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -113,8 +108,8 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
     }
     if !latencies.is_empty() {
         result["latency_ms"] = json!({
-            "p50": percentile(0.5),
-            "p99": percentile(0.99),
+            "p50": percentile(&latencies, 0.5).map(|v| round(v, 3)),
+            "p99": percentile(&latencies, 0.99).map(|v| round(v, 3)),
             "mean": round(latencies.iter().sum::<f64>() / latencies.len() as f64, 3),
         });
     }

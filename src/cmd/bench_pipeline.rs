@@ -16,7 +16,7 @@ use headstream_runtime::ServeOptions;
 use serde_json::json;
 
 use super::jsonl::{parse_records, read_input};
-use super::{median, round};
+use super::{median, percentile, round};
 use crate::cli::BenchPipelineArgs;
 
 /// How long any one phase may wait for results before the benchmark gives up.
@@ -52,15 +52,9 @@ pub fn run(args: &BenchPipelineArgs, threads: Option<usize>) -> anyhow::Result<(
     drop(encoder);
     eprintln!("bare encoder: {encoder_rate:.1} sentences/s");
 
-    let url = args
-        .nats
-        .clone()
-        .unwrap_or_else(|| super::serve::DEFAULT_URL.to_owned());
     let log = tempfile::NamedTempFile::new().context("cannot create the host's log file")?;
     super::serve::runtime()?.block_on(async {
-        let client = async_nats::connect(url.as_str())
-            .await
-            .with_context(|| format!("cannot connect to {}", super::serve::redact(&url)))?;
+        let client = super::serve::connect(&args.connect).await?;
         let js = jetstream::new(client.clone());
         // A fresh stream: nothing left over from an earlier run.
         let _ = js.delete_stream(&delivery.stream).await;
@@ -78,7 +72,7 @@ pub fn run(args: &BenchPipelineArgs, threads: Option<usize>) -> anyhow::Result<(
             .await?
             .await?;
         let started = Instant::now();
-        let mut host = Host::start(args, threads, &url, &log)?;
+        let mut host = Host::start(args, threads, &log)?;
         results.wait(&["cold".to_owned()], &mut host, &log).await?;
         let cold_start = started.elapsed().as_secs_f64();
         eprintln!("cold start: {cold_start:.2}s");
@@ -115,12 +109,7 @@ pub fn run(args: &BenchPipelineArgs, threads: Option<usize>) -> anyhow::Result<(
             .collect();
         latencies.sort_by(f64::total_cmp);
         // None when every timed message was unusable (only error records came).
-        let at = |p: f64| {
-            let last = latencies.len().checked_sub(1)?;
-            latencies
-                .get(((latencies.len() as f64 * p) as usize).min(last))
-                .map(|v| round(*v, 2))
-        };
+        let at = |p: f64| percentile(&latencies, p).map(|v| round(v, 2));
         let (p50, p99) = (at(0.5), at(0.99));
         let memory = host.memory();
         host.stop();
@@ -288,7 +277,6 @@ impl Host {
     fn start(
         args: &BenchPipelineArgs,
         threads: Option<usize>,
-        url: &str,
         log: &tempfile::NamedTempFile,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this executable")?;
@@ -296,14 +284,19 @@ impl Host {
         if let Some(threads) = threads {
             command.arg("--threads").arg(threads.to_string());
         }
-        let child = command
+        command
             .arg("serve")
             .arg("--pipeline")
             .arg(&args.pipeline)
             .arg("--model")
-            .arg(&args.model.model)
-            .arg("--nats")
-            .arg(url)
+            .arg(&args.model.model);
+        if let Some(nats) = &args.connect.nats {
+            command.arg("--nats").arg(nats);
+        }
+        if let Some(config) = &args.connect.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(log.reopen().context("cannot open the host's log file")?)
             .spawn()

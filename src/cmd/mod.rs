@@ -50,6 +50,14 @@ pub fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
+/// The `p`-quantile (0..=1) of ascending `sorted` values, nearest rank; `None` if empty.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(last))
+        .copied()
+}
+
 /// `x` rounded to `digits` decimal places, for printed figures.
 pub fn round(x: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);

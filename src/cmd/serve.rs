@@ -37,7 +37,7 @@ pub async fn connect(connect: &ConnectArgs) -> anyhow::Result<async_nats::Client
 }
 
 /// Where commands look for NATS when told nothing.
-pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
 /// `url` with any password or token in it replaced by `***`, for messages and logs.
 pub fn redact(url: &str) -> String {

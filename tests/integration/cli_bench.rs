@@ -23,6 +23,12 @@ fn run(args: &[&str]) -> Value {
     })
 }
 
+/// A report's `latency_ms` has a positive p50 and a p99 no lower.
+fn assert_latencies(report: &Value) {
+    let at = |p: &str| report["latency_ms"][p].as_f64().unwrap_or(-1.0);
+    assert!(at("p50") > 0.0 && at("p99") >= at("p50"), "{report}");
+}
+
 #[test]
 fn bench_encoder_reports_throughput_roofline_and_latency() {
     let input = fixture("encoder/sentences.jsonl");
@@ -71,11 +77,7 @@ fn bench_encoder_reports_throughput_roofline_and_latency() {
         "--warmup",
         "0",
     ]);
-    let (p50, p99) = (
-        single["latency_ms"]["p50"].as_f64().unwrap_or(-1.0),
-        single["latency_ms"]["p99"].as_f64().unwrap_or(-1.0),
-    );
-    assert!(p50 > 0.0 && p99 >= p50, "{single}");
+    assert_latencies(&single);
     // The same figures from candle-transformers' BERT on request.
     let out = crate::headstream_env(
         &[
@@ -140,9 +142,5 @@ fn bench_pipeline_serves_ten_heads_through_nats() {
             "{field}: {report}"
         );
     }
-    let (p50, p99) = (
-        report["latency_ms"]["p50"].as_f64().unwrap_or(-1.0),
-        report["latency_ms"]["p99"].as_f64().unwrap_or(-1.0),
-    );
-    assert!(p50 > 0.0 && p99 >= p50, "{report}");
+    assert_latencies(&report);
 }

@@ -98,6 +98,15 @@ async fn wait_ready(client: &async_nats::Client) {
     panic!("headstream serve did not answer within 60 s");
 }
 
+/// The JSON answer to an empty request on `subject`.
+async fn ask(client: &async_nats::Client, subject: &'static str) -> Value {
+    let reply = client
+        .request(subject, "".into())
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    json(&reply.payload)
+}
+
 fn json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(bytes)))
@@ -289,27 +298,15 @@ fn serves_results_replies_and_errors_over_nats() {
         );
 
         // The NATS micro service answers $SRV.PING, and its status endpoint counts results.
-        let ping = client
-            .request("$SRV.PING.headstream", "".into())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let ping = json(&ping.payload);
+        let ping = ask(&client, "$SRV.PING.headstream").await;
         assert_eq!(ping["name"], "headstream", "{ping}");
-        let status = client
-            .request("headstream.status.support-triage", "".into())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let status = json(&status.payload);
+        let status = ask(&client, "headstream.status.support-triage").await;
         assert!(
             status["results"].as_u64().is_some_and(|n| n >= 20),
             "{status}"
         );
         assert_eq!(status["heads"]["sentiment"], "sentiment@1.0.0", "{status}");
-        let all = client
-            .request("headstream.status", "".into())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let all = json(&all.payload);
+        let all = ask(&client, "headstream.status").await;
         assert!(
             all["pipelines"]["support-triage"]["heads"].is_object(),
             "{all}"
