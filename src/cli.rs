@@ -167,6 +167,11 @@ pub struct ServeArgs {
     /// ./heads).
     #[arg(long)]
     pub registry: Vec<PathBuf>,
+    /// Seconds to finish in-flight batches after Ctrl-C / SIGTERM before exiting anyway
+    /// (default: the host config's `shutdown_timeout`, else 5). Messages not acked by then are
+    /// redelivered by JetStream; a second signal exits at once.
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_timeout: Option<f64>,
 }
 
 /// What `publish` and `request` send, and where.

@@ -24,6 +24,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in files and log collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Model {
@@ -77,10 +79,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `err` and its causes on one line, each said once: a cause whose text its wrapper already
+/// includes (many errors show their source in their own message) is not repeated.
+fn report(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Caps the compute threads (candle's matmuls and the tokenizer both size their pools from
@@ -90,4 +109,30 @@ fn set_thread_count(threads: usize) {
     // SAFETY: runs first thing in `main`, before any other thread exists, so nothing can read the
     // environment concurrently.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error that shows its source in its own message, as many do.
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "head flood: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn errors_report_each_cause_once() {
+        let err = anyhow::Error::new(Wrapper(std::io::Error::other("over budget")))
+            .context("cannot load");
+        assert_eq!(super::report(&err), "cannot load: head flood: over budget");
+    }
 }

@@ -204,8 +204,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if args.deployed {
         registry.dirs.push(fetched.path().to_path_buf());
     }
+    let grace = shutdown_timeout(args, host.as_ref());
     let host_id = host_id();
-    runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let served = runtime.block_on(async {
         let client = connect_with(&url, &settings, true).await?;
         if let Some(addr) = metrics_addr {
             let listener = headstream_runtime::serve_metrics(addr, metrics.clone());
@@ -262,9 +264,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             if args.watch { ", watching files" } else { "" },
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut signals = Signals::new();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.next().await;
             let _ = stop_tx.send(());
+            bound_shutdown(grace, signals).await;
         });
         let outcome = headstream_runtime::live::follow(
             &mut live,
@@ -276,12 +280,54 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             },
         )
         .await;
-        eprintln!("shutting down: finishing in-flight batches");
-        let finished = live.shutdown().await;
+        let finished = tokio::time::timeout(grace, live.shutdown()).await;
         outcome.context("a pipeline stopped serving")?;
-        finished.context("a pipeline failed while shutting down")?;
+        finished
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "in-flight batches did not finish within the shutdown timeout ({} s); messages not acked will be redelivered",
+                    grace.as_secs_f64()
+                )
+            })?
+            .context("a pipeline failed while shutting down")?;
         anyhow::Ok(())
-    })
+    });
+    // Work still running on blocking threads (a batch in a head) is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    served
+}
+
+/// `--shutdown-timeout`, else the host config's `shutdown_timeout`, else 5 s.
+fn shutdown_timeout(args: &ServeArgs, host: Option<&HostFile>) -> Duration {
+    let seconds = args
+        .shutdown_timeout
+        .or_else(|| host.and_then(|h| h.shutdown_timeout.as_ref().map(|t| *t.get_ref())))
+        .unwrap_or(5.0);
+    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::from_secs(5))
+}
+
+/// After the first signal: announces the drain and bounds it. A second signal exits at once;
+/// if the process is still here a second after `grace` (something hangs outside the drain),
+/// it exits anyway. Either way nothing unacknowledged is lost: JetStream redelivers it.
+async fn bound_shutdown(grace: Duration, mut signals: Signals) {
+    eprintln!(
+        "shutting down: finishing in-flight batches (at most {} s; a second signal exits at once)",
+        grace.as_secs_f64()
+    );
+    let hard = grace + Duration::from_secs(1);
+    let _ = std::thread::Builder::new()
+        .name("headstream-shutdown".into())
+        .spawn(move || {
+            std::thread::sleep(hard);
+            eprintln!(
+                "headstream: still running {} s after the shutdown signal; exiting (messages not acked will be redelivered)",
+                hard.as_secs_f64()
+            );
+            std::process::exit(1);
+        });
+    signals.next().await;
+    eprintln!("headstream: second signal, exiting now (messages not acked will be redelivered)");
+    std::process::exit(130);
 }
 
 /// This host's id in results and service info: hostname and process id.
@@ -374,19 +420,32 @@ async fn register_service(
     Ok(service)
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C and SIGTERM, listened for from creation on (so a second signal is never missed).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Waits for the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Publishes `--text` or each JSONL line of the input as a message.

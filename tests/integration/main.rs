@@ -9,6 +9,8 @@
 //! - `cli_new_head`: `headstream new-head` scaffolding.
 //! - `cli_run`: `headstream run`, the embedded pipeline runner (needs `cargo plugins`).
 //! - `cli_train`: `headstream train|eval` on tiny fixtures: packages, metrics, cache, errors.
+//! - `host_budgets`: what a hostile head can make the host do: an `embed` flood fails the load
+//!   naming the limit, a `log` flood is cut, rate-limited, escaped and counted.
 //! - `heads`: shipped heads (prototype, token classifier) over the real encoder's output; needs
 //!   `cargo plugins`.
 //! - `nats_serve`: `headstream serve` against a real nats-server (results, replies, error
@@ -35,6 +37,7 @@ mod cli_run;
 mod cli_train;
 mod encoder_parity;
 mod heads;
+mod host_budgets;
 mod nats_deploy;
 mod nats_faults;
 mod nats_jetstream;

@@ -330,6 +330,110 @@ fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
 }
 
 #[test]
+fn a_host_stopped_by_sigterm_mid_stream_loses_nothing() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut rig = Rig::new(&url, 1, "", "");
+    let mut leaving = start_host(&url, &rig.pipeline);
+    let _staying = start_host(&url, &rig.pipeline);
+    let total = 400;
+    let mut stopped = None;
+    let outcome = through_fault(&mut rig, total, 0, 100, || {
+        leaving.terminate();
+        stopped = leaving.wait_exit(Duration::from_secs(60));
+    });
+    let duplicates = repeats(&outcome, true);
+    let hosts: HashSet<&str> = outcome
+        .seen
+        .values()
+        .flatten()
+        .filter_map(|r| r["host"].as_str())
+        .collect();
+    assert_eq!(hosts.len(), 2, "both hosts served before the SIGTERM");
+    let (status, took) = stopped.unwrap_or_else(|| panic!("the host did not exit on SIGTERM"));
+    eprintln!(
+        "{total} messages, one of two hosts stopped by SIGTERM: exited in {took:?} ({status}), 0 lost, {duplicates} repeated"
+    );
+    // Under load with the server up, the drain finishes: a clean exit.
+    assert!(status.success(), "{status}");
+}
+
+/// Starts a host with `--shutdown-timeout SECONDS` on a JetStream pipeline, waits for its first
+/// result, then stops nats-server: the state in which a host used to hang on SIGTERM.
+fn host_with_server_gone(seconds: &str) -> (Host, tempfile::NamedTempFile) {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let mut rig = Rig::new(&url, 1, "", "");
+    let log = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = log.reopen().unwrap_or_else(|e| panic!("{e}"));
+    let host = Host::serve_with(
+        &[
+            std::ffi::OsStr::new("--nats"),
+            url.as_ref(),
+            "--pipeline".as_ref(),
+            rig.pipeline.as_os_str(),
+            "--shutdown-timeout".as_ref(),
+            seconds.as_ref(),
+        ],
+        &[],
+        stderr,
+    );
+    let Rig {
+        rt, js, recorded, ..
+    } = &mut rig;
+    rt.block_on(async {
+        publish(js, ticket(0)).await;
+        let mut next = 1;
+        for _ in 0..1200 {
+            if !read_new(recorded, &mut next).await.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the host never served");
+    });
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    (host, log)
+}
+
+#[test]
+fn sigterm_with_the_server_gone_exits_within_the_shutdown_timeout() {
+    let (mut host, log) = host_with_server_gone("2");
+    host.terminate();
+    let exited = host.wait_exit(Duration::from_secs(60));
+    let log = std::fs::read_to_string(log.path()).unwrap_or_else(|e| panic!("{e}"));
+    let (status, took) = exited.unwrap_or_else(|| panic!("no exit 60 s after SIGTERM:\n{log}"));
+    eprintln!("SIGTERM, server gone, shutdown_timeout 2 s: exited in {took:?} ({status})");
+    assert!(log.contains("at most 2 s"), "{log}");
+    // The drain could not publish or flush: it gave up at the timeout, said so, and left the
+    // unacked messages to JetStream.
+    assert!(!status.success(), "{status}");
+    assert!(
+        log.contains("did not finish within the shutdown timeout (2 s)"),
+        "{log}"
+    );
+    // Bounded by the timeout (plus the hard stop a second after it), far from forever.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let (mut host, log) = host_with_server_gone("120");
+    host.terminate();
+    std::thread::sleep(Duration::from_millis(500));
+    host.terminate();
+    let exited = host.wait_exit(Duration::from_secs(60));
+    let log = std::fs::read_to_string(log.path()).unwrap_or_else(|e| panic!("{e}"));
+    let (status, took) = exited.unwrap_or_else(|| panic!("no exit after two SIGTERMs:\n{log}"));
+    eprintln!(
+        "two SIGTERMs, server gone, shutdown_timeout 120 s: exited {took:?} after the second ({status})"
+    );
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("second signal, exiting now"), "{log}");
+}
+
+#[test]
 fn a_three_node_cluster_loses_a_node_and_nothing_is_lost() {
     let mut cluster = NatsCluster::start(3);
     // The test's own client talks to the nodes that stay.

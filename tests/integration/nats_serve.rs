@@ -47,6 +47,30 @@ impl Host {
         self.0.id()
     }
 
+    /// Sends the host SIGTERM, as an orchestrator stopping it would.
+    pub(crate) fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(sent.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `within` for the host to exit: its status and how long the wait took.
+    pub(crate) fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Kills the host with SIGKILL: no batch finishes, nothing is acked.
     pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();

@@ -175,6 +175,25 @@ pub struct Limits {
     pub deadline_ms: Option<u64>,
     /// Largest output per text in KiB (`max_output_kb`).
     pub max_output_kb: Option<u32>,
+    /// Deadline for instantiating, describing and configuring the head, host time in `embed`
+    /// included, in milliseconds (`setup_deadline_ms`).
+    pub setup_deadline_ms: Option<u64>,
+    /// Texts the head may embed (host `embed`) over one configure (`embed_texts`).
+    pub embed_texts: Option<u32>,
+    /// Encoder tokens the head may use over one configure (`embed_tokens`).
+    pub embed_tokens: Option<u32>,
+    /// Texts in one `embed` call (`embed_texts_per_call`).
+    pub embed_texts_per_call: Option<u32>,
+    /// Encoder tokens for one `embed` call (`embed_tokens_per_call`).
+    pub embed_tokens_per_call: Option<u32>,
+    /// Bytes of one text given to `embed` (`embed_text_bytes`).
+    pub embed_text_bytes: Option<u32>,
+    /// Longest log line kept, in bytes (`log_line_bytes`).
+    pub log_line_bytes: Option<u32>,
+    /// Log lines the head may write at once (`log_burst`).
+    pub log_burst: Option<u32>,
+    /// Log lines a second the head may write in the long run (`log_lines_per_s`).
+    pub log_lines_per_s: Option<u32>,
 }
 
 /// One `[[heads]]` entry.
@@ -789,6 +808,9 @@ pub struct HostFile {
     /// against (`registry = ["heads"]`), relative to this file.
     #[serde(default)]
     pub registry: Vec<PathBuf>,
+    /// Seconds a host takes to finish in-flight batches after SIGTERM before it exits anyway
+    /// (`shutdown_timeout = 5`); the CLI's `--shutdown-timeout` wins.
+    pub shutdown_timeout: Option<Spanned<f64>>,
 }
 
 /// `[nats]` in the host config.
@@ -861,6 +883,18 @@ impl HostFile {
         }
         for registry in &mut host.registry {
             *registry = dir.join(&*registry);
+        }
+        if let Some(timeout) = &host.shutdown_timeout
+            && !(timeout.get_ref().is_finite() && *timeout.get_ref() >= 0.0)
+        {
+            return Err(at(
+                timeout.span(),
+                "shutdown_timeout",
+                format!(
+                    "{} is not a number of seconds (0 or more)",
+                    timeout.get_ref()
+                ),
+            ));
         }
         if let Some(addr) = &host.metrics
             && addr.get_ref().parse::<std::net::SocketAddr>().is_err()

@@ -3,6 +3,9 @@
 wasmtime::component::bindgen!({
     world: "task-head",
     path: "../../wit",
+    // `embed` may trap: a head over its embedding budget or setup deadline must fail its
+    // `configure`, whatever it does with an error value.
+    imports: { "headstream:plugin/host.embed": trappable },
 });
 
 pub use headstream::plugin::host;

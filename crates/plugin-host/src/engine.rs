@@ -3,7 +3,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -13,7 +13,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::PluginError;
 use crate::bindings::{TaskHead, host, types};
-use crate::head::{Embedder, Head, HeadConfig, Limiter};
+use crate::budget::{EmbedCache, EmbedLimits, EmbedMeter, LogMeter, Refusal};
+use crate::head::{Embedder, Head, HeadConfig, Limiter, Limits};
 
 /// How often the epoch advances; CPU deadlines are multiples of it.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -55,15 +56,38 @@ pub(crate) struct State {
     table: ResourceTable,
     pub(crate) limiter: Limiter,
     pub(crate) head: String,
-    pub(crate) configuring: bool,
+    /// Metering of the `configure` in progress (`embed` is refused outside one).
+    pub(crate) embed: EmbedMeter,
+    embed_limits: EmbedLimits,
+    setup_deadline: Duration,
     embedder: Option<Arc<dyn Embedder>>,
+    /// What the head's instances share: its embedding cache and log budget.
+    shared: Arc<HeadShared>,
+}
+
+/// What every instance of one head shares, so a fresh instance (after a trap) neither resets
+/// the head's log budget nor costs the encoder again for texts it embedded before.
+#[derive(Debug)]
+pub(crate) struct HeadShared {
+    pub(crate) cache: EmbedCache,
+    pub(crate) log: LogMeter,
+}
+
+impl HeadShared {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            cache: EmbedCache::default(),
+            log: LogMeter::new(limits.log),
+        }
+    }
 }
 
 impl State {
     pub(crate) fn new(
         head: String,
-        memory_bytes: usize,
+        limits: &Limits,
         embedder: Option<Arc<dyn Embedder>>,
+        shared: Arc<HeadShared>,
         stderr: MemoryOutputPipe,
     ) -> Self {
         // Deny-all WASI: no preopens, env, args or sockets; empty stdin, stdout discarded,
@@ -84,12 +108,80 @@ impl State {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter::new(memory_bytes),
+            limiter: Limiter::new(limits.memory_bytes),
             head,
-            configuring: false,
+            embed: EmbedMeter::default(),
+            embed_limits: limits.embed,
+            setup_deadline: limits.setup_deadline,
             embedder,
+            shared,
         }
     }
+
+    /// `embed` within the head's budget: texts and bytes checked first, then tokens (cached
+    /// texts cost none), then the encoder runs in passes of about [`EMBED_CHUNK_TOKENS`] with
+    /// the setup deadline checked between them, so a head past its deadline is stopped within
+    /// one pass.
+    fn embed_within_budget(
+        &mut self,
+        embedder: &dyn Embedder,
+        texts: Vec<String>,
+    ) -> Result<Result<Vec<Vec<f32>>, String>, Refusal> {
+        let limits = self.embed_limits;
+        self.embed.check_deadline(self.setup_deadline)?;
+        self.embed.admit_texts(&texts, &limits)?;
+        let mut vectors: Vec<Option<Vec<f32>>> =
+            texts.iter().map(|t| self.shared.cache.get(t)).collect();
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| vectors[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(Ok(vectors.into_iter().flatten().collect()));
+        }
+        let (started, before) = (Instant::now(), self.embed.host_time);
+        let uncached: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
+        let counts = match embedder.count_tokens(&uncached) {
+            Ok(counts) => counts,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.embed.admit_tokens(counts.iter().sum(), &limits)?;
+        for chunk in chunks_of_tokens(&counts, EMBED_CHUNK_TOKENS) {
+            let chunk_texts: Vec<String> = chunk.clone().map(|j| uncached[j].clone()).collect();
+            let embedded = match embedder.embed(&chunk_texts) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            for (j, vector) in chunk.zip(embedded) {
+                let i = missing[j];
+                self.shared
+                    .cache
+                    .insert(texts[i].clone(), vector.clone(), limits.texts);
+                vectors[i] = Some(vector);
+            }
+            self.embed.host_time = before + started.elapsed();
+            self.embed.check_deadline(self.setup_deadline)?;
+        }
+        Ok(Ok(vectors.into_iter().flatten().collect()))
+    }
+}
+
+/// Tokens per encoder pass inside one `embed` call (~0.1 s on two cores); the setup deadline
+/// is checked between passes, so the host overruns it by at most one of them.
+const EMBED_CHUNK_TOKENS: usize = 512;
+
+/// Consecutive index ranges of `counts` holding about `budget` tokens each (at least one text).
+fn chunks_of_tokens(counts: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let (mut start, mut sum) = (0, 0);
+    for (i, &n) in counts.iter().enumerate() {
+        if i > start && sum + n > budget {
+            chunks.push(start..i);
+            (start, sum) = (i, 0);
+        }
+        sum += n;
+    }
+    if start < counts.len() {
+        chunks.push(start..counts.len());
+    }
+    chunks
 }
 
 impl WasiView for State {
@@ -105,6 +197,11 @@ impl types::Host for State {}
 
 impl host::Host for State {
     fn log(&mut self, level: host::Level, message: String) {
+        let log = &self.shared.log;
+        if !log.admit() {
+            return;
+        }
+        let message = crate::budget::sanitize(&message, log.limits().line_bytes);
         let head = self.head.as_str();
         match level {
             host::Level::Trace => tracing::trace!(head, "{message}"),
@@ -115,14 +212,18 @@ impl host::Host for State {
         }
     }
 
-    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
-        if !self.configuring {
-            return Err("embed is only available while the head configures".into());
+    fn embed(&mut self, texts: Vec<String>) -> wasmtime::Result<Result<Vec<Vec<f32>>, String>> {
+        if self.embed.started.is_none() {
+            return Ok(Err(
+                "embed is only available while the head configures".into()
+            ));
         }
-        match &self.embedder {
-            Some(embedder) => embedder.embed(&texts),
-            None => Err("this host has no encoder to embed with".into()),
-        }
+        let Some(embedder) = self.embedder.clone() else {
+            return Ok(Err("this host has no encoder to embed with".into()));
+        };
+        // A refusal traps: the head cannot ignore it and carry on asking.
+        self.embed_within_budget(embedder.as_ref(), texts)
+            .map_err(wasmtime::Error::new)
     }
 }
 
@@ -350,4 +451,14 @@ fn write_cache(component: &Component, file: &Path) -> std::io::Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_hold_about_the_budget_and_every_text_once() {
+        let chunks = super::chunks_of_tokens(&[300, 300, 100, 600, 10, 10], 512);
+        assert_eq!(chunks, vec![0..1, 1..3, 3..4, 4..6]);
+        assert!(super::chunks_of_tokens(&[], 512).is_empty());
+    }
 }

@@ -12,15 +12,26 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::PluginError;
 use crate::bindings::{TaskHead, TaskHeadPre, types};
-use crate::engine::{EPOCH_TICK, State};
+use crate::budget::{EmbedLimits, LogLimits, Refusal};
+use crate::engine::{EPOCH_TICK, HeadShared, State};
 
 /// Serves the `embed` host import (implemented by the runtime over the shared encoder).
 pub trait Embedder: Send + Sync + fmt::Debug {
     /// Embeds `texts`, one pooled vector per text.
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String>;
+
+    /// How many tokens the encoder would run for each text (after truncation): what embedding
+    /// it costs, checked against the head's budget before [`Embedder::embed`] runs.
+    fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>, String>;
 }
 
 impl Embedder for headstream_encoder::Encoder {
+    fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>, String> {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tokenized = self.tokenize(&texts).map_err(|e| e.to_string())?;
+        Ok(tokenized.iter().map(|t| t.ids.len()).collect())
+    }
+
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let encoded = self.encode(&texts, false).map_err(|e| e.to_string())?;
@@ -41,6 +52,10 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Failed batches in a row after which the head is switched off.
     pub max_consecutive_failures: u32,
+    /// What the head may ask of the encoder through `embed` while it configures.
+    pub embed: EmbedLimits,
+    /// How much the head may write to the host's log.
+    pub log: LogLimits,
 }
 
 impl Default for Limits {
@@ -51,6 +66,8 @@ impl Default for Limits {
             setup_deadline: Duration::from_secs(5),
             max_output_bytes: 64 << 10,
             max_consecutive_failures: 5,
+            embed: EmbedLimits::default(),
+            log: LogLimits::default(),
         }
     }
 }
@@ -270,6 +287,7 @@ pub struct Head {
     config_json: String,
     config: HeadConfig,
     embedder: Option<Arc<dyn Embedder>>,
+    shared: Arc<HeadShared>,
     instance: Mutex<Option<Instance>>,
     consecutive_failures: AtomicU32,
     disabled: AtomicBool,
@@ -303,8 +321,15 @@ impl Head {
             head: head.to_owned(),
             failure,
         };
-        let mut instance = instantiate(&pre, &file_name, &config.limits, embedder.clone())
-            .map_err(|f| setup_err(&file_name, f))?;
+        let shared = Arc::new(HeadShared::new(&config.limits));
+        let mut instance = instantiate(
+            &pre,
+            &file_name,
+            &config.limits,
+            embedder.clone(),
+            shared.clone(),
+        )
+        .map_err(|f| setup_err(&file_name, f))?;
         instance
             .store
             .set_epoch_deadline(ticks(config.limits.setup_deadline));
@@ -340,6 +365,7 @@ impl Head {
             config_json,
             config,
             embedder,
+            shared,
             instance: Mutex::new(None),
             consecutive_failures: AtomicU32::new(0),
             disabled: AtomicBool::new(false),
@@ -371,6 +397,12 @@ impl Head {
         *self.lock() = None;
     }
 
+    /// Log lines the head wrote over its budget ([`Limits::log`]) that the host dropped since
+    /// the last call of this: what a metrics counter adds.
+    pub fn take_log_lines_dropped(&self) -> u64 {
+        self.shared.log.take_unmetered()
+    }
+
     /// Whether the circuit breaker has switched the head off.
     pub fn is_disabled(&self) -> bool {
         self.disabled.load(Ordering::Relaxed)
@@ -396,13 +428,18 @@ impl Head {
         instance
             .store
             .set_epoch_deadline(ticks(self.config.limits.setup_deadline));
-        instance.store.data_mut().configuring = true;
+        instance.store.data_mut().embed.start();
         let result = instance.bindings.headstream_plugin_head().call_configure(
             &mut instance.store,
             &self.config_json,
             &assets,
         );
-        instance.store.data_mut().configuring = false;
+        let meter = &mut instance.store.data_mut().embed;
+        meter.started = None;
+        if meter.texts > 0 {
+            tracing::debug!(head = %self.description.name, texts = meter.texts, tokens = meter.tokens, host_ms = meter.host_time.as_millis() as u64, "embedded for configure");
+        }
+        self.report_dropped_lines();
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failure::new(FailureKind::Config, config_error(e))),
@@ -452,6 +489,7 @@ impl Head {
                     &self.description.name,
                     &self.config.limits,
                     self.embedder.clone(),
+                    self.shared.clone(),
                 )?;
                 self.configure(&mut fresh)?;
                 slot.insert(fresh)
@@ -460,11 +498,12 @@ impl Head {
         instance
             .store
             .set_epoch_deadline(ticks(self.config.limits.deadline));
-        let outputs = match instance
+        let outputs = instance
             .bindings
             .headstream_plugin_head()
-            .call_run(&mut instance.store, &batch)
-        {
+            .call_run(&mut instance.store, &batch);
+        self.report_dropped_lines();
+        let outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
                 let failure = classify(&e, instance);
@@ -489,6 +528,21 @@ impl Head {
             .zip(items)
             .map(|(out, item)| self.check_output(out, item))
             .collect())
+    }
+
+    /// One summary line for the log lines the head wrote over its budget since the last one.
+    fn report_dropped_lines(&self) {
+        let dropped = self.shared.log.take_unreported();
+        if dropped > 0 {
+            let l = self.shared.log.limits();
+            tracing::warn!(
+                head = %self.description.name,
+                dropped,
+                "suppressed {dropped} log lines over the head's budget ({} lines at once, {} a second; `log_burst` / `log_lines_per_s` under [heads.limits])",
+                l.burst,
+                l.lines_per_second
+            );
+        }
     }
 
     fn to_wit(&self, item: &Item<'_>) -> types::Item {
@@ -599,14 +653,10 @@ fn instantiate(
     head: &str,
     limits: &Limits,
     embedder: Option<Arc<dyn Embedder>>,
+    shared: Arc<HeadShared>,
 ) -> Result<Instance, Failure> {
     let stderr = MemoryOutputPipe::new(8 << 10);
-    let state = State::new(
-        head.to_owned(),
-        limits.memory_bytes,
-        embedder,
-        stderr.clone(),
-    );
+    let state = State::new(head.to_owned(), limits, embedder, shared, stderr.clone());
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(ticks(limits.setup_deadline));
@@ -647,6 +697,16 @@ fn classify(err: &wasmtime::Error, instance: &Instance) -> Failure {
         None => String::new(),
     };
     let memory_denied = instance.store.data().limiter.memory_denied;
+    // The host stopped the call from inside a host function (over budget, past the deadline).
+    match err.downcast_ref::<Refusal>() {
+        Some(refusal @ Refusal::Budget { .. }) => {
+            return Failure::new(FailureKind::Config, refusal.to_string());
+        }
+        Some(refusal @ Refusal::Deadline { .. }) => {
+            return Failure::new(FailureKind::Timeout, refusal.to_string());
+        }
+        None => {}
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::new(FailureKind::Timeout, "ran past its CPU deadline"),
         Some(Trap::StackOverflow) => {

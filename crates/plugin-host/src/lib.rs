@@ -13,6 +13,13 @@
 //! is dropped and a fresh one configured for the next batch. A head that fails
 //! [`Limits::max_consecutive_failures`] batches in a row is switched off.
 //!
+//! What a head can make the host do is budgeted too ([`Limits::embed`], [`Limits::log`]):
+//! `embed` is served only while the head configures, within texts, bytes and tokens per call
+//! and per configure, and its time counts toward the setup deadline (a head over either fails
+//! `configure`; texts it embedded before come from a cache, so a reconfigure after a trap costs
+//! the encoder nothing); `log` lines are cut to a length, control characters escaped, and
+//! rate-limited per head with a summary of what was dropped ([`Head::take_log_lines_dropped`]).
+//!
 //! Capabilities: a plugin gets only the `headstream:plugin/host` imports (log; embed while
 //! configuring). Rust guests on `wasm32-wasip2` import WASI through std, so WASI is linked, but
 //! with deny-all state: no preopened directories, no environment or arguments, no sockets
@@ -29,9 +36,11 @@
 #![deny(missing_docs)]
 
 mod bindings;
+mod budget;
 mod engine;
 mod head;
 
+pub use budget::{EmbedLimits, LogLimits};
 pub use engine::{HostConfig, PluginHost};
 pub use head::{
     Asset, Description, Embedder, Failure, FailureKind, Head, HeadConfig, Item, Limits, TaskKind,

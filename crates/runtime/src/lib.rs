@@ -28,7 +28,8 @@ use headstream_encoder::{EncodedText, Encoder};
 use headstream_package::{Package, Registry};
 use headstream_pipeline::Pipeline;
 use headstream_plugin_host::{
-    Asset, Head, HeadConfig, HostConfig, Item, Limits, PluginError, PluginHost, TokenStates,
+    Asset, EmbedLimits, Head, HeadConfig, HostConfig, Item, Limits, LogLimits, PluginError,
+    PluginHost, TokenStates,
 };
 use serde_json::{Map, Value, json};
 
@@ -147,22 +148,7 @@ fn load_stages(
                 data,
             });
         }
-        let defaults = Limits::default();
-        let limits = Limits {
-            memory_bytes: spec
-                .limits
-                .memory_mb
-                .map_or(defaults.memory_bytes, |mb| mb as usize * (1 << 20)),
-            deadline: spec
-                .limits
-                .deadline_ms
-                .map_or(defaults.deadline, std::time::Duration::from_millis),
-            max_output_bytes: spec
-                .limits
-                .max_output_kb
-                .map_or(defaults.max_output_bytes, |kb| kb as usize * 1024),
-            ..defaults
-        };
+        let limits = head_limits(&spec.limits);
         let resolved = match &spec.plugin {
             Some(reference) => Some(resolve(registry, &name, reference.get_ref())?.dir),
             None => spec.package.clone(),
@@ -225,6 +211,39 @@ fn load_stages(
         });
     }
     Ok(stages)
+}
+
+/// A head's limits: the pipeline's `[heads.limits]` over the plugin host's defaults.
+fn head_limits(set: &headstream_pipeline::Limits) -> Limits {
+    let d = Limits::default();
+    let or = |v: Option<u32>, default: usize| v.map_or(default, |v| v as usize);
+    Limits {
+        memory_bytes: set
+            .memory_mb
+            .map_or(d.memory_bytes, |mb| mb as usize * (1 << 20)),
+        deadline: set
+            .deadline_ms
+            .map_or(d.deadline, std::time::Duration::from_millis),
+        max_output_bytes: set
+            .max_output_kb
+            .map_or(d.max_output_bytes, |kb| kb as usize * 1024),
+        setup_deadline: set
+            .setup_deadline_ms
+            .map_or(d.setup_deadline, std::time::Duration::from_millis),
+        embed: EmbedLimits {
+            texts_per_call: or(set.embed_texts_per_call, d.embed.texts_per_call),
+            tokens_per_call: or(set.embed_tokens_per_call, d.embed.tokens_per_call),
+            texts: or(set.embed_texts, d.embed.texts),
+            tokens: or(set.embed_tokens, d.embed.tokens),
+            text_bytes: or(set.embed_text_bytes, d.embed.text_bytes),
+        },
+        log: LogLimits {
+            line_bytes: or(set.log_line_bytes, d.log.line_bytes),
+            burst: set.log_burst.unwrap_or(d.log.burst),
+            lines_per_second: set.log_lines_per_s.unwrap_or(d.log.lines_per_second),
+        },
+        ..d
+    }
 }
 
 /// What every registry reference of `pipeline` (heads, canaries, shadows) resolves to now, as
@@ -706,6 +725,20 @@ impl Runner {
             for failed in &outputs.failures {
                 for head in failed.keys() {
                     m.head_failures.with_label_values(&[&self.name, head]).inc();
+                }
+            }
+            for stage in &self.stages {
+                let heads = [Some(&stage.head)]
+                    .into_iter()
+                    .chain(
+                        [stage.canary.as_ref(), stage.shadow.as_ref()].map(|c| c.map(|c| &c.head)),
+                    )
+                    .flatten();
+                let dropped: u64 = heads.map(Head::take_log_lines_dropped).sum();
+                if dropped > 0 {
+                    m.head_log_dropped
+                        .with_label_values(&[&self.name, &stage.name])
+                        .inc_by(dropped);
                 }
             }
             for (_, shadow) in &outputs.shadows {

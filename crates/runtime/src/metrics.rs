@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Deploys this host acted on, by kind (`pipeline`, `package`) and outcome (`activated`,
     /// `rejected`, `removed`).
     pub deploys: IntCounterVec,
+    /// Log lines heads wrote over their budget, dropped by the host, by pipeline and head.
+    pub head_log_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -69,6 +71,11 @@ impl Metrics {
             "headstream_shadow_total",
             "Shadow head outputs compared with the live head's, by outcome (agree, disagree).",
             &["pipeline", "head", "outcome"],
+        )?;
+        let head_log_dropped = counter(
+            "headstream_head_log_lines_dropped_total",
+            "Log lines a head wrote over its budget (log_burst, log_lines_per_s), dropped by the host.",
+            &["pipeline", "head"],
         )?;
         let deploys = counter(
             "headstream_deploys_total",
@@ -107,6 +114,7 @@ impl Metrics {
             routes,
             shadow,
             deploys,
+            head_log_dropped,
             batch_size,
             stage_seconds,
         })

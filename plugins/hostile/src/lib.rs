@@ -7,7 +7,14 @@
 //! recursion), `huge-output` (a multi-megabyte JSON result), `panic`, `wrong-count` (returns
 //! fewer results than items), `bad-json`, `bad-span` (an entity outside the text),
 //! `config-fails` (rejects its config), `probe` (answers what the sandbox lets it see: the
-//! environment, arguments, stdin, the clocks, and a hash keyed by the randomness std draws).
+//! environment, arguments, stdin, the clocks, and a hash keyed by the randomness std draws),
+//! `log-flood` (writes `line_bytes`-byte log lines, default 64 KiB, with newlines and terminal
+//! escapes in them: `lines` of them then answers, or without `lines` until its deadline).
+//!
+//! Mode `embed-flood` misbehaves in `configure` instead: it asks the host to embed `texts`
+//! texts (default 4,000) of `text_bytes` bytes (default 16 KiB), `per_call` at a time (default
+//! 1,000: 16 MB a call, within its memory cap), and ignores every error, asking again; with `distinct = false` every call
+//! asks for the same texts.
 
 use headstream_sdk::{
     Assets, Config, ConfigError, Description, Entity, Head, HeadError, Item, Output, TaskKind,
@@ -15,6 +22,38 @@ use headstream_sdk::{
 
 struct Hostile {
     mode: String,
+    lines: Option<u64>,
+    line_bytes: usize,
+}
+
+/// Asks the host to embed far more than any head needs, ignoring refusals.
+fn embed_flood(config: &Config) -> Result<(), ConfigError> {
+    let texts: usize = config.get("texts")?.unwrap_or(4_000);
+    let text_bytes: usize = config.get("text_bytes")?.unwrap_or(16 << 10);
+    let per_call: usize = config.get("per_call")?.unwrap_or(1_000).max(1);
+    let distinct: bool = config.get("distinct")?.unwrap_or(true);
+    let words = [
+        "alpha ", "bravo ", "charlie ", "delta ", "echo ", "foxtrot ",
+    ];
+    let mut sent = 0;
+    while sent < texts {
+        let n = per_call.min(texts - sent);
+        let batch: Vec<String> = (0..n)
+            .map(|i| {
+                let k = if distinct { sent + i } else { i };
+                let mut t = format!("{k} ");
+                while t.len() < text_bytes {
+                    t.push_str(words[(t.len() + k) % words.len()]);
+                }
+                t.truncate(text_bytes);
+                t
+            })
+            .collect();
+        // A hostile head ignores the error and keeps asking.
+        let _ = headstream_sdk::host::embed(&batch);
+        sent += n;
+    }
+    Ok(())
 }
 
 #[inline(never)]
@@ -37,7 +76,14 @@ impl Head for Hostile {
                 "this head always rejects its config".into(),
             ));
         }
-        Ok(Self { mode })
+        if mode == "embed-flood" {
+            embed_flood(&config)?;
+        }
+        Ok(Self {
+            mode,
+            lines: config.get("lines")?,
+            line_bytes: config.get("line_bytes")?.unwrap_or(64 << 10),
+        })
     }
 
     fn run(&self, batch: Vec<Item>) -> Vec<Result<Output, HeadError>> {
@@ -63,6 +109,17 @@ impl Head for Hostile {
                     return vec![Ok(Output::Json(n.to_string()))];
                 }
                 "panic" => panic!("hostile head panicked on purpose"),
+                "log-flood" => {
+                    let mut line = String::from("flood\nFORGED host line \u{1b}]0;pwned\u{7}");
+                    while line.len() < self.line_bytes {
+                        line.push('x');
+                    }
+                    let mut n = 0u64;
+                    while self.lines.is_none_or(|lines| n < lines) {
+                        headstream_sdk::host::log(headstream_sdk::Level::Warn, &line);
+                        n += 1;
+                    }
+                }
                 "wrong-count" => return Vec::new(),
                 "probe" => return batch.iter().map(|_| Ok(Output::Json(probe()))).collect(),
                 _ => {}
