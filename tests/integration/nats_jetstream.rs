@@ -64,6 +64,24 @@ fn start_host(nats: &str, pipeline: &std::path::Path) -> Host {
     ])
 }
 
+/// A host like [`start_host`]'s, with `extra` arguments and its stderr kept in a file.
+fn logged_host(
+    nats: &str,
+    pipeline: &std::path::Path,
+    extra: &[&str],
+) -> (Host, tempfile::NamedTempFile) {
+    let log = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = log.reopen().unwrap_or_else(|e| panic!("{e}"));
+    let mut args = vec![
+        std::ffi::OsStr::new("--nats"),
+        nats.as_ref(),
+        "--pipeline".as_ref(),
+        pipeline.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    (Host::serve_with(&args, &[], stderr), log)
+}
+
 async fn connect(url: &str) -> async_nats::Client {
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
@@ -364,20 +382,7 @@ fn host_with_server_gone(seconds: &str) -> (Host, tempfile::NamedTempFile) {
     let mut server = NatsServer::start();
     let url = server.url();
     let mut rig = Rig::new(&url, 1, "", "");
-    let log = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
-    let stderr = log.reopen().unwrap_or_else(|e| panic!("{e}"));
-    let host = Host::serve_with(
-        &[
-            std::ffi::OsStr::new("--nats"),
-            url.as_ref(),
-            "--pipeline".as_ref(),
-            rig.pipeline.as_os_str(),
-            "--shutdown-timeout".as_ref(),
-            seconds.as_ref(),
-        ],
-        &[],
-        stderr,
-    );
+    let (host, log) = logged_host(&url, &rig.pipeline, &["--shutdown-timeout", seconds]);
     let Rig {
         rt, js, recorded, ..
     } = &mut rig;
@@ -465,18 +470,7 @@ fn confirmed_results_wait_out_a_results_stream_that_stops_storing() {
     let server = NatsServer::start();
     let url = server.url();
     let mut rig = Rig::new(&url, 1, "confirm = true", "");
-    let log = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
-    let stderr = log.reopen().unwrap_or_else(|e| panic!("{e}"));
-    let _host = Host::serve_with(
-        &[
-            std::ffi::OsStr::new("--nats"),
-            url.as_ref(),
-            "--pipeline".as_ref(),
-            rig.pipeline.as_os_str(),
-        ],
-        &[],
-        stderr,
-    );
+    let (_host, log) = logged_host(&url, &rig.pipeline, &[]);
     let total = 200;
     // Mid-stream, RECORDED stops capturing results for 3 s (as a stream without a leader
     // would): hosts keep the batch in hand, publish again, and lose nothing — and, the
