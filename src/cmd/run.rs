@@ -23,7 +23,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             dirs: args.registry.clone(),
         }
     };
-    let runner = Runner::new(&pipeline, encoder, Some(component_cache()), &registry)?;
+    let plugins = headstream_runtime::plugin_host(&encoder, Some(component_cache()), 64)?;
+    let runner = Runner::new(&pipeline, &plugins, encoder, &registry)?;
 
     let input = read_input(args.input.as_deref())?;
     let mut out = sink(args.output.as_ref(), || Box::new(std::io::stdout().lock()))?;

@@ -36,6 +36,10 @@ pub async fn connect(connect: &ConnectArgs) -> anyhow::Result<async_nats::Client
     connect_once(&url, &settings).await
 }
 
+/// Live head instances a serving host has room for: its pipelines' heads, canaries and
+/// shadows, twice over while a new version takes over, and the deploy checks.
+const PLUGIN_INSTANCES: u32 = 256;
+
 /// Where commands look for NATS when told nothing.
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
@@ -172,6 +176,13 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .unwrap_or(32);
     let encoder = Arc::new(super::load_encoder(&model_dir, batch)?);
     let metrics = Arc::new(Metrics::new().context("cannot set up metrics")?);
+    // One plugin engine for the process: every pipeline's heads, every version during a swap,
+    // and every deploy check share its instance pool.
+    let plugins = Arc::new(headstream_runtime::plugin_host(
+        &encoder,
+        Some(super::run::component_cache()),
+        PLUGIN_INSTANCES,
+    )?);
     // Pipelines may come and go (--deployed, --watch): size the shared encoder thread for a
     // few of them.
     let slots = if args.deployed || args.watch {
@@ -223,7 +234,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             batcher,
             metrics: metrics.clone(),
             host_id: host_id.clone(),
-            cache_dir: Some(super::run::component_cache()),
+            plugins: plugins.clone(),
             registry,
         });
         let mut texts = Vec::new();

@@ -138,7 +138,8 @@ fn dropped_log_lines_are_counted_in_the_metrics() -> TestResult {
     let pipeline = Pipeline::load(&file)?;
     let encoder = Arc::new(Encoder::load(&model_dir(), EncoderOptions::default())?);
     let metrics = Arc::new(Metrics::new()?);
-    let runner = Runner::new(&pipeline, encoder, None, &Registry { dirs: Vec::new() })?
+    let plugins = headstream_runtime::plugin_host(&encoder, None, 8)?;
+    let runner = Runner::new(&pipeline, &plugins, encoder, &Registry { dirs: Vec::new() })?
         .with_metrics(metrics.clone());
     let message =
         parse_message(br#"{"id":"1","text":"boom"}"#, || "x".into()).map_err(|e| e.message)?;

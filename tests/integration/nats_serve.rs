@@ -532,3 +532,68 @@ fn pipelines_in_one_host_share_encoder_passes() {
     assert!(batches >= passes, "{text}");
     assert!(batches >= (2 * 200 / 4) as f64, "{text}");
 }
+
+/// Threads of process `pid` whose name starts with `prefix` (Linux `/proc`; names are cut at 15
+/// bytes).
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .filter(|name| name.starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn ten_pipelines_share_one_plugin_engine() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let flags = plugin_path("keyword-flags").display().to_string();
+    let mut args = vec!["--nats".to_owned(), server.url()];
+    for i in 0..10 {
+        let path = dir.path().join(format!("p{i}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "version = 1\nname = \"p{i}\"\n[input]\nsubject = \"p{i}.in\"\n[output]\n\
+                 subject = \"p{i}.out\"\nerrors = \"p{i}.errors\"\n\
+                 [[heads]]\nname = \"a\"\ncomponent = {flags:?}\n[heads.config.flags]\nrefund = [\"refund\"]\n\
+                 [[heads]]\nname = \"b\"\ncomponent = {flags:?}\n[heads.config.flags]\nurgent = [\"asap\"]\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        args.extend(["--pipeline".to_owned(), path.display().to_string()]);
+    }
+    let host = Host::serve(&args);
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..10 {
+            let subject = format!("p{i}.in");
+            let mut answered = None;
+            for _ in 0..240 {
+                let ask = client.request(subject.clone(), r#"{"text":"refund asap"}"#.into());
+                if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(500), ask).await {
+                    answered = Some(json(&reply.payload));
+                    break;
+                }
+                // No responders yet: the host is still loading.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let record = answered.unwrap_or_else(|| panic!("p{i} never answered"));
+            assert_eq!(record["results"]["a"]["flags"][0], "refund", "{record}");
+            assert_eq!(record["results"]["b"]["flags"][0], "urgent", "{record}");
+        }
+    });
+    // Each wasmtime engine runs one epoch thread: twenty heads in ten pipelines, one engine.
+    let engines = threads_named(host.pid(), "headstream-epoc");
+    let (rss, peak) = crate::memory_mib(host.pid());
+    eprintln!(
+        "10 pipelines, 20 heads: {engines} plugin engine(s), RSS {rss:.0} MiB (peak {peak:.0})"
+    );
+    assert_eq!(engines, 1);
+}

@@ -338,6 +338,7 @@ impl Head {
             .headstream_plugin_head()
             .call_describe(&mut instance.store);
         let description = described.map_err(|e| setup_err(&file_name, classify(&e, &instance)))?;
+        check_description(&description).map_err(|f| setup_err(&file_name, f))?;
         let description = convert_description(description);
         if let Some(running) = encoder {
             for wanted in [&description.encoder, &config.encoder]
@@ -592,11 +593,12 @@ impl Head {
             )
         };
         let malformed = |m: String| Failure::new(FailureKind::MalformedOutput, m);
+        let said = |m: String| crate::budget::sanitize(&m, MESSAGE_BYTES);
         match out {
             Err(types::HeadError::InvalidInput(m)) => {
-                Err(Failure::new(FailureKind::InvalidInput, m))
+                Err(Failure::new(FailureKind::InvalidInput, said(m)))
             }
-            Err(types::HeadError::Failed(m)) => Err(Failure::new(FailureKind::HeadError, m)),
+            Err(types::HeadError::Failed(m)) => Err(Failure::new(FailureKind::HeadError, said(m))),
             Ok(types::Output::Json(text)) => {
                 if text.len() > max {
                     return Err(too_large(text.len()));
@@ -732,11 +734,65 @@ fn classify(err: &wasmtime::Error, instance: &Instance) -> Failure {
 }
 
 fn config_error(e: types::ConfigError) -> String {
+    let said = |m: String| crate::budget::sanitize(&m, MESSAGE_BYTES);
     match e {
-        types::ConfigError::Invalid(m) => format!("invalid config: {m}"),
-        types::ConfigError::MissingAsset(m) => format!("missing asset: {m}"),
-        types::ConfigError::BadAsset(m) => format!("bad asset: {m}"),
+        types::ConfigError::Invalid(m) => format!("invalid config: {}", said(m)),
+        types::ConfigError::MissingAsset(m) => format!("missing asset: {}", said(m)),
+        types::ConfigError::BadAsset(m) => format!("bad asset: {}", said(m)),
     }
+}
+
+/// Longest head error or config error message kept; the rest is cut (a head's messages land
+/// in result records, logs and deploy events).
+const MESSAGE_BYTES: usize = 1 << 10;
+
+/// Refuses a description whose strings could bloat every result, log line and metric that
+/// names the head: names and versions are short identifiers, labels a bounded set.
+fn check_description(d: &types::Description) -> Result<(), Failure> {
+    let identifier = |what: &str, value: &str, max: usize| {
+        let ok = !value.is_empty()
+            && value.len() <= max
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                FailureKind::MalformedOutput,
+                format!(
+                    "describe returned a {what} that is not 1 to {max} letters, digits or -_.+ ({} bytes: {:?})",
+                    value.len(),
+                    crate::budget::sanitize(value, 64)
+                ),
+            ))
+        }
+    };
+    identifier("name", &d.name, 64)?;
+    identifier("version", &d.version, 64)?;
+    let too_long = |what: &str, n: usize, max: usize| {
+        Failure::new(
+            FailureKind::MalformedOutput,
+            format!("describe returned {what} of {n}; at most {max}"),
+        )
+    };
+    if d.labels.len() > 4096 {
+        return Err(too_long("a label list", d.labels.len(), 4096));
+    }
+    if let Some(label) = d.labels.iter().find(|l| l.len() > 256) {
+        return Err(too_long("a label", label.len(), 256));
+    }
+    if let Some(encoder) = d.encoder.as_ref().filter(|e| e.len() > 256) {
+        return Err(too_long("an encoder fingerprint", encoder.len(), 256));
+    }
+    if d.output_schema.len() > 64 << 10 {
+        return Err(too_long(
+            "an output schema",
+            d.output_schema.len(),
+            64 << 10,
+        ));
+    }
+    Ok(())
 }
 
 fn convert_description(d: types::Description) -> Description {

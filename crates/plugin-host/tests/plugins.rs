@@ -349,6 +349,51 @@ fn plugin_for_another_contract_version_is_refused() {
 }
 
 #[test]
+fn bloated_self_description_is_refused() {
+    // A 1 MiB version would ride in every result (`name@version`), 100,000 labels in every
+    // description the host shows.
+    let err = host()
+        .load(&plugin_path("hostile-describe"), HeadConfig::default())
+        .err();
+    let Some(PluginError::Setup { failure, .. }) = err else {
+        panic!("expected a setup failure, got {err:?}");
+    };
+    assert_eq!(failure.kind, FailureKind::MalformedOutput, "{failure}");
+    assert!(
+        failure.message.contains("version that is not 1 to 64"),
+        "{failure}"
+    );
+    assert!(
+        failure.message.len() < 512,
+        "{} bytes",
+        failure.message.len()
+    );
+}
+
+#[test]
+fn long_error_messages_are_cut() {
+    let host = host();
+    let head = hostile(&host, "long-error", Limits::default());
+    let e = [0.0f32; 4];
+    let out = head.run(&[item("1", "boom", &e), item("2", "fine", &e)]);
+    let Err(failure) = &out[0] else {
+        panic!("expected a failure: {:?}", out[0]);
+    };
+    assert_eq!(failure.kind, FailureKind::HeadError);
+    assert!(
+        failure.message.len() <= 1100,
+        "{} bytes",
+        failure.message.len()
+    );
+    assert!(
+        failure.message.ends_with("more bytes cut]"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(out[1], Ok(json!({ "len": 4 })));
+}
+
+#[test]
 fn corrupt_component_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("corrupt.wasm");

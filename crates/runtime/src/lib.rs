@@ -266,24 +266,31 @@ pub fn resolved_versions(
     Ok(resolved)
 }
 
-/// Loads `package` the way a pipeline would on this host — digests, encoder fingerprint,
-/// compilation, instantiation and `configure` — and drops it: the check a package passes before
-/// any pipeline may use it.
-pub fn check_package(
-    package: &Package,
-    encoder: Arc<Encoder>,
+/// The process's plugin host, bound to `encoder` (fingerprint checks, the `embed` import),
+/// caching compiled components in `cache_dir`, with room for `max_instances` live head
+/// instances. One per process: every runner and every package check shares its engine.
+pub fn plugin_host(
+    encoder: &Arc<Encoder>,
     cache_dir: Option<PathBuf>,
-) -> Result<(), RuntimeError> {
-    let host = PluginHost::new(HostConfig {
+    max_instances: u32,
+) -> Result<PluginHost, RuntimeError> {
+    PluginHost::new(HostConfig {
         cache_dir,
         encoder: Some(encoder.fingerprint().clone()),
         embedder: Some(encoder.clone()),
-        max_instances: 4,
+        max_instances,
         ..HostConfig::default()
     })
-    .map_err(RuntimeError::Host)?;
+    .map_err(RuntimeError::Host)
+}
+
+/// Loads `package` the way a pipeline would on this host — digests, encoder fingerprint,
+/// compilation, instantiation and `configure` (within the default budgets) — and drops it: the
+/// check a package passes before any pipeline may use it.
+pub fn check_package(package: &Package, plugins: &PluginHost) -> Result<(), RuntimeError> {
     let name = package.manifest.name.clone();
-    host.load_package(package, &Value::Object(Map::new()), Limits::default())
+    plugins
+        .load_package(package, &Value::Object(Map::new()), Limits::default())
         .map(drop)
         .map_err(|source| RuntimeError::Head { head: name, source })
 }
@@ -558,23 +565,15 @@ impl std::fmt::Debug for Runner {
 }
 
 impl Runner {
-    /// Loads `pipeline`'s heads with a plugin host bound to `encoder` (fingerprint checks, the
-    /// `embed` import), caching compiled components in `cache_dir` and resolving registry
-    /// references against `registry`.
+    /// Loads `pipeline`'s heads into `plugins` (the process's plugin host, bound to `encoder`:
+    /// see [`plugin_host`]), resolving registry references against `registry`.
     pub fn new(
         pipeline: &Pipeline,
+        plugins: &PluginHost,
         encoder: Arc<Encoder>,
-        cache_dir: Option<PathBuf>,
         registry: &Registry,
     ) -> Result<Self, RuntimeError> {
-        let host = PluginHost::new(HostConfig {
-            cache_dir,
-            encoder: Some(encoder.fingerprint().clone()),
-            embedder: Some(encoder.clone()),
-            ..HostConfig::default()
-        })
-        .map_err(RuntimeError::Host)?;
-        let stages = load_stages(&host, pipeline, registry)?;
+        let stages = load_stages(plugins, pipeline, registry)?;
         let needs_tokens = stages
             .iter()
             .any(|s| s.head.description().needs_token_states);

@@ -18,6 +18,7 @@ use futures::StreamExt as _;
 use headstream_encoder::Encoder;
 use headstream_package::Registry;
 use headstream_pipeline::Pipeline;
+use headstream_plugin_host::PluginHost;
 use headstream_registry::{ClusterRegistry, EVENTS_SUBJECT, Revision};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
@@ -59,8 +60,8 @@ pub struct HostContext {
     pub metrics: Arc<Metrics>,
     /// This host's id in results and events.
     pub host_id: String,
-    /// Compiled-component cache.
-    pub cache_dir: Option<PathBuf>,
+    /// The process's plugin host: one engine for every runner and package check.
+    pub plugins: Arc<PluginHost>,
     /// Package directories `plugin = "name@version"` references resolve against.
     pub registry: Registry,
 }
@@ -233,7 +234,7 @@ impl LiveHost {
         let pipeline = pipeline.clone();
         tokio::task::spawn_blocking(move || {
             let resolved = crate::resolved_versions(&pipeline, &cx.registry)?;
-            let runner = Runner::new(&pipeline, cx.encoder, cx.cache_dir, &cx.registry)?
+            let runner = Runner::new(&pipeline, &cx.plugins, cx.encoder, &cx.registry)?
                 .with_metrics(cx.metrics)
                 .with_co_batcher(cx.batcher);
             Ok((runner, resolved))
@@ -416,7 +417,7 @@ impl LiveHost {
                 let cx = self.cx.clone();
                 let dir = package.dir.clone();
                 let checked = tokio::task::spawn_blocking(move || {
-                    crate::check_package(&package, cx.encoder, cx.cache_dir)
+                    crate::check_package(&package, &cx.plugins)
                 })
                 .await
                 .map_err(|e| e.to_string())

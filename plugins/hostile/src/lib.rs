@@ -6,7 +6,7 @@
 //! `loop` (spins forever), `memory` (allocates without bound), `recursion` (unbounded
 //! recursion), `huge-output` (a multi-megabyte JSON result), `panic`, `wrong-count` (returns
 //! fewer results than items), `bad-json`, `bad-span` (an entity outside the text),
-//! `config-fails` (rejects its config), `probe` (answers what the sandbox lets it see: the
+//! `long-error` (a 1 MiB error message for the text), `config-fails` (rejects its config), `probe` (answers what the sandbox lets it see: the
 //! environment, arguments, stdin, the clocks, and a hash keyed by the randomness std draws),
 //! `log-flood` (writes `line_bytes`-byte log lines, default 64 KiB, with newlines and terminal
 //! escapes in them: `lines` of them then answers, or without `lines` until its deadline).
@@ -132,6 +132,9 @@ impl Head for Hostile {
                 Ok(match (self.mode.as_str(), boom) {
                     ("huge-output", true) => Output::Json(format!("\"{}\"", "x".repeat(2 << 20))),
                     ("bad-json", true) => Output::Json("{not json".into()),
+                    ("long-error", true) => {
+                        return Err(HeadError::Failed(format!("E{}", "x".repeat(1 << 20))));
+                    }
                     ("bad-span", true) => Output::Entities(vec![Entity {
                         text: "nowhere".into(),
                         label: "X".into(),
