@@ -2,7 +2,7 @@
 //! that is valid JSON and carries the payload back intact.
 #![no_main]
 
-use headstream_message::{InputLimits, error_record, parse_message_within};
+use headstream_message::{ErrorRecord, InputLimits, parse_message_within};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(error) => {
             assert!(!error.kind.is_empty() && !error.message.is_empty());
-            let record = error_record("fuzz", &error, data);
+            let record = ErrorRecord::new("fuzz", &error, data);
             let text = record.to_string();
             let back: serde_json::Value = serde_json::from_str(&text).expect("records are JSON");
             match (back["payload"].as_str(), back["payload_base64"].as_str()) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use headstream_pipeline::Pipeline;
-use headstream_runtime::{Message, Runner, error_record, parse_message_within};
+use headstream_runtime::{ErrorRecord, Message, Runner, parse_message_within};
 
 use super::jsonl::read_input;
 use crate::cli::RunArgs;
@@ -48,7 +48,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Err(mut error) => {
                 bad += 1;
                 error.message = format!("line {}: {}", n + 1, error.message);
-                writeln!(errors, "{}", error_record(runner.name(), &error, line))?;
+                writeln!(errors, "{}", ErrorRecord::new(runner.name(), &error, line))?;
             }
         }
         if pending.len() == batch {

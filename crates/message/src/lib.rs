@@ -1,11 +1,15 @@
 //! Messages on the bus: parsing a raw body `{"id"?, "text", "meta"?}` into a [`Message`] within
 //! a pipeline's [`InputLimits`], or naming what is wrong with it ([`InputError`], a stable
-//! `kind`), and the error-subject record ([`error_record`]) that carries the original payload.
+//! `kind`), and the records a pipeline publishes ([`ResultRecord`], [`ErrorRecord`] with the
+//! original payload, [`ShadowRecord`]).
 //! No I/O; every input, however hostile, gets a value or an error, never a panic (fuzzed by
 //! `fuzz/fuzz_targets/message.rs`).
 #![deny(missing_docs)]
 
-use base64::Engine as _;
+mod record;
+
+pub use record::{ErrorReason, ErrorRecord, ResultRecord, RouteMatch, ShadowRecord, ShadowSide};
+
 use serde_json::{Value, json};
 
 /// One parsed input message.
@@ -109,23 +113,6 @@ pub fn parse_message_within(
         Some(_) => return Err(err("bad_meta", "\"meta\" must be an object".into())),
     };
     Ok(Message { id, text, meta })
-}
-
-/// The error-subject record for an unusable message: the reason and the original payload (as a
-/// string when it is UTF-8, else base64 under `payload_base64`).
-pub fn error_record(pipeline: &str, error: &InputError, payload: &[u8]) -> Value {
-    let mut record = json!({
-        "pipeline": pipeline,
-        "error": { "kind": error.kind, "message": error.message },
-    });
-    match std::str::from_utf8(payload) {
-        Ok(text) => record["payload"] = json!(text),
-        Err(_) => {
-            record["payload_base64"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(payload))
-        }
-    }
-    record
 }
 
 #[cfg(test)]

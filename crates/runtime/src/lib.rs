@@ -16,11 +16,13 @@ mod serve;
 
 pub use cobatch::CoBatcher;
 pub use headstream_message::{
-    InputError, InputLimits, Message, error_record, parse_message, parse_message_within,
+    ErrorReason, ErrorRecord, InputError, InputLimits, Message, ResultRecord, RouteMatch,
+    ShadowRecord, ShadowSide, parse_message, parse_message_within,
 };
 pub use metrics::{Metrics, serve_metrics};
 pub use serve::{JetStreamOptions, RunnerSlot, ServeOptions, serve};
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,7 +33,7 @@ use headstream_plugin_host::{
     Asset, EmbedLimits, Head, HeadConfig, HostConfig, Item, Limits, LogLimits, PluginError,
     PluginHost, TokenStates,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 /// A loaded head with its pipeline name and the heads it consumes.
 pub struct Stage {
@@ -63,8 +65,8 @@ impl std::fmt::Debug for Stage {
     }
 }
 
-/// Values keyed by head name: outputs under `results`, failures under `errors`.
-pub(crate) type PerHead = Map<String, Value>;
+/// Values keyed by head name.
+type PerHead<T> = BTreeMap<String, T>;
 
 /// Why the runtime could not start or keep serving a pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -354,9 +356,10 @@ fn idempotency_key(pipeline: &str, id: &str, heads_digest: u64) -> String {
     format!("{pipeline}/{id}/{heads_digest:016x}")
 }
 
-/// The digest of a `heads` map (head → `name@version`) that idempotency keys carry.
-fn heads_digest(heads: &Map<String, Value>) -> u64 {
-    fnv1a(Value::Object(heads.clone()).to_string().bytes())
+/// The digest of a `heads` map (head → `name@version`) that idempotency keys carry: of its
+/// JSON, so keys stay the same across releases.
+fn heads_digest(heads: &PerHead<String>) -> u64 {
+    fnv1a(serde_json::to_string(heads).unwrap_or_default().bytes())
 }
 
 /// Whether a shadow output gives the same answer as the live one: the same `label` when both
@@ -370,20 +373,20 @@ fn agrees(live: &Value, shadow: &Value) -> bool {
 
 /// What [`run_stages`] produced for a batch, per item.
 struct StageOutputs {
-    results: Vec<PerHead>,
-    failures: Vec<PerHead>,
+    results: Vec<PerHead<Value>>,
+    failures: Vec<PerHead<String>>,
     /// Heads served by a canary: head name → `name@version`.
-    canaried: Vec<PerHead>,
+    canaried: Vec<PerHead<String>>,
     /// Shadow records, with their subjects.
-    shadows: Vec<(String, Value)>,
+    shadows: Vec<(String, ShadowRecord)>,
 }
 
 /// Runs every stage in order; a head whose upstream failed for a text reports that instead.
 fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOutputs {
     let mut out = StageOutputs {
-        results: vec![Map::new(); items.len()],
-        failures: vec![Map::new(); items.len()],
-        canaried: vec![Map::new(); items.len()],
+        results: vec![PerHead::new(); items.len()],
+        failures: vec![PerHead::new(); items.len()],
+        canaried: vec![PerHead::new(); items.len()],
         shadows: Vec::new(),
     };
     for stage in stages {
@@ -395,10 +398,7 @@ fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOu
                 .iter()
                 .find(|dep| !out.results[i].contains_key(*dep));
             if let Some(dep) = missing {
-                out.failures[i].insert(
-                    stage.name.clone(),
-                    json!(format!("upstream head {dep} failed")),
-                );
+                out.failures[i].insert(stage.name.clone(), format!("upstream head {dep} failed"));
                 continue;
             }
             let mut item = item.clone();
@@ -420,35 +420,36 @@ fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOu
                 .zip(&outcomes)
                 .zip(shadow.head.run(&runnable))
             {
-                let side = |id: &str, outcome: &Result<Value, _>| match outcome {
-                    Ok(v) => json!({ "version": id, "output": v }),
-                    Err(e) => json!({ "version": id, "error": format!("{e}") }),
+                let side = |id: &str, outcome: &Result<Value, _>| ShadowSide {
+                    error: outcome.as_ref().err().map(|e| format!("{e}")),
+                    output: outcome.as_ref().ok().cloned(),
+                    version: id.to_owned(),
                 };
                 let live_id = live.1.unwrap_or(&stage.id);
                 let agree = matches!((&live.0, &shadowed), (Ok(a), Ok(b)) if agrees(a, b));
                 out.shadows.push((
                     shadow.subject.clone(),
-                    json!({
-                        "id": item.id,
-                        "pipeline": pipeline,
-                        "head": stage.name,
-                        "live": side(live_id, &live.0),
-                        "shadow": side(&shadow.id, &shadowed),
-                        "agree": agree,
-                    }),
+                    ShadowRecord {
+                        agree,
+                        head: stage.name.clone(),
+                        id: item.id.to_owned(),
+                        live: side(live_id, &live.0),
+                        pipeline: pipeline.to_owned(),
+                        shadow: side(&shadow.id, &shadowed),
+                    },
                 ));
             }
         }
         for (i, (outcome, canary)) in positions.into_iter().zip(outcomes) {
             if let Some(id) = canary {
-                out.canaried[i].insert(stage.name.clone(), json!(id));
+                out.canaried[i].insert(stage.name.clone(), id.to_owned());
             }
             match outcome {
                 Ok(value) => {
                     out.results[i].insert(stage.name.clone(), value);
                 }
                 Err(failure) => {
-                    out.failures[i].insert(stage.name.clone(), json!(failure.to_string()));
+                    out.failures[i].insert(stage.name.clone(), failure.to_string());
                 }
             }
         }
@@ -549,7 +550,7 @@ pub struct Runner {
     stages: Vec<Stage>,
     encoder: Arc<Encoder>,
     needs_tokens: bool,
-    heads_ids: Map<String, Value>,
+    heads_ids: PerHead<String>,
     /// [`heads_digest`] of `heads_ids`: the key digest of every result no canary touched.
     heads_digest: u64,
     fingerprint: String,
@@ -579,7 +580,7 @@ impl Runner {
             .any(|s| s.head.description().needs_token_states);
         let heads_ids = stages
             .iter()
-            .map(|s| (s.name.clone(), json!(s.id)))
+            .map(|s| (s.name.clone(), s.id.clone()))
             .collect();
         let fingerprint = encoder.fingerprint().to_string();
         let routes = pipeline
@@ -640,39 +641,24 @@ impl Runner {
         self.metrics.as_deref()
     }
 
-    /// The routes a result record lists, as (route name, subject) pairs: the subjects it is
-    /// also published to.
-    pub fn route_subjects<'a>(
-        &'a self,
-        record: &'a Value,
-    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        let taken = record["routes"].as_array();
-        self.routes
-            .iter()
-            .filter(move |r| taken.is_some_and(|t| t.iter().any(|n| *n == *r.name)))
-            .map(|r| (r.name.as_str(), r.subject.as_str()))
-    }
-
-    /// Names of the routes whose condition holds for `record`. A condition that fails to
-    /// evaluate (say, over the output of a head that failed) does not match.
-    fn matching_routes(&self, record: &Value, message: &Message) -> Vec<&str> {
+    /// The routes whose condition holds for `record` (a route whose condition fails to
+    /// evaluate, say over the output of a head that failed, does not match).
+    fn matching_routes(&self, record: &ResultRecord, text: &str) -> Vec<RouteMatch> {
         if self.routes.is_empty() {
             return Vec::new();
         }
         let mut context = cel::Context::default();
-        let vars = [
-            ("results", &record["results"]),
-            ("errors", &record["errors"]),
-            ("meta", &message.meta),
-            ("id", &record["id"]),
+        let exposed = [
+            ("results", context.add_variable("results", &record.results)),
+            ("errors", context.add_variable("errors", &record.errors)),
+            ("meta", context.add_variable("meta", &record.meta)),
+            ("id", context.add_variable("id", record.id.as_str())),
+            ("text", context.add_variable("text", text)),
         ];
-        for (name, value) in vars {
-            if let Err(e) = context.add_variable(name, value) {
+        for (name, outcome) in exposed {
+            if let Err(e) = outcome {
                 tracing::warn!(pipeline = %self.name, "cannot expose `{name}` to routes: {e}");
             }
-        }
-        if let Err(e) = context.add_variable("text", message.text.as_str()) {
-            tracing::warn!(pipeline = %self.name, "cannot expose `text` to routes: {e}");
         }
         self.routes
             .iter()
@@ -687,12 +673,15 @@ impl Runner {
                     false
                 }
             })
-            .map(|r| r.name.as_str())
+            .map(|r| RouteMatch {
+                name: r.name.clone(),
+                subject: r.subject.clone(),
+            })
             .collect()
     }
 
     /// Encodes the messages once, runs every head, and returns one result record per message.
-    pub fn process(&self, messages: &[Message]) -> Result<Vec<Value>, RuntimeError> {
+    pub fn process(&self, messages: &[Message]) -> Result<Vec<ResultRecord>, RuntimeError> {
         self.process_batch(messages).map(|p| p.records)
     }
 
@@ -741,14 +730,9 @@ impl Runner {
                 }
             }
             for (_, shadow) in &outputs.shadows {
-                let outcome = if shadow["agree"] == true {
-                    "agree"
-                } else {
-                    "disagree"
-                };
-                let head = shadow["head"].as_str().unwrap_or_default();
+                let outcome = if shadow.agree { "agree" } else { "disagree" };
                 m.shadow
-                    .with_label_values(&[&self.name, head, outcome])
+                    .with_label_values(&[&self.name, &shadow.head, outcome])
                     .inc();
             }
         }
@@ -765,24 +749,21 @@ impl Runner {
                     heads.extend(canaried);
                     heads_digest(&heads)
                 };
-                let key = idempotency_key(&self.name, &m.id, digest);
-                let mut record = json!({
-                    "id": m.id,
-                    "key": key,
-                    "pipeline": self.name,
-                    "meta": m.meta,
-                    "results": results,
-                    "errors": errors,
-                    "encoder": self.fingerprint,
-                    "heads": heads,
-                });
-                if e.truncated {
-                    record["truncated"] = json!(true);
-                }
-                let routes = self.matching_routes(&record, m);
-                if !routes.is_empty() {
-                    record["routes"] = json!(routes);
-                }
+                let mut record = ResultRecord {
+                    encoder: self.fingerprint.clone(),
+                    errors,
+                    heads,
+                    host: None,
+                    id: m.id.clone(),
+                    key: idempotency_key(&self.name, &m.id, digest),
+                    meta: m.meta.clone(),
+                    pipeline: self.name.clone(),
+                    redelivered: None,
+                    results,
+                    routes: Vec::new(),
+                    truncated: e.truncated,
+                };
+                record.routes = self.matching_routes(&record, &m.text);
                 record
             })
             .collect();
@@ -794,7 +775,7 @@ impl Runner {
 
     /// The heads this runner serves, `name` → `name@version` (canaries and shadows not
     /// included).
-    pub fn head_versions(&self) -> &Map<String, Value> {
+    pub fn head_versions(&self) -> &BTreeMap<String, String> {
         &self.heads_ids
     }
 }
@@ -803,7 +784,61 @@ impl Runner {
 #[derive(Debug, Default)]
 pub struct Processed {
     /// Result records, in message order.
-    pub records: Vec<Value>,
+    pub records: Vec<ResultRecord>,
     /// Shadow records `(subject, record)`: live and shadow outputs side by side.
-    pub shadows: Vec<(String, Value)>,
+    pub shadows: Vec<(String, ShadowRecord)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn idempotency_keys_are_stable_across_releases() {
+        // The key a release before typed records gave this result: consumers that drop
+        // repeats by key must see the same key from every release.
+        let heads = PerHead::from([("flood".to_owned(), "hostile@0.1.0".to_owned())]);
+        assert_eq!(
+            idempotency_key("hostile", "1", heads_digest(&heads)),
+            "hostile/1/62b0feb2a9cf53ee"
+        );
+        let other = PerHead::from([("flood".to_owned(), "hostile@0.2.0".to_owned())]);
+        assert_ne!(heads_digest(&heads), heads_digest(&other));
+    }
+
+    #[test]
+    fn canary_shares_follow_the_percentage_and_the_id_alone() {
+        let ids: Vec<String> = (0..10_000).map(|i| format!("m{i}")).collect();
+        let share = |percent| {
+            ids.iter()
+                .filter(|id| takes_canary("sentiment", id, percent))
+                .count()
+        };
+        assert_eq!(share(0.0), 0);
+        assert_eq!(share(100.0), ids.len());
+        let ten = share(10.0);
+        assert!((800..=1200).contains(&ten), "{ten} of 10000 at 10%");
+        // The same id takes the same path every time (every host, every redelivery)...
+        assert!((0..10).all(
+            |_| takes_canary("sentiment", "m7", 10.0) == takes_canary("sentiment", "m7", 10.0)
+        ));
+        // ...and a head's split is its own: another head splits the same ids differently.
+        let both = ids
+            .iter()
+            .filter(|id| takes_canary("sentiment", id, 50.0) && takes_canary("topic", id, 50.0))
+            .count();
+        assert!((2000..=3000).contains(&both), "{both}");
+    }
+
+    #[test]
+    fn shadows_agree_on_labels_else_on_the_whole_output() {
+        assert!(agrees(
+            &json!({"label": "a", "score": 0.9}),
+            &json!({"label": "a", "score": 0.6})
+        ));
+        assert!(!agrees(&json!({"label": "a"}), &json!({"label": "b"})));
+        assert!(agrees(&json!({"flags": ["x"]}), &json!({"flags": ["x"]})));
+        assert!(!agrees(&json!({"flags": ["x"]}), &json!({"flags": []})));
+    }
 }

@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use headstream_pipeline::Pipeline;
 use tokio::time::Instant;
 
-use crate::{InputError, Message, Runner, RuntimeError, error_record, parse_message_within};
+use crate::{ErrorRecord, InputError, Message, Runner, RuntimeError, parse_message_within};
 
 /// How [`serve`] consumes a pipeline's input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,68 +421,43 @@ impl Outbox<'_> {
     }
 }
 
+/// How a parsed message is answered: where a request wants its reply, and its delivery count.
+struct Delivery {
+    reply: Option<async_nats::Subject>,
+    payload: Bytes,
+    delivered: u64,
+}
+
+/// One batch: unusable messages to the error subject, the rest through the runner and out,
+/// then the acks (JetStream) once everything is published.
 async fn handle_batch(
     outbox: &mut Outbox<'_>,
     runner: &Arc<Runner>,
     options: &ServeOptions,
     batch: Vec<Incoming>,
 ) -> Result<(), RuntimeError> {
-    let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
-    let mut accepted: Vec<(Option<async_nats::Subject>, Bytes, u64)> = Vec::new();
-    let mut acks = Vec::new();
-    let max_deliver = options.jetstream.as_ref().map(|j| u64::from(j.max_deliver));
     let started = std::time::Instant::now();
-    let name = runner.name().to_owned();
-    let metrics = runner.metrics();
-    let count_error = |kind: &str| {
-        if let Some(m) = metrics {
-            m.errors.with_label_values(&[&name, kind]).inc();
-            m.messages.with_label_values(&[&name, "error"]).inc();
-        }
-    };
-    if let Some(m) = metrics {
+    if let Some(m) = runner.metrics() {
         m.batch_size
-            .with_label_values(&[&name])
+            .with_label_values(&[runner.name()])
             .observe(batch.len() as f64);
     }
-    for incoming in batch {
-        if let Some(ack) = incoming.ack {
-            acks.push(ack);
-        }
-        if max_deliver.is_some_and(|max| incoming.delivered > max) {
-            let error = InputError {
-                kind: "max_deliveries",
-                message: format!(
-                    "delivered {} times without a result; giving up",
-                    incoming.delivered - 1
-                ),
-            };
-            tracing::warn!(pipeline = runner.name(), "{}", error.message);
-            count_error(error.kind);
-            let record = error_record(runner.name(), &error, &incoming.payload);
-            outbox
-                .record(&options.errors, Bytes::from(record.to_string()), None)
-                .await?;
-            continue;
-        }
-        let (header, fallback) = (incoming.header_id, incoming.fallback_id);
-        match parse_message_within(&incoming.payload, runner.input_limits(), || {
-            header.or(fallback).unwrap_or_else(generate_id)
-        }) {
+    let mut acks = Vec::new();
+    let (mut messages, mut deliveries) = (Vec::new(), Vec::new());
+    for mut incoming in batch {
+        acks.extend(incoming.ack.take());
+        let admitted = admit(runner, options, &mut incoming);
+        let delivery = Delivery {
+            reply: incoming.reply,
+            payload: incoming.payload,
+            delivered: incoming.delivered,
+        };
+        match admitted {
             Ok(message) => {
                 messages.push(message);
-                accepted.push((incoming.reply, incoming.payload, incoming.delivered));
+                deliveries.push(delivery);
             }
-            Err(error) => {
-                tracing::debug!(kind = error.kind, "rejected message: {}", error.message);
-                count_error(error.kind);
-                let record =
-                    Bytes::from(error_record(runner.name(), &error, &incoming.payload).to_string());
-                outbox.record(&options.errors, record.clone(), None).await?;
-                if let Some(reply) = incoming.reply {
-                    outbox.core(&reply, record).await?;
-                }
-            }
+            Err(error) => reject(outbox, runner, options, &error, delivery).await?,
         }
     }
     if !messages.is_empty() {
@@ -492,42 +467,8 @@ async fn handle_batch(
             .map_err(|e| RuntimeError::Worker(e.to_string()))
             .and_then(|r| r);
         match outcome {
-            Ok(crate::Processed { records, shadows }) => {
-                let publishing = std::time::Instant::now();
-                for (subject, shadow) in shadows {
-                    outbox
-                        .core(&subject, Bytes::from(shadow.to_string()))
-                        .await?;
-                }
-                if let Some(m) = metrics {
-                    m.messages
-                        .with_label_values(&[&name, "result"])
-                        .inc_by(records.len() as u64);
-                }
-                for (mut record, (reply, _, delivered)) in records.into_iter().zip(accepted) {
-                    if delivered > 1 {
-                        record["redelivered"] = serde_json::json!(delivered - 1);
-                    }
-                    if let Some(host) = &options.host {
-                        record["host"] = serde_json::json!(host);
-                    }
-                    let body = Bytes::from(record.to_string());
-                    outbox
-                        .record(&options.output, body.clone(), record["key"].as_str())
-                        .await?;
-                    for (route, subject) in runner.route_subjects(&record) {
-                        outbox.core(subject, body.clone()).await?;
-                        if let Some(m) = metrics {
-                            m.routes.with_label_values(&[&name, route]).inc();
-                        }
-                    }
-                    if let Some(reply) = reply {
-                        outbox.core(&reply, body).await?;
-                    }
-                }
-                if let Some(m) = metrics {
-                    m.observe(&name, "publish", publishing.elapsed());
-                }
+            Ok(processed) => {
+                publish_results(outbox, runner, options, processed, deliveries).await?
             }
             // The batch as a whole failed (the encoder, a worker panic): every message gets an
             // error record with its payload, and the loop goes on.
@@ -537,58 +478,155 @@ async fn handle_batch(
                     kind: "processing_failed",
                     message: failure.to_string(),
                 };
-                for (reply, payload, _) in accepted {
-                    count_error(error.kind);
-                    let record =
-                        Bytes::from(error_record(runner.name(), &error, &payload).to_string());
-                    outbox.record(&options.errors, record.clone(), None).await?;
-                    if let Some(reply) = reply {
-                        outbox.core(&reply, record).await?;
-                    }
+                for delivery in deliveries {
+                    reject(outbox, runner, options, &error, delivery).await?;
                 }
             }
         }
     }
-    if let Some(m) = metrics {
-        m.observe(&name, "batch", started.elapsed());
+    if let Some(m) = runner.metrics() {
+        m.observe(runner.name(), "batch", started.elapsed());
     }
-    if !acks.is_empty() {
-        tracing::debug!(pipeline = runner.name(), "flushing");
-        // Acknowledge only once every result and error record has reached the server (and,
-        // with `output.confirm`, is stored); if that cannot be confirmed, the messages are
-        // redelivered rather than lost.
-        let ack_wait = options
-            .jetstream
-            .as_ref()
-            .map_or(Duration::from_secs(30), |j| j.ack_wait);
-        if let Err(e) = outbox.settle(&acks, ack_wait).await {
-            tracing::warn!(
-                pipeline = runner.name(),
-                "results not confirmed, sending {} messages back for redelivery: {e}",
-                acks.len()
-            );
-            for message in acks {
-                let _ = message
-                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(RETRY_DELAY)))
-                    .await;
-            }
-            return Ok(());
-        }
-        tracing::debug!(
-            pipeline = runner.name(),
-            acks = acks.len(),
-            "batch published; acking"
-        );
-        for message in acks {
-            if let Err(e) = message.ack().await {
-                tracing::warn!(
-                    pipeline = runner.name(),
-                    "ack failed (the message will be redelivered): {e}"
-                );
-            }
-        }
+    acknowledge(outbox, runner.name(), options, acks).await;
+    Ok(())
+}
+
+/// The message in `incoming`, or why it cannot be processed: delivered too often, or unusable.
+fn admit(
+    runner: &Runner,
+    options: &ServeOptions,
+    incoming: &mut Incoming,
+) -> Result<Message, InputError> {
+    let max_deliver = options.jetstream.as_ref().map(|j| u64::from(j.max_deliver));
+    if max_deliver.is_some_and(|max| incoming.delivered > max) {
+        let error = InputError {
+            kind: "max_deliveries",
+            message: format!(
+                "delivered {} times without a result; giving up",
+                incoming.delivered - 1
+            ),
+        };
+        tracing::warn!(pipeline = runner.name(), "{}", error.message);
+        return Err(error);
+    }
+    let (header, fallback) = (incoming.header_id.take(), incoming.fallback_id.take());
+    parse_message_within(&incoming.payload, runner.input_limits(), || {
+        header.or(fallback).unwrap_or_else(generate_id)
+    })
+    .inspect_err(|e| tracing::debug!(kind = e.kind, "rejected message: {}", e.message))
+}
+
+/// An unusable message: its error record (with the payload) counted, published to the error
+/// subject, and sent back to a requester.
+async fn reject(
+    outbox: &mut Outbox<'_>,
+    runner: &Runner,
+    options: &ServeOptions,
+    error: &InputError,
+    delivery: Delivery,
+) -> Result<(), RuntimeError> {
+    if let Some(m) = runner.metrics() {
+        m.errors
+            .with_label_values(&[runner.name(), error.kind])
+            .inc();
+        m.messages
+            .with_label_values(&[runner.name(), "error"])
+            .inc();
+    }
+    let record = ErrorRecord::new(runner.name(), error, &delivery.payload);
+    let body = Bytes::from(record.to_string());
+    outbox.record(&options.errors, body.clone(), None).await?;
+    if let Some(reply) = delivery.reply {
+        outbox.core(&reply, body).await?;
     }
     Ok(())
+}
+
+/// Shadow records, then each result (marked with its redeliveries and host) to the output
+/// subject, its routes' subjects and its requester.
+async fn publish_results(
+    outbox: &mut Outbox<'_>,
+    runner: &Runner,
+    options: &ServeOptions,
+    processed: crate::Processed,
+    deliveries: Vec<Delivery>,
+) -> Result<(), RuntimeError> {
+    let publishing = std::time::Instant::now();
+    let metrics = runner.metrics();
+    for (subject, shadow) in processed.shadows {
+        outbox
+            .core(&subject, Bytes::from(shadow.to_string()))
+            .await?;
+    }
+    if let Some(m) = metrics {
+        m.messages
+            .with_label_values(&[runner.name(), "result"])
+            .inc_by(processed.records.len() as u64);
+    }
+    // Records come in message order.
+    for (mut record, delivery) in processed.records.into_iter().zip(deliveries) {
+        record.redelivered = (delivery.delivered > 1).then(|| delivery.delivered - 1);
+        record.host.clone_from(&options.host);
+        let body = Bytes::from(record.to_string());
+        outbox
+            .record(&options.output, body.clone(), Some(&record.key))
+            .await?;
+        for route in &record.routes {
+            outbox.core(&route.subject, body.clone()).await?;
+            if let Some(m) = metrics {
+                m.routes
+                    .with_label_values(&[runner.name(), &route.name])
+                    .inc();
+            }
+        }
+        if let Some(reply) = delivery.reply {
+            outbox.core(&reply, body).await?;
+        }
+    }
+    if let Some(m) = metrics {
+        m.observe(runner.name(), "publish", publishing.elapsed());
+    }
+    Ok(())
+}
+
+/// Acknowledges a batch's JetStream messages once every result and error record has reached
+/// the server (and, with `output.confirm`, is stored); if that cannot be confirmed, the
+/// messages go back for redelivery rather than being lost.
+async fn acknowledge(
+    outbox: &mut Outbox<'_>,
+    pipeline: &str,
+    options: &ServeOptions,
+    acks: Vec<async_nats::jetstream::Message>,
+) {
+    if acks.is_empty() {
+        return;
+    }
+    let ack_wait = options
+        .jetstream
+        .as_ref()
+        .map_or(Duration::from_secs(30), |j| j.ack_wait);
+    if let Err(e) = outbox.settle(&acks, ack_wait).await {
+        tracing::warn!(
+            pipeline,
+            "results not confirmed, sending {} messages back for redelivery: {e}",
+            acks.len()
+        );
+        for message in acks {
+            let _ = message
+                .ack_with(async_nats::jetstream::AckKind::Nak(Some(RETRY_DELAY)))
+                .await;
+        }
+        return;
+    }
+    tracing::debug!(pipeline, acks = acks.len(), "batch published; acking");
+    for message in acks {
+        if let Err(e) = message.ack().await {
+            tracing::warn!(
+                pipeline,
+                "ack failed (the message will be redelivered): {e}"
+            );
+        }
+    }
 }
 
 /// How long a message whose results could not be confirmed waits before its redelivery.
