@@ -60,7 +60,7 @@ fn resolve<'a>(
     packages: &'a [PackageRecord],
     reference: &str,
 ) -> anyhow::Result<&'a PackageRecord> {
-    let (name, req) = parse_reference(reference).map_err(anyhow::Error::msg)?;
+    let (name, req) = parse_reference(reference)?;
     // As hosts resolve it: the newest version that meets the requirement.
     let found = packages
         .iter()
@@ -140,7 +140,7 @@ pub fn rollback(name: &str, to: Option<u64>, connect: &ConnectArgs) -> anyhow::R
         let check = |text: &str| {
             let path = std::path::PathBuf::from(format!("{name}.toml"));
             let pipeline = Pipeline::parse(text, &path).map_err(|e| e.to_string())?;
-            pipeline.check_deployable()
+            pipeline.check_deployable().map_err(|e| e.to_string())
         };
         let (restored, revision) = open(connect).await?.rollback(name, to, check).await?;
         eprintln!("pipeline {name}: revision {restored} restored as revision {revision}");

@@ -242,8 +242,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             live.apply(Origin::File(file.clone()), &text, file, None)
-                .await
-                .map_err(anyhow::Error::msg)?;
+                .await?;
             texts.push((file.clone(), text, pipeline.name.get_ref().clone()));
         }
         let _service = register_service(

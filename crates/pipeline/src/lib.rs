@@ -290,15 +290,52 @@ pub struct Route {
 }
 
 /// Compiles a route condition; the error names the position inside the expression.
-pub fn compile_condition(source: &str) -> Result<cel::Program, String> {
-    cel::Program::compile(source).map_err(|errors| {
-        errors
+pub fn compile_condition(source: &str) -> Result<cel::Program, ConditionError> {
+    cel::Program::compile(source).map_err(|errors| ConditionError {
+        errors: errors
             .errors
             .iter()
             .map(|e| format!("{}:{}: {}", e.pos.0, e.pos.1, e.msg))
-            .collect::<Vec<_>>()
-            .join("; ")
+            .collect(),
     })
+}
+
+/// A route condition that does not compile as CEL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", errors.join("; "))]
+pub struct ConditionError {
+    /// Each error, as `line:column: message` within the condition.
+    pub errors: Vec<String>,
+}
+
+/// A malformed `plugin = "name@requirement"` reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReferenceError {
+    /// The name part is empty or has characters other than letters, digits, `-`, `_`, `.`.
+    #[error("{0:?} is not a reference like \"sentiment@^1.2\"")]
+    Name(String),
+    /// A `sha256:` pin that is not 12 to 64 hex digits.
+    #[error("{0:?}: a digest pin is `sha256:` and 12 to 64 hex digits")]
+    Digest(String),
+    /// A version requirement semver does not accept.
+    #[error("{reference:?}: bad version requirement ({reason})")]
+    Requirement {
+        /// The whole reference.
+        reference: String,
+        /// semver's reason.
+        reason: String,
+    },
+}
+
+/// Why a pipeline cannot go to the cluster registry: a head names a local file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "head {head:?} names a local file; a deployed pipeline names heads by registry reference (plugin = \"name@version\", after `headstream deploy plugin`)"
+)]
+pub struct NotDeployable {
+    /// The head's name.
+    pub head: String,
 }
 
 /// A validated pipeline with its heads in run order.
@@ -441,7 +478,7 @@ impl Pipeline {
             ];
             if let Some(reference) = &head.plugin {
                 parse_reference(reference.get_ref())
-                    .map_err(|m| at(reference.span(), &format!("{key}.plugin"), m))?;
+                    .map_err(|m| at(reference.span(), &format!("{key}.plugin"), m.to_string()))?;
             }
             match sources.iter().filter(|s| **s).count() {
                 0 => {
@@ -475,7 +512,8 @@ impl Pipeline {
                         ),
                     ));
                 }
-                parse_reference(reference.get_ref()).map_err(|m| at(reference.span(), &key, m))?;
+                parse_reference(reference.get_ref())
+                    .map_err(|m| at(reference.span(), &key, m.to_string()))?;
             }
             if let Some(canary) = &head.canary {
                 let percent = *canary.percent.get_ref();
@@ -578,12 +616,11 @@ impl Pipeline {
     /// Checks that the pipeline can be deployed to the cluster registry: every head is a
     /// registry reference (`plugin = "name@version"`), since local paths mean nothing on
     /// other hosts.
-    pub fn check_deployable(&self) -> Result<(), String> {
+    pub fn check_deployable(&self) -> Result<(), NotDeployable> {
         match self.heads.iter().find(|h| h.plugin.is_none()) {
-            Some(head) => Err(format!(
-                "head {:?} names a local file; a deployed pipeline names heads by registry reference (plugin = \"name@version\", after `headstream deploy plugin`)",
-                head.name.get_ref()
-            )),
+            Some(head) => Err(NotDeployable {
+                head: head.name.get_ref().clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -621,23 +658,19 @@ impl std::fmt::Display for Requirement {
 
 /// Splits a registry reference `name@requirement` (a bare `name` accepts any version;
 /// `name@sha256:<hex>` pins a digest) into the name and what it requires.
-pub fn parse_reference(reference: &str) -> Result<(String, Requirement), String> {
+pub fn parse_reference(reference: &str) -> Result<(String, Requirement), ReferenceError> {
     let (name, req) = reference.split_once('@').unwrap_or((reference, "*"));
     let name_ok = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !name_ok {
-        return Err(format!(
-            "{reference:?} is not a reference like \"sentiment@^1.2\""
-        ));
+        return Err(ReferenceError::Name(reference.to_owned()));
     }
     if let Some(hex) = req.strip_prefix("sha256:") {
         let ok = (12..=64).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit());
         if !ok {
-            return Err(format!(
-                "{reference:?}: a digest pin is `sha256:` and 12 to 64 hex digits"
-            ));
+            return Err(ReferenceError::Digest(reference.to_owned()));
         }
         return Ok((
             name.to_owned(),
@@ -652,7 +685,10 @@ pub fn parse_reference(reference: &str) -> Result<(String, Requirement), String>
     };
     semver::VersionReq::parse(&req)
         .map(|r| (name.to_owned(), Requirement::Version(r)))
-        .map_err(|e| format!("{reference:?}: bad version requirement ({e})"))
+        .map_err(|e| ReferenceError::Requirement {
+            reference: reference.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 fn check_name(name: &Spanned<String>, key: &str) -> Result<(), String> {

@@ -115,16 +115,16 @@ pub enum RuntimeError {
     CoBatch(#[from] cobatch::CoBatchError),
     /// A route condition does not compile.
     #[error("route condition: {0}")]
-    Route(String),
+    Route(headstream_pipeline::ConditionError),
     /// A `plugin = "name@version"` reference is malformed.
     #[error("plugin reference: {0}")]
-    Reference(String),
+    Reference(headstream_pipeline::ReferenceError),
     /// The cluster registry could not be read.
     #[error("{0}")]
-    Registry(String),
-    /// The worker thread running a batch panicked.
-    #[error("the batch worker panicked: {0}")]
-    Worker(String),
+    Registry(headstream_registry::RegistryError),
+    /// The worker thread running a batch or a load panicked or was cancelled.
+    #[error("the worker thread failed: {0}")]
+    Worker(tokio::task::JoinError),
 }
 
 /// Loads every head of `pipeline` into `host`, in run order; `plugin = "name@req"` references

@@ -47,6 +47,31 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Why a pipeline config was not applied (the old version, if any, stays live).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The config does not parse or validate (file:line:column and reason).
+    #[error(transparent)]
+    Config(#[from] headstream_pipeline::PipelineError),
+    /// A cluster registry key holds a config of another name.
+    #[error("{}: the config is named {name:?} but was deployed as {expected:?}", path.display())]
+    Misnamed {
+        /// Where the config came from.
+        path: PathBuf,
+        /// The config's own name.
+        name: String,
+        /// The name it was deployed under.
+        expected: String,
+    },
+    /// A deployed config names a head by local file.
+    #[error(transparent)]
+    NotDeployable(#[from] headstream_pipeline::NotDeployable),
+    /// Its heads did not load (package, digest, encoder, compile, configure).
+    #[error(transparent)]
+    Load(#[from] RuntimeError),
+}
+
 /// What a host needs to build and serve pipelines.
 #[derive(Debug, Clone)]
 pub struct HostContext {
@@ -177,7 +202,7 @@ impl LiveHost {
         text: &str,
         path: &Path,
         expected: Option<&str>,
-    ) -> Result<String, String> {
+    ) -> Result<String, ApplyError> {
         let outcome = self.try_apply(origin.clone(), text, path, expected).await;
         if let Err(reason) = &outcome {
             tracing::error!(source = %origin, "pipeline rejected, the old version stays live: {reason}");
@@ -185,7 +210,7 @@ impl LiveHost {
             self.event(
                 "rejected",
                 "pipeline",
-                json!({ "pipeline": name, "source": origin.to_string(), "reason": reason }),
+                json!({ "pipeline": name, "source": origin.to_string(), "reason": reason.to_string() }),
             )
             .await;
             if let Some(name) = name {
@@ -202,17 +227,18 @@ impl LiveHost {
         text: &str,
         path: &Path,
         expected: Option<&str>,
-    ) -> Result<String, String> {
-        let pipeline = Pipeline::parse(text, path).map_err(|e| e.to_string())?;
+    ) -> Result<String, ApplyError> {
+        let pipeline = Pipeline::parse(text, path)?;
         let name = pipeline.name.get_ref().clone();
         if let Some(expected) = expected.filter(|e| **e != name) {
-            return Err(format!(
-                "{}: the config is named {name:?} but was deployed as {expected:?}",
-                path.display()
-            ));
+            return Err(ApplyError::Misnamed {
+                path: path.to_owned(),
+                name,
+                expected: expected.to_owned(),
+            });
         }
         if matches!(origin, Origin::Cluster { .. }) {
-            pipeline.check_deployable().map_err(|e| e.to_string())?;
+            pipeline.check_deployable()?;
         }
         self.pending.remove(&name);
         if let Some(served) = self.served.get(&name)
@@ -221,7 +247,7 @@ impl LiveHost {
         {
             return Ok(name);
         }
-        let (runner, resolved) = self.build(&pipeline).await.map_err(|e| e.to_string())?;
+        let (runner, resolved) = self.build(&pipeline).await?;
         self.install(origin, text.to_owned(), pipeline, runner, resolved)
             .await;
         Ok(name)
@@ -240,7 +266,7 @@ impl LiveHost {
             Ok((runner, resolved))
         })
         .await
-        .map_err(|e| RuntimeError::Worker(e.to_string()))?
+        .map_err(RuntimeError::Worker)?
     }
 
     async fn install(
@@ -365,7 +391,7 @@ impl LiveHost {
                 let (p, r) = (pipeline.clone(), registry.clone());
                 tokio::task::spawn_blocking(move || crate::resolved_versions(&p, &r))
                     .await
-                    .map_err(|e| RuntimeError::Worker(e.to_string()))
+                    .map_err(RuntimeError::Worker)
                     .and_then(|r| r)
             };
             if now.as_ref().is_ok_and(|now| *now == served.resolved) {
@@ -382,7 +408,7 @@ impl LiveHost {
                     self.event(
                         "rejected",
                         "pipeline",
-                        json!({ "pipeline": name, "source": origin.to_string(), "reason": reason }),
+                        json!({ "pipeline": name, "source": origin.to_string(), "reason": reason.to_string() }),
                     )
                     .await;
                 }
@@ -459,7 +485,7 @@ impl LiveHost {
             };
             let (name, generation, outcome) = match done {
                 Ok(done) => done,
-                Err(e) => return ("?".to_owned(), RuntimeError::Worker(e.to_string())),
+                Err(e) => return ("?".to_owned(), RuntimeError::Worker(e)),
             };
             let current = self
                 .served
@@ -497,7 +523,7 @@ impl LiveHost {
         while let Some(done) = self.tasks.join_next().await {
             match done {
                 Ok((_, _, Err(e))) if first.is_ok() => first = Err(e),
-                Err(e) if first.is_ok() => first = Err(RuntimeError::Worker(e.to_string())),
+                Err(e) if first.is_ok() => first = Err(RuntimeError::Worker(e)),
                 _ => {}
             }
         }
@@ -603,7 +629,7 @@ async fn apply_revision(live: &mut LiveHost, revision: Revision) {
 }
 
 fn registry_error(e: headstream_registry::RegistryError) -> RuntimeError {
-    RuntimeError::Registry(e.to_string())
+    RuntimeError::Registry(e)
 }
 
 /// `serve --watch`: pipeline files and package directories polled for changes.

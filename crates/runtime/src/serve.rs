@@ -464,7 +464,7 @@ async fn handle_batch(
         let worker = runner.clone();
         let outcome = tokio::task::spawn_blocking(move || worker.process_batch(&messages))
             .await
-            .map_err(|e| RuntimeError::Worker(e.to_string()))
+            .map_err(RuntimeError::Worker)
             .and_then(|r| r);
         match outcome {
             Ok(processed) => {
