@@ -17,37 +17,15 @@ use headstream_sdk::{
     Assets, Config, ConfigError, Dense, Description, Head, HeadError, Item, Output, TaggedToken,
     TaskKind, decode_bio, softmax, top_k,
 };
+use headstream_token_features::FeatureSet;
 
 struct TokenClassifier {
     layer: Dense,
     tags: Vec<String>,
-    /// Neighbouring pieces on each side whose states are appended (0 or 1).
-    window: usize,
-    /// Whether the four word-shape features are appended.
-    shape: bool,
+    /// What a word's row holds besides its first piece's state (shared with training).
+    features: FeatureSet,
     /// Entities scoring below this are dropped.
     min_score: f32,
-}
-
-/// Whether the token at byte `start` continues the word that ended at byte `prev_end`.
-fn continues_word(text: &str, prev_end: usize, start: usize) -> bool {
-    let is_punct = |c: Option<char>| c.is_some_and(|c| !c.is_alphanumeric());
-    start == prev_end
-        && !is_punct(text.get(start..).and_then(|s| s.chars().next()))
-        && !is_punct(text.get(..prev_end).and_then(|s| s.chars().next_back()))
-}
-
-/// Word-shape features the (uncased) encoder cannot see: initial capital, all capitals,
-/// contains a digit, first word of the text. Must match `headstream-train`'s `tokens::shape`.
-fn shape(word: &str, first: bool) -> [f32; 4] {
-    let letters: Vec<char> = word.chars().filter(|c| c.is_alphabetic()).collect();
-    let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    [
-        flag(word.chars().next().is_some_and(char::is_uppercase)),
-        flag(letters.len() >= 2 && letters.iter().all(|c| c.is_uppercase())),
-        flag(word.chars().any(|c| c.is_ascii_digit())),
-        flag(first),
-    ]
 }
 
 impl Head for TokenClassifier {
@@ -93,8 +71,7 @@ impl Head for TokenClassifier {
         Ok(Self {
             layer,
             tags,
-            window,
-            shape,
+            features: FeatureSet { window, shape },
             min_score,
         })
     }
@@ -105,48 +82,32 @@ impl Head for TokenClassifier {
             .as_ref()
             .ok_or_else(|| HeadError::InvalidInput("token states are missing".into()))?;
         let hidden = states.hidden_size as usize;
-        let width = hidden * (1 + 2 * self.window) + if self.shape { 4 } else { 0 };
+        let width = self.features.width(hidden);
         if width != self.layer.inputs() || states.states.len() != states.tokens.len() * hidden {
             return Err(HeadError::InvalidInput(format!(
                 "token states of width {hidden} do not fit a head of width {}",
                 self.layer.inputs()
             )));
         }
-        // Words: (first piece, start, end); special tokens ([CLS], [SEP]) have empty spans.
-        let mut words: Vec<(usize, usize, usize)> = Vec::new();
-        for (i, token) in states.tokens.iter().enumerate() {
-            let (start, end) = (token.start as usize, token.end as usize);
-            if start == end {
-                continue;
-            }
-            match words.last_mut() {
-                Some(word) if continues_word(&item.text, word.2, start) => word.2 = end,
-                _ => words.push((i, start, end)),
-            }
-        }
-        let row = |i: usize| &states.states[i * hidden..(i + 1) * hidden];
-        let last = states.tokens.len().saturating_sub(1);
-        let mut features = Vec::with_capacity(width);
+        let offsets = states
+            .tokens
+            .iter()
+            .map(|t| (t.start as usize, t.end as usize));
+        let words = headstream_token_features::words(&item.text, offsets);
+        let mut row = Vec::with_capacity(width);
         let tagged: Vec<TaggedToken<'_>> = words
             .iter()
             .enumerate()
-            .map(|(w, &(piece, start, end))| {
-                features.clear();
-                features.extend_from_slice(row(piece));
-                if self.window == 1 {
-                    features.extend_from_slice(row(piece.saturating_sub(1)));
-                    features.extend_from_slice(row((piece + 1).min(last)));
-                }
-                if self.shape {
-                    let word = item.text.get(start..end).unwrap_or_default();
-                    features.extend_from_slice(&shape(word, w == 0));
-                }
-                let probs = softmax(&self.layer.forward(&features).unwrap_or_default());
+            .map(|(w, &word)| {
+                row.clear();
+                self.features
+                    .push(&mut row, &states.states, hidden, &item.text, w, word);
+                let probs = softmax(&self.layer.forward(&row).unwrap_or_default());
                 let best = top_k(&probs, 1).first().copied().unwrap_or(0);
                 TaggedToken {
                     tag: &self.tags[best],
-                    start,
-                    end,
+                    start: word.1,
+                    end: word.2,
                     score: probs.get(best).copied().unwrap_or(0.0),
                 }
             })
