@@ -154,6 +154,21 @@ fn many_small_calls_stop_at_the_token_budget() {
 }
 
 #[test]
+fn one_call_over_the_per_call_token_budget_is_refused_before_the_encoder_runs() {
+    let counting = Counting::new();
+    let host = host(counting.clone());
+    // 16 texts of ~70 tokens: within the per-call text limit, over its 1,024 tokens.
+    let (loaded, _) = flood(
+        &host,
+        json!({ "texts": 4000, "text_bytes": 400, "per_call": 16 }),
+        Limits::default(),
+    );
+    let message = refused(loaded, FailureKind::Config);
+    assert!(message.contains("`embed_tokens_per_call`"), "{message}");
+    assert_eq!(counting.encoded(), (0, 0));
+}
+
+#[test]
 fn many_tiny_texts_stop_at_the_text_budget() {
     let counting = Counting::new();
     let host = host(counting.clone());
