@@ -10,31 +10,33 @@ use serde_json::{Map, Value, json};
 use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use headstream_encoder::Tokenized;
+
 use crate::PluginError;
 use crate::bindings::{TaskHead, TaskHeadPre, types};
 use crate::budget::{EmbedLimits, LogLimits, Refusal};
 use crate::engine::{EPOCH_TICK, HeadShared, State};
 
-/// Serves the `embed` host import (implemented by the runtime over the shared encoder).
+/// Serves the `embed` host import (implemented by the runtime over the shared encoder), in two
+/// steps so the host can check a head's budget between them without tokenizing twice.
 pub trait Embedder: Send + Sync + fmt::Debug {
-    /// Embeds `texts`, one pooled vector per text.
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String>;
+    /// Tokenizes `texts` as the encoder will run them (truncation included): each text's
+    /// token count is what embedding it costs.
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokenized>, String>;
 
-    /// How many tokens the encoder would run for each text (after truncation): what embedding
-    /// it costs, checked against the head's budget before [`Embedder::embed`] runs.
-    fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>, String>;
+    /// Embeds tokenized texts, one pooled vector per text.
+    fn embed(&self, texts: Vec<Tokenized>) -> Result<Vec<Vec<f32>>, String>;
 }
 
 impl Embedder for headstream_encoder::Encoder {
-    fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>, String> {
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let tokenized = self.tokenize(&texts).map_err(|e| e.to_string())?;
-        Ok(tokenized.iter().map(|t| t.ids.len()).collect())
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokenized>, String> {
+        headstream_encoder::Encoder::tokenize(self, texts).map_err(|e| e.to_string())
     }
 
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let encoded = self.encode(&texts, false).map_err(|e| e.to_string())?;
+    fn embed(&self, texts: Vec<Tokenized>) -> Result<Vec<Vec<f32>>, String> {
+        let encoded = self
+            .encode_tokenized(texts, false)
+            .map_err(|e| e.to_string())?;
         Ok(encoded.into_iter().map(|e| e.embedding).collect())
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use headstream_encoder::{Encoder, EncoderOptions};
+use headstream_encoder::{Encoder, EncoderOptions, Tokenized};
 use headstream_plugin_host::{
     Embedder, FailureKind, Head, HeadConfig, HostConfig, Item, Limits, PluginError, PluginHost,
 };
@@ -55,14 +55,14 @@ impl Counting {
 }
 
 impl Embedder for Counting {
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
-        let tokens: usize = self.encoder.count_tokens(texts)?.iter().sum();
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokenized>, String> {
+        Embedder::tokenize(self.encoder.as_ref(), texts)
+    }
+    fn embed(&self, texts: Vec<Tokenized>) -> Result<Vec<Vec<f32>>, String> {
+        let tokens: usize = texts.iter().map(|t| t.ids.len()).sum();
         self.texts.fetch_add(texts.len(), Ordering::Relaxed);
         self.tokens.fetch_add(tokens, Ordering::Relaxed);
-        self.encoder.embed(texts)
-    }
-    fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>, String> {
-        self.encoder.count_tokens(texts)
+        Embedder::embed(self.encoder.as_ref(), texts)
     }
 }
 
@@ -96,9 +96,22 @@ fn flood(
     (loaded, started.elapsed())
 }
 
-/// The setup failure of `loaded`, which must be a refusal of kind `kind`.
-fn refused(loaded: Result<Head, PluginError>, kind: FailureKind) -> String {
-    match loaded {
+/// What a refused flood left behind: the failure's text, what the encoder ran for it, and
+/// how long the load took.
+struct Refused {
+    message: String,
+    texts: usize,
+    tokens: usize,
+    took: Duration,
+}
+
+/// Loads the hostile head in `embed-flood` mode with `config` and `limits` on a fresh host; the
+/// load must fail with a refusal of kind `kind`.
+fn refused(config: Value, limits: Limits, kind: FailureKind) -> Refused {
+    let counting = Counting::new();
+    let shown = config.to_string();
+    let (loaded, took) = flood(&host(counting.clone()), config, limits);
+    let message = match loaded {
         Err(PluginError::Setup { head, failure }) => {
             assert_eq!(head, "hostile");
             assert_eq!(failure.kind, kind, "{failure}");
@@ -106,87 +119,82 @@ fn refused(loaded: Result<Head, PluginError>, kind: FailureKind) -> String {
         }
         Err(other) => panic!("expected a setup failure, got {other}"),
         Ok(_) => panic!("the flooding head loaded"),
+    };
+    let (texts, tokens) = counting.encoded();
+    eprintln!("{shown}: refused in {took:?} after {texts} texts, {tokens} tokens: {message}");
+    Refused {
+        message,
+        texts,
+        tokens,
+        took,
     }
 }
 
 #[test]
 fn a_call_of_1000_long_texts_is_refused_before_the_encoder_runs() {
-    let counting = Counting::new();
-    let host = host(counting.clone());
     // The case from the field: 4,000 texts of 16 KiB, in calls of 1,000 (16 MB each).
-    let (loaded, took) = flood(&host, json!({}), Limits::default());
-    let message = refused(loaded, FailureKind::Config);
-    eprintln!("4000 x 16 KiB in calls of 1000: refused in {took:?}: {message}");
-    assert!(message.contains("embed_texts_per_call"), "{message}");
-    assert!(message.contains("1000 texts in one call"), "{message}");
-    assert_eq!(counting.encoded(), (0, 0));
+    let r = refused(json!({}), Limits::default(), FailureKind::Config);
+    assert!(r.message.contains("embed_texts_per_call"), "{}", r.message);
+    assert!(
+        r.message.contains("1000 texts in one call"),
+        "{}",
+        r.message
+    );
+    assert_eq!((r.texts, r.tokens), (0, 0));
 }
 
 #[test]
 fn over_long_texts_are_refused_before_tokenizing() {
-    let counting = Counting::new();
-    let host = host(counting.clone());
-    let (loaded, took) = flood(&host, json!({ "per_call": 16 }), Limits::default());
-    let message = refused(loaded, FailureKind::Config);
-    eprintln!("16 x 16 KiB per call: refused in {took:?}: {message}");
-    assert!(message.contains("embed_text_bytes"), "{message}");
-    assert_eq!(counting.encoded(), (0, 0));
+    let r = refused(
+        json!({ "per_call": 16 }),
+        Limits::default(),
+        FailureKind::Config,
+    );
+    assert!(r.message.contains("embed_text_bytes"), "{}", r.message);
+    assert_eq!((r.texts, r.tokens), (0, 0));
 }
 
 #[test]
 fn many_small_calls_stop_at_the_token_budget() {
-    let counting = Counting::new();
-    let host = host(counting.clone());
     let limits = Limits::default();
-    let (loaded, took) = flood(
-        &host,
-        json!({ "texts": 4000, "text_bytes": 400, "per_call": 8 }),
-        limits,
+    let config = json!({ "texts": 4000, "text_bytes": 400, "per_call": 8 });
+    let r = refused(config, limits, FailureKind::Config);
+    assert!(r.message.contains("`embed_tokens`"), "{}", r.message);
+    assert!(
+        r.tokens <= limits.embed.tokens,
+        "{} tokens encoded",
+        r.tokens
     );
-    let message = refused(loaded, FailureKind::Config);
-    let (texts, tokens) = counting.encoded();
-    eprintln!(
-        "8 x 400 B per call: refused in {took:?} after {texts} texts, {tokens} tokens: {message}"
+    assert!(
+        r.tokens > 0,
+        "nothing was encoded before the budget ran out"
     );
-    assert!(message.contains("`embed_tokens`"), "{message}");
-    assert!(tokens <= limits.embed.tokens, "{tokens} tokens encoded");
-    assert!(tokens > 0, "nothing was encoded before the budget ran out");
 }
 
 #[test]
 fn one_call_over_the_per_call_token_budget_is_refused_before_the_encoder_runs() {
-    let counting = Counting::new();
-    let host = host(counting.clone());
     // 16 texts of ~70 tokens: within the per-call text limit, over its 1,024 tokens.
-    let (loaded, _) = flood(
-        &host,
-        json!({ "texts": 4000, "text_bytes": 400, "per_call": 16 }),
-        Limits::default(),
+    let config = json!({ "texts": 4000, "text_bytes": 400, "per_call": 16 });
+    let r = refused(config, Limits::default(), FailureKind::Config);
+    assert!(
+        r.message.contains("`embed_tokens_per_call`"),
+        "{}",
+        r.message
     );
-    let message = refused(loaded, FailureKind::Config);
-    assert!(message.contains("`embed_tokens_per_call`"), "{message}");
-    assert_eq!(counting.encoded(), (0, 0));
+    assert_eq!((r.texts, r.tokens), (0, 0));
 }
 
 #[test]
 fn many_tiny_texts_stop_at_the_text_budget() {
-    let counting = Counting::new();
-    let host = host(counting.clone());
     let limits = Limits::default();
-    let (loaded, _) = flood(
-        &host,
-        json!({ "texts": 4000, "text_bytes": 8, "per_call": 64 }),
-        limits,
-    );
-    let message = refused(loaded, FailureKind::Config);
-    assert!(message.contains("`embed_texts`"), "{message}");
-    assert!(counting.encoded().0 <= limits.embed.texts);
+    let config = json!({ "texts": 4000, "text_bytes": 8, "per_call": 64 });
+    let r = refused(config, limits, FailureKind::Config);
+    assert!(r.message.contains("`embed_texts`"), "{}", r.message);
+    assert!(r.texts <= limits.embed.texts);
 }
 
 #[test]
 fn time_in_embed_counts_toward_the_setup_deadline() {
-    let counting = Counting::new();
-    let host = host(counting.clone());
     // Budgets out of the way: only the deadline can stop it.
     let mut limits = Limits {
         setup_deadline: Duration::from_millis(300),
@@ -195,16 +203,22 @@ fn time_in_embed_counts_toward_the_setup_deadline() {
     limits.embed.texts = usize::MAX;
     limits.embed.tokens = usize::MAX;
     limits.embed.tokens_per_call = usize::MAX;
-    let (loaded, took) = flood(
-        &host,
-        json!({ "texts": 100000, "text_bytes": 1000, "per_call": 64 }),
-        limits,
+    // Calls of 64 texts of ~200 tokens: one call is many seconds of encoding.
+    let config = json!({ "texts": 100000, "text_bytes": 1000, "per_call": 64 });
+    let r = refused(config, limits, FailureKind::Timeout);
+    eprintln!("deadline 300 ms: stopped after {:?}", r.took);
+    // The host stopped inside the first call, between its passes, and said so: the guest's
+    // own epoch deadline could only have stopped it after the whole call (64 texts).
+    assert!(
+        r.message.contains("in `embed` on the head's behalf"),
+        "{}",
+        r.message
     );
-    let message = refused(loaded, FailureKind::Timeout);
-    let (texts, _) = counting.encoded();
-    eprintln!("deadline 300 ms: stopped after {took:?} and {texts} texts: {message}");
-    assert!(message.contains("deadline"), "{message}");
-    assert!(texts < 100000, "every text was encoded");
+    assert!(
+        r.texts < 64,
+        "{} texts encoded: the first call ran to its end",
+        r.texts
+    );
 }
 
 #[test]
