@@ -170,8 +170,8 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight batches after Ctrl-C / SIGTERM before exiting anyway
     /// (default: the host config's `shutdown_timeout`, else 5). Messages not acked by then are
     /// redelivered by JetStream; a second signal exits at once.
-    #[arg(long, value_name = "SECONDS")]
-    pub shutdown_timeout: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub shutdown_timeout: Option<std::time::Duration>,
 }
 
 /// What `publish` and `request` send, and where.
@@ -501,6 +501,14 @@ pub struct BenchEncoderArgs {
     /// the encoder's share of it (about a second more).
     #[arg(long)]
     pub roofline: bool,
+}
+
+/// A number of seconds, 0 or more (fractions allowed), as `--shutdown-timeout` takes it.
+fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds (0 or more)"))
 }
 
 #[cfg(test)]

@@ -307,13 +307,14 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-/// `--shutdown-timeout`, else the host config's `shutdown_timeout`, else 5 s.
+/// `--shutdown-timeout`, else the host config's `shutdown_timeout` (validated at load), else 5 s.
 fn shutdown_timeout(args: &ServeArgs, host: Option<&HostFile>) -> Duration {
-    let seconds = args
-        .shutdown_timeout
-        .or_else(|| host.and_then(|h| h.shutdown_timeout.as_ref().map(|t| *t.get_ref())))
-        .unwrap_or(5.0);
-    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::from_secs(5))
+    args.shutdown_timeout
+        .or_else(|| {
+            host.and_then(|h| h.shutdown_timeout.as_ref())
+                .and_then(|t| Duration::try_from_secs_f64(*t.get_ref()).ok())
+        })
+        .unwrap_or(Duration::from_secs(5))
 }
 
 /// After the first signal: announces the drain and bounds it. A second signal exits at once;

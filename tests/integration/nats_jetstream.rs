@@ -312,25 +312,31 @@ fn every_message_gets_a_result_across_a_nats_server_restart() {
     assert_eq!(outcome.errors[0]["payload"], "not json");
 }
 
-#[test]
-fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
+/// Two hosts share the stream; `stop` is done to one of them once 100 of 400 results are in.
+/// Returns what came out, once both hosts are seen to have served.
+fn one_of_two_hosts_stops(stop: impl FnOnce(&mut Host)) -> Outcome {
     let server = NatsServer::start();
     let url = server.url();
     let mut rig = Rig::new(&url, 1, "", "");
-    let mut doomed = start_host(&url, &rig.pipeline);
-    let _survivor = start_host(&url, &rig.pipeline);
-    let total = 400;
-    // SIGKILL one host mid-stream: its unacked messages come back to the other after
-    // `ack_wait` (2 s here).
-    let outcome = through_fault(&mut rig, total, 0, 100, || doomed.kill());
-    let duplicates = repeats(&outcome, true);
+    let mut leaving = start_host(&url, &rig.pipeline);
+    let _staying = start_host(&url, &rig.pipeline);
+    let outcome = through_fault(&mut rig, 400, 0, 100, || stop(&mut leaving));
     let hosts: HashSet<&str> = outcome
         .seen
         .values()
         .flatten()
         .filter_map(|r| r["host"].as_str())
         .collect();
-    assert_eq!(hosts.len(), 2, "both hosts served before the kill");
+    assert_eq!(hosts.len(), 2, "both hosts served before one stopped");
+    outcome
+}
+
+#[test]
+fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
+    // SIGKILL one host mid-stream: its unacked messages come back to the other after
+    // `ack_wait` (2 s here).
+    let outcome = one_of_two_hosts_stops(Host::kill);
+    let duplicates = repeats(&outcome, true);
     let redelivered = outcome
         .seen
         .values()
@@ -338,7 +344,7 @@ fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
         .filter(|r| r["redelivered"].as_u64().is_some())
         .count();
     eprintln!(
-        "{total} messages, one of two hosts SIGKILLed: 0 lost, {duplicates} repeated, {redelivered} results of redeliveries"
+        "400 messages, one of two hosts SIGKILLed: 0 lost, {duplicates} repeated, {redelivered} results of redeliveries"
     );
     // The killed host held pulled, unacked messages: they came back to the survivor, marked.
     assert!(
@@ -349,28 +355,15 @@ fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
 
 #[test]
 fn a_host_stopped_by_sigterm_mid_stream_loses_nothing() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let mut rig = Rig::new(&url, 1, "", "");
-    let mut leaving = start_host(&url, &rig.pipeline);
-    let _staying = start_host(&url, &rig.pipeline);
-    let total = 400;
     let mut stopped = None;
-    let outcome = through_fault(&mut rig, total, 0, 100, || {
-        leaving.terminate();
-        stopped = leaving.wait_exit(Duration::from_secs(60));
+    let outcome = one_of_two_hosts_stops(|host| {
+        host.terminate();
+        stopped = host.wait_exit(Duration::from_secs(60));
     });
     let duplicates = repeats(&outcome, true);
-    let hosts: HashSet<&str> = outcome
-        .seen
-        .values()
-        .flatten()
-        .filter_map(|r| r["host"].as_str())
-        .collect();
-    assert_eq!(hosts.len(), 2, "both hosts served before the SIGTERM");
     let (status, took) = stopped.unwrap_or_else(|| panic!("the host did not exit on SIGTERM"));
     eprintln!(
-        "{total} messages, one of two hosts stopped by SIGTERM: exited in {took:?} ({status}), 0 lost, {duplicates} repeated"
+        "400 messages, one of two hosts stopped by SIGTERM: exited in {took:?} ({status}), 0 lost, {duplicates} repeated"
     );
     // Under load with the server up, the drain finishes: a clean exit.
     assert!(status.success(), "{status}");
@@ -420,6 +413,26 @@ fn sigterm_with_the_server_gone_exits_within_the_shutdown_timeout() {
     );
     // Bounded by the timeout (plus the hard stop a second after it), far from forever.
     assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+#[test]
+fn a_shutdown_timeout_that_is_not_seconds_is_refused() {
+    let run = crate::headstream(
+        &[
+            "serve",
+            "--pipeline",
+            "x.toml",
+            "--shutdown-timeout",
+            "soon",
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("\"soon\" is not a number of seconds (0 or more)"),
+        "{stderr}"
+    );
 }
 
 #[test]
