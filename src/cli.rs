@@ -160,8 +160,8 @@ pub struct ServeArgs {
     pub nats: Option<String>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; default: the host
     /// config's `metrics`, else none).
-    #[arg(long)]
-    pub metrics: Option<String>,
+    #[arg(long, value_name = "ADDRESS", value_parser = socket_address)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Package directories that `plugin = "name@version"` references resolve against
     /// (repeatable; default: the host config's `registry`, else $HEADSTREAM_REGISTRY, else
     /// ./heads).
@@ -509,6 +509,11 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
         .ok()
         .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
         .ok_or_else(|| format!("{text:?} is not a number of seconds (0 or more)"))
+}
+
+fn socket_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9464"))
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use futures::StreamExt as _;
+use headstream_host::ServeOptions;
 use headstream_pipeline::Pipeline;
-use headstream_runtime::ServeOptions;
 use serde_json::json;
 
 use super::jsonl::{parse_records, read_input};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use headstream_pipeline::Pipeline;
-use headstream_runtime::{ErrorRecord, Message, Runner, parse_message_within};
+use headstream_runner::{ErrorRecord, Message, Runner, parse_message_within};
 
 use super::jsonl::read_input;
 use crate::cli::RunArgs;
@@ -16,14 +16,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&args.pipeline)?;
     let batch = *pipeline.batching.max_batch_size.get_ref() as usize;
     let encoder = Arc::new(super::load_encoder(&args.model.model, batch)?);
-    let registry = if args.registry.is_empty() {
-        headstream_package::Registry::from_env()
-    } else {
-        headstream_package::Registry {
-            dirs: args.registry.clone(),
-        }
-    };
-    let plugins = headstream_runtime::plugin_host(&encoder, Some(component_cache()), 64)?;
+    let registry = headstream_package::Registry::chosen(&args.registry, &[]);
+    let plugins = headstream_runner::plugin_host(&encoder, Some(component_cache()), 64)?;
     let runner = Runner::new(&pipeline, &plugins, encoder, &registry)?;
 
     let input = read_input(args.input.as_deref())?;

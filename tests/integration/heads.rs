@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use headstream_encoder::{Encoder, EncoderOptions};
 use headstream_plugin_host::{Asset, HeadConfig, HostConfig, Item, PluginHost};
-use headstream_runtime::item;
+use headstream_runner::item;
 use headstream_test_util::{model_dir, plugin_path, safetensors_f32};
 use serde_json::{Value, json};
 

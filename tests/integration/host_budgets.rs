@@ -9,7 +9,7 @@ use std::time::Instant;
 use headstream_encoder::{Encoder, EncoderOptions};
 use headstream_package::Registry;
 use headstream_pipeline::Pipeline;
-use headstream_runtime::{Metrics, Runner, parse_message};
+use headstream_runner::{Metrics, Runner, parse_message};
 use headstream_test_util::{model_dir, plugin_path};
 
 use super::headstream_env;
@@ -138,7 +138,7 @@ fn dropped_log_lines_are_counted_in_the_metrics() -> TestResult {
     let pipeline = Pipeline::load(&file)?;
     let encoder = Arc::new(Encoder::load(&model_dir(), EncoderOptions::default())?);
     let metrics = Arc::new(Metrics::new()?);
-    let plugins = headstream_runtime::plugin_host(&encoder, None, 8)?;
+    let plugins = headstream_runner::plugin_host(&encoder, None, 8)?;
     let runner = Runner::new(&pipeline, &plugins, encoder, &Registry { dirs: Vec::new() })?
         .with_metrics(metrics.clone());
     let message =

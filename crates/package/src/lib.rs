@@ -321,6 +321,18 @@ impl Registry {
         Self { dirs }
     }
 
+    /// The registry a command uses: the command line's directories (`--registry`), else the
+    /// config's, else [`Registry::from_env`].
+    pub fn chosen(cli: &[PathBuf], config: &[PathBuf]) -> Self {
+        match (cli, config) {
+            ([_, ..], _) => Self { dirs: cli.to_vec() },
+            ([], [_, ..]) => Self {
+                dirs: config.to_vec(),
+            },
+            ([], []) => Self::from_env(),
+        }
+    }
+
     /// Every package (verified) in the registry, with its version.
     pub fn list(&self) -> Vec<(semver::Version, Package)> {
         let mut found = Vec::new();

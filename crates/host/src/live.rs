@@ -24,7 +24,9 @@ use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::{CoBatcher, Metrics, Runner, RuntimeError, ServeOptions};
+use headstream_runner::{CoBatcher, Metrics, Runner};
+
+use crate::{HostError, ServeOptions};
 
 /// Where a pipeline config came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +71,7 @@ pub enum ApplyError {
     NotDeployable(#[from] headstream_pipeline::NotDeployable),
     /// Its heads did not load (package, digest, encoder, compile, configure).
     #[error(transparent)]
-    Load(#[from] RuntimeError),
+    Load(#[from] HostError),
 }
 
 /// What a host needs to build and serve pipelines.
@@ -116,7 +118,7 @@ pub struct LiveHost {
     /// Configs that could not be loaded yet (say, a package not fetched yet), retried on every
     /// registry change.
     pending: BTreeMap<String, (Origin, String, PathBuf)>,
-    tasks: JoinSet<(String, u64, Result<(), RuntimeError>)>,
+    tasks: JoinSet<(String, u64, Result<(), HostError>)>,
     generation: u64,
 }
 
@@ -255,18 +257,18 @@ impl LiveHost {
 
     /// Loads a runner for `pipeline` off the async threads (compiling components can take a
     /// while), with what its references resolved to.
-    async fn build(&self, pipeline: &Pipeline) -> Result<(Runner, Vec<String>), RuntimeError> {
+    async fn build(&self, pipeline: &Pipeline) -> Result<(Runner, Vec<String>), HostError> {
         let cx = self.cx.clone();
         let pipeline = pipeline.clone();
         tokio::task::spawn_blocking(move || {
-            let resolved = crate::resolved_versions(&pipeline, &cx.registry)?;
+            let resolved = headstream_runner::resolved_versions(&pipeline, &cx.registry)?;
             let runner = Runner::new(&pipeline, &cx.plugins, cx.encoder, &cx.registry)?
                 .with_metrics(cx.metrics)
                 .with_co_batcher(cx.batcher);
             Ok((runner, resolved))
         })
         .await
-        .map_err(RuntimeError::Worker)?
+        .map_err(HostError::Worker)?
     }
 
     async fn install(
@@ -389,10 +391,10 @@ impl LiveHost {
             let pipeline = served.pipeline.clone();
             let now = {
                 let (p, r) = (pipeline.clone(), registry.clone());
-                tokio::task::spawn_blocking(move || crate::resolved_versions(&p, &r))
+                tokio::task::spawn_blocking(move || headstream_runner::resolved_versions(&p, &r))
                     .await
-                    .map_err(RuntimeError::Worker)
-                    .and_then(|r| r)
+                    .map_err(HostError::Worker)
+                    .and_then(|r| r.map_err(HostError::from))
             };
             if now.as_ref().is_ok_and(|now| *now == served.resolved) {
                 continue;
@@ -443,7 +445,7 @@ impl LiveHost {
                 let cx = self.cx.clone();
                 let dir = package.dir.clone();
                 let checked = tokio::task::spawn_blocking(move || {
-                    crate::check_package(&package, &cx.plugins)
+                    headstream_runner::check_package(&package, &cx.plugins)
                 })
                 .await
                 .map_err(|e| e.to_string())
@@ -478,14 +480,14 @@ impl LiveHost {
     /// Waits for a served pipeline to stop on its own — which is always a failure: NATS refused
     /// a publish, or its subscription ended. Pipelines stopped by a change are not reported;
     /// with none served this waits until one is served and stops.
-    pub async fn stopped(&mut self) -> (String, RuntimeError) {
+    pub async fn stopped(&mut self) -> (String, HostError) {
         loop {
             let Some(done) = self.tasks.join_next().await else {
                 return std::future::pending().await;
             };
             let (name, generation, outcome) = match done {
                 Ok(done) => done,
-                Err(e) => return ("?".to_owned(), RuntimeError::Worker(e)),
+                Err(e) => return ("?".to_owned(), HostError::Worker(e)),
             };
             let current = self
                 .served
@@ -503,7 +505,7 @@ impl LiveHost {
                 }
                 Ok(()) => {
                     self.served.remove(&name);
-                    let error = RuntimeError::Nats {
+                    let error = HostError::Nats {
                         action: "keep serving",
                         subject: name.clone(),
                         reason: "the subscription ended".to_owned(),
@@ -515,7 +517,7 @@ impl LiveHost {
     }
 
     /// Stops every pipeline and waits for the batches in hand to finish.
-    pub async fn shutdown(mut self) -> Result<(), RuntimeError> {
+    pub async fn shutdown(mut self) -> Result<(), HostError> {
         for (_, served) in std::mem::take(&mut self.served) {
             served.stop();
         }
@@ -523,7 +525,7 @@ impl LiveHost {
         while let Some(done) = self.tasks.join_next().await {
             match done {
                 Ok((_, _, Err(e))) if first.is_ok() => first = Err(e),
-                Err(e) if first.is_ok() => first = Err(RuntimeError::Worker(e)),
+                Err(e) if first.is_ok() => first = Err(HostError::Worker(e)),
                 _ => {}
             }
         }
@@ -548,7 +550,7 @@ pub async fn follow(
     package_dir: &Path,
     watched: Option<FileWatch>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), RuntimeError> {
+) -> Result<(), HostError> {
     tokio::pin!(shutdown);
     let mut packages = match cluster {
         Some(c) => {
@@ -628,8 +630,8 @@ async fn apply_revision(live: &mut LiveHost, revision: Revision) {
     }
 }
 
-fn registry_error(e: headstream_registry::RegistryError) -> RuntimeError {
-    RuntimeError::Registry(e)
+fn registry_error(e: headstream_registry::RegistryError) -> HostError {
+    HostError::Registry(e)
 }
 
 /// `serve --watch`: pipeline files and package directories polled for changes.

@@ -12,7 +12,9 @@ use futures::StreamExt as _;
 use headstream_pipeline::Pipeline;
 use tokio::time::Instant;
 
-use crate::{ErrorRecord, InputError, Message, Runner, RuntimeError, parse_message_within};
+use headstream_runner::{ErrorRecord, InputError, Message, Runner, parse_message_within};
+
+use crate::HostError;
 
 /// How [`serve`] consumes a pipeline's input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +121,7 @@ pub async fn serve(
     options: ServeOptions,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), RuntimeError> {
+) -> Result<(), HostError> {
     let ready = move || {
         if let Some(ready) = ready {
             let _ = ready.send(());
@@ -205,7 +207,7 @@ async fn jetstream_messages(
     client: &async_nats::Client,
     options: &ServeOptions,
     js: &JetStreamOptions,
-) -> Result<async_nats::jetstream::consumer::pull::Stream, RuntimeError> {
+) -> Result<async_nats::jetstream::consumer::pull::Stream, HostError> {
     use async_nats::jetstream::{self, consumer, stream};
     let context = jetstream::new(client.clone());
     let stream = context
@@ -251,7 +253,7 @@ async fn jetstream_messages(
 async fn confirming_context(
     client: &async_nats::Client,
     options: &ServeOptions,
-) -> Result<async_nats::jetstream::Context, RuntimeError> {
+) -> Result<async_nats::jetstream::Context, HostError> {
     let context = async_nats::jetstream::new(client.clone());
     for subject in [&options.output, &options.errors] {
         context
@@ -276,7 +278,7 @@ async fn run_loop(
     options: &ServeOptions,
     incoming: impl futures::Stream<Item = Incoming>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), RuntimeError> {
+) -> Result<(), HostError> {
     tokio::pin!(incoming);
     tokio::pin!(shutdown);
     loop {
@@ -345,7 +347,7 @@ impl Outbox<'_> {
         subject: &str,
         body: Bytes,
         id: Option<&str>,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<(), HostError> {
         match self.confirm {
             Some(js) => {
                 let mut record = Confirmed {
@@ -363,7 +365,7 @@ impl Outbox<'_> {
     }
 
     /// Publishes anything else (replies, routes, shadows) as a core message.
-    async fn core(&self, subject: &str, body: Bytes) -> Result<(), RuntimeError> {
+    async fn core(&self, subject: &str, body: Bytes) -> Result<(), HostError> {
         publish(self.client, subject, body).await
     }
 
@@ -435,7 +437,7 @@ async fn handle_batch(
     runner: &Arc<Runner>,
     options: &ServeOptions,
     batch: Vec<Incoming>,
-) -> Result<(), RuntimeError> {
+) -> Result<(), HostError> {
     let started = std::time::Instant::now();
     if let Some(m) = runner.metrics() {
         m.batch_size
@@ -464,8 +466,8 @@ async fn handle_batch(
         let worker = runner.clone();
         let outcome = tokio::task::spawn_blocking(move || worker.process_batch(&messages))
             .await
-            .map_err(RuntimeError::Worker)
-            .and_then(|r| r);
+            .map_err(HostError::Worker)
+            .and_then(|r| r.map_err(HostError::from));
         match outcome {
             Ok(processed) => {
                 publish_results(outbox, runner, options, processed, deliveries).await?
@@ -524,7 +526,7 @@ async fn reject(
     options: &ServeOptions,
     error: &InputError,
     delivery: Delivery,
-) -> Result<(), RuntimeError> {
+) -> Result<(), HostError> {
     if let Some(m) = runner.metrics() {
         m.errors
             .with_label_values(&[runner.name(), error.kind])
@@ -548,9 +550,9 @@ async fn publish_results(
     outbox: &mut Outbox<'_>,
     runner: &Runner,
     options: &ServeOptions,
-    processed: crate::Processed,
+    processed: headstream_runner::Processed,
     deliveries: Vec<Delivery>,
-) -> Result<(), RuntimeError> {
+) -> Result<(), HostError> {
     let publishing = std::time::Instant::now();
     let metrics = runner.metrics();
     for (subject, shadow) in processed.shadows {
@@ -636,19 +638,15 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// before its messages go back to the server for redelivery.
 const CONFIRM_FOR: Duration = Duration::from_secs(30);
 
-async fn publish(
-    client: &async_nats::Client,
-    subject: &str,
-    body: Bytes,
-) -> Result<(), RuntimeError> {
+async fn publish(client: &async_nats::Client, subject: &str, body: Bytes) -> Result<(), HostError> {
     client
         .publish(subject.to_owned(), body)
         .await
         .map_err(|e| nats_error("publish to", subject, e))
 }
 
-fn nats_error(action: &'static str, subject: &str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Nats {
+fn nats_error(action: &'static str, subject: &str, e: impl std::fmt::Display) -> HostError {
+    HostError::Nats {
         action,
         subject: subject.to_owned(),
         reason: e.to_string(),

@@ -1,26 +1,26 @@
-//! The runtime: one encoder pass per message, every head of a pipeline over it, and the result
-//! and error records that go back out — used by `headstream run` (JSONL, no NATS) and
-//! `headstream serve` (NATS).
+//! The runner: one encoder pass per batch of messages, every head of a pipeline over it (in
+//! dependency order, with canaries and shadows), its routes, and the typed records that go back
+//! out. It knows nothing of NATS: `headstream run` drives it over JSONL, and the
+//! `headstream-host` crate over the bus.
 //!
 //! [`Runner`] holds a pipeline's loaded heads; [`Runner::process`] encodes a batch of
-//! [`Message`]s once and returns one result record per message. [`parse_message`] turns raw
-//! bytes into a [`Message`] or an [`InputError`], which [`error_record`] turns into the record
-//! for the pipeline's error subject (with the original payload). [`serve`] runs a pipeline on
-//! a NATS subject.
+//! [`Message`]s once and returns one [`ResultRecord`] per message. [`parse_message`] turns raw
+//! bytes into a [`Message`] or an [`InputError`], which [`ErrorRecord::new`] turns into the
+//! record for the pipeline's error subject (with the original payload). [`CoBatcher`] lets
+//! several runners share one encoder thread.
 #![deny(missing_docs)]
 
 pub mod cobatch;
-pub mod live;
 pub mod metrics;
-mod serve;
+mod routes;
 
 pub use cobatch::CoBatcher;
 pub use headstream_message::{
     ErrorReason, ErrorRecord, InputError, InputLimits, Message, ResultRecord, RouteMatch,
     ShadowRecord, ShadowSide, parse_message, parse_message_within,
 };
-pub use metrics::{Metrics, serve_metrics};
-pub use serve::{JetStreamOptions, RunnerSlot, ServeOptions, serve};
+pub use metrics::Metrics;
+use routes::Routes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -77,10 +77,10 @@ impl std::fmt::Debug for Stage {
 /// Values keyed by head name.
 type PerHead<T> = BTreeMap<String, T>;
 
-/// Why the runtime could not start or keep serving a pipeline.
+/// Why a runner could not load a pipeline or process a batch.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum RuntimeError {
+pub enum RunnerError {
     /// A head's asset file could not be read.
     #[error("head {head}: cannot read asset {asset} ({}): {source}", path.display())]
     Asset {
@@ -109,16 +109,6 @@ pub enum RuntimeError {
     /// Encoding a batch failed.
     #[error(transparent)]
     Encoder(#[from] headstream_encoder::EncoderError),
-    /// A NATS operation failed.
-    #[error("NATS: cannot {action} {subject}: {reason}")]
-    Nats {
-        /// What was attempted (`subscribe to`, `publish to`, `flush`).
-        action: &'static str,
-        /// The subject involved.
-        subject: String,
-        /// The client's error.
-        reason: String,
-    },
     /// The shared encoder thread failed or stopped.
     #[error(transparent)]
     CoBatch(#[from] cobatch::CoBatchError),
@@ -128,12 +118,6 @@ pub enum RuntimeError {
     /// A `plugin = "name@version"` reference is malformed.
     #[error("plugin reference: {0}")]
     Reference(headstream_pipeline::ReferenceError),
-    /// The cluster registry could not be read.
-    #[error("{0}")]
-    Registry(headstream_registry::RegistryError),
-    /// The worker thread running a batch or a load panicked or was cancelled.
-    #[error("the worker thread failed: {0}")]
-    Worker(tokio::task::JoinError),
 }
 
 /// Loads every head of `pipeline` into `host`, in run order; `plugin = "name@req"` references
@@ -142,13 +126,13 @@ fn load_stages(
     host: &PluginHost,
     pipeline: &Pipeline,
     registry: &Registry,
-) -> Result<Vec<Stage>, RuntimeError> {
+) -> Result<Vec<Stage>, RunnerError> {
     let mut stages = Vec::new();
     for spec in pipeline.heads() {
         let name = spec.name.get_ref().clone();
         let mut assets = Vec::new();
         for (asset, path) in &spec.assets {
-            let data = std::fs::read(path).map_err(|source| RuntimeError::Asset {
+            let data = std::fs::read(path).map_err(|source| RunnerError::Asset {
                 head: name.clone(),
                 asset: asset.clone(),
                 path: path.clone(),
@@ -173,7 +157,7 @@ fn load_stages(
                     percent,
                     subject: subject.to_owned(),
                 })
-                .map_err(|source| RuntimeError::Head {
+                .map_err(|source| RunnerError::Head {
                     head: format!("{name} ({reference})"),
                     source,
                 })
@@ -207,7 +191,7 @@ fn load_stages(
                     (head, id)
                 }),
         };
-        let (head, id) = loaded.map_err(|source| RuntimeError::Head {
+        let (head, id) = loaded.map_err(|source| RunnerError::Head {
             head: name.clone(),
             source,
         })?;
@@ -262,7 +246,7 @@ fn head_limits(set: &headstream_pipeline::Limits) -> Limits {
 pub fn resolved_versions(
     pipeline: &Pipeline,
     registry: &Registry,
-) -> Result<Vec<String>, RuntimeError> {
+) -> Result<Vec<String>, RunnerError> {
     let mut resolved = Vec::new();
     for spec in pipeline.heads() {
         let name = spec.name.get_ref();
@@ -284,7 +268,7 @@ pub fn plugin_host(
     encoder: &Arc<Encoder>,
     cache_dir: Option<PathBuf>,
     max_instances: u32,
-) -> Result<PluginHost, RuntimeError> {
+) -> Result<PluginHost, RunnerError> {
     PluginHost::new(HostConfig {
         cache_dir,
         encoder: Some(encoder.fingerprint().clone()),
@@ -292,30 +276,30 @@ pub fn plugin_host(
         max_instances,
         ..HostConfig::default()
     })
-    .map_err(RuntimeError::Host)
+    .map_err(RunnerError::Host)
 }
 
 /// Loads `package` the way a pipeline would on this host — digests, encoder fingerprint,
 /// compilation, instantiation and `configure` (within the default budgets) — and drops it: the
 /// check a package passes before any pipeline may use it.
-pub fn check_package(package: &Package, plugins: &PluginHost) -> Result<(), RuntimeError> {
+pub fn check_package(package: &Package, plugins: &PluginHost) -> Result<(), RunnerError> {
     let name = package.manifest.name.clone();
     plugins
         .load_package(package, &Value::Object(Map::new()), Limits::default())
         .map(drop)
-        .map_err(|source| RuntimeError::Head { head: name, source })
+        .map_err(|source| RunnerError::Head { head: name, source })
 }
 
 /// Resolves a `plugin = "name@requirement"` reference (a semver requirement or a
 /// `sha256:` digest pin) against the registry.
-fn resolve(registry: &Registry, head: &str, reference: &str) -> Result<Package, RuntimeError> {
+fn resolve(registry: &Registry, head: &str, reference: &str) -> Result<Package, RunnerError> {
     let (plugin, req) =
-        headstream_pipeline::parse_reference(reference).map_err(RuntimeError::Reference)?;
+        headstream_pipeline::parse_reference(reference).map_err(RunnerError::Reference)?;
     let package = registry
         .resolve_with(&plugin, &req.to_string(), |version, manifest| {
             req.matches(version, &manifest.component.sha256)
         })
-        .map_err(|e| RuntimeError::Head {
+        .map_err(|e| RunnerError::Head {
             head: head.to_owned(),
             source: PluginError::Package(e),
         })?;
@@ -542,18 +526,11 @@ pub fn item<'a>(
     }
 }
 
-/// A route with its condition compiled.
-struct CompiledRoute {
-    name: String,
-    subject: String,
-    program: cel::Program,
-}
-
 /// A pipeline ready to process batches: its heads loaded, sharing one encoder.
 pub struct Runner {
     name: String,
     limits: InputLimits,
-    routes: Vec<CompiledRoute>,
+    routes: Routes,
     metrics: Option<Arc<Metrics>>,
     batcher: Option<CoBatcher>,
     stages: Vec<Stage>,
@@ -582,7 +559,7 @@ impl Runner {
         plugins: &PluginHost,
         encoder: Arc<Encoder>,
         registry: &Registry,
-    ) -> Result<Self, RuntimeError> {
+    ) -> Result<Self, RunnerError> {
         let stages = load_stages(plugins, pipeline, registry)?;
         let needs_tokens = stages
             .iter()
@@ -592,19 +569,7 @@ impl Runner {
             .map(|s| (s.name.clone(), s.id.clone()))
             .collect();
         let fingerprint = encoder.fingerprint().to_string();
-        let routes = pipeline
-            .routes
-            .iter()
-            .map(|r| {
-                let program = headstream_pipeline::compile_condition(r.when.get_ref())
-                    .map_err(RuntimeError::Route)?;
-                Ok(CompiledRoute {
-                    name: r.name.get_ref().clone(),
-                    subject: r.subject.get_ref().clone(),
-                    program,
-                })
-            })
-            .collect::<Result<_, RuntimeError>>()?;
+        let routes = Routes::compile(pipeline)?;
         Ok(Self {
             name: pipeline.name.get_ref().clone(),
             limits: InputLimits {
@@ -650,52 +615,13 @@ impl Runner {
         self.metrics.as_deref()
     }
 
-    /// The routes whose condition holds for `record` (a route whose condition fails to
-    /// evaluate, say over the output of a head that failed, does not match).
-    fn matching_routes(&self, record: &ResultRecord, text: &str) -> Vec<RouteMatch> {
-        if self.routes.is_empty() {
-            return Vec::new();
-        }
-        let mut context = cel::Context::default();
-        let exposed = [
-            ("results", context.add_variable("results", &record.results)),
-            ("errors", context.add_variable("errors", &record.errors)),
-            ("meta", context.add_variable("meta", &record.meta)),
-            ("id", context.add_variable("id", record.id.as_str())),
-            ("text", context.add_variable("text", text)),
-        ];
-        for (name, outcome) in exposed {
-            if let Err(e) = outcome {
-                tracing::warn!(pipeline = %self.name, "cannot expose `{name}` to routes: {e}");
-            }
-        }
-        self.routes
-            .iter()
-            .filter(|r| match r.program.execute(&context) {
-                Ok(cel::Value::Bool(b)) => b,
-                Ok(other) => {
-                    tracing::debug!(route = %r.name, "condition gave {other:?}, not a bool");
-                    false
-                }
-                Err(e) => {
-                    tracing::debug!(route = %r.name, "condition failed: {e}");
-                    false
-                }
-            })
-            .map(|r| RouteMatch {
-                name: r.name.clone(),
-                subject: r.subject.clone(),
-            })
-            .collect()
-    }
-
     /// Encodes the messages once, runs every head, and returns one result record per message.
-    pub fn process(&self, messages: &[Message]) -> Result<Vec<ResultRecord>, RuntimeError> {
+    pub fn process(&self, messages: &[Message]) -> Result<Vec<ResultRecord>, RunnerError> {
         self.process_batch(messages).map(|p| p.records)
     }
 
     /// Like [`Runner::process`], also returning the shadow heads' records.
-    pub fn process_batch(&self, messages: &[Message]) -> Result<Processed, RuntimeError> {
+    pub fn process_batch(&self, messages: &[Message]) -> Result<Processed, RunnerError> {
         if messages.is_empty() {
             return Ok(Processed::default());
         }
@@ -766,7 +692,7 @@ impl Runner {
                     routes: Vec::new(),
                     truncated: e.truncated,
                 };
-                record.routes = self.matching_routes(&record, &m.text);
+                record.routes = self.routes.matching(&record, &m.text);
                 record
             })
             .collect();

@@ -1,0 +1,392 @@
+//! The composition root of a serving host: settings resolved once, then everything it serves
+//! started on one connection, one encoder thread and one plugin engine.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use headstream_encoder::Encoder;
+use headstream_package::Registry;
+use headstream_pipeline::{HostFile, NatsSettings, Pipeline};
+use headstream_registry::ClusterRegistry;
+use headstream_runner::{CoBatcher, Metrics};
+
+use crate::live::{FileWatch, HostContext, LiveHost, Origin};
+use crate::{HostError, connect, nats_url, redact};
+
+/// Live head instances a serving host has room for: its pipelines' heads, canaries and
+/// shadows, twice over while a new version takes over, and the deploy checks.
+pub const PLUGIN_INSTANCES: u32 = 256;
+
+/// What the command line says; each value set here wins over the host config's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Pipeline files to serve besides the host config's.
+    pub pipelines: Vec<PathBuf>,
+    /// NATS URL (`--nats`, `$HEADSTREAM_NATS`).
+    pub nats: Option<String>,
+    /// Metrics address (`--metrics`).
+    pub metrics: Option<SocketAddr>,
+    /// Model directory, when not the default.
+    pub model: Option<PathBuf>,
+    /// Package directories (`--registry`).
+    pub registry: Vec<PathBuf>,
+    /// Drain time after a shutdown signal (`--shutdown-timeout`).
+    pub shutdown_timeout: Option<Duration>,
+    /// Serve the cluster registry's pipelines and follow its changes (`--deployed`).
+    pub deployed: bool,
+    /// Follow edits of the pipeline files and package directories (`--watch`).
+    pub watch: bool,
+}
+
+/// Everything a host needs to start, resolved once from the command line, the host config
+/// and the defaults, and validated before anything connects.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// Pipeline files with the text read and the pipeline it validated to.
+    pub pipelines: Vec<(PathBuf, String, Pipeline)>,
+    /// NATS URL (comma-separated for a cluster).
+    pub url: String,
+    /// NATS authentication and TLS.
+    pub nats: NatsSettings,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The model directory, if the command line or the host config names one.
+    pub model: Option<PathBuf>,
+    /// Package directories `plugin = "name@version"` references resolve against.
+    pub registry: Registry,
+    /// Serve the cluster registry's pipelines and follow its changes.
+    pub deployed: bool,
+    /// Follow edits of the pipeline files and package directories.
+    pub watch: bool,
+    /// How long in-flight batches get to finish after the stop signal (default 5 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl HostSettings {
+    /// Merges `cli` over the host config at `config` (if any) over the defaults; reads and
+    /// validates every pipeline file. Fails with file:line for a bad config and when there is
+    /// nothing to serve.
+    pub fn resolve(config: Option<&Path>, cli: Overrides) -> Result<Self, HostError> {
+        let host = config.map(HostFile::load).transpose()?;
+        let files = host
+            .iter()
+            .flat_map(|h| h.pipelines.iter().map(|p| p.get_ref().clone()))
+            .chain(cli.pipelines);
+        let mut pipelines = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| HostError::Io {
+                what: "cannot read",
+                path: file.clone(),
+                source,
+            })?;
+            let pipeline = Pipeline::parse(&text, &file)?;
+            pipelines.push((file, text, pipeline));
+        }
+        if pipelines.is_empty() && !cli.deployed {
+            return Err(HostError::NothingToServe);
+        }
+        let from_file = host.as_ref();
+        // Validated when the host config was loaded.
+        let file_metrics = from_file
+            .and_then(|h| h.metrics.as_ref())
+            .and_then(|a| a.get_ref().parse().ok());
+        let file_timeout = from_file
+            .and_then(|h| h.shutdown_timeout.as_ref())
+            .and_then(|t| Duration::try_from_secs_f64(*t.get_ref()).ok());
+        Ok(Self {
+            pipelines,
+            url: nats_url(cli.nats.as_deref(), from_file),
+            nats: from_file.map(|h| h.nats.clone()).unwrap_or_default(),
+            metrics: cli.metrics.or(file_metrics),
+            model: cli
+                .model
+                .or_else(|| from_file.and_then(|h| h.model.clone())),
+            registry: Registry::chosen(&cli.registry, from_file.map_or(&[][..], |h| &h.registry)),
+            deployed: cli.deployed,
+            watch: cli.watch,
+            shutdown_timeout: cli
+                .shutdown_timeout
+                .or(file_timeout)
+                .unwrap_or(Duration::from_secs(5)),
+        })
+    }
+
+    /// The largest batch any of the pipelines asks for (32 with none): what the encoder is
+    /// sized for.
+    pub fn max_batch_size(&self) -> usize {
+        self.pipelines
+            .iter()
+            .map(|(_, _, p)| *p.batching.max_batch_size.get_ref() as usize)
+            .max()
+            .unwrap_or(32)
+    }
+}
+
+/// A running host: connected, serving its pipelines, registered as a micro service.
+#[derive(Debug)]
+pub struct Host {
+    live: LiveHost,
+    cluster: Option<ClusterRegistry>,
+    watch: Option<FileWatch>,
+    /// Packages fetched from the cluster registry, kept as long as the host.
+    fetched: tempfile::TempDir,
+    _service: async_nats::service::Service,
+    summary: String,
+    grace: Duration,
+}
+
+impl Host {
+    /// Connects (waiting for the server, reconnecting forever after), starts `/metrics`,
+    /// serves every pipeline of `settings` (each loaded and checked before it subscribes) and
+    /// registers the micro service. Compiled components are cached in `component_cache`.
+    pub async fn start(
+        settings: HostSettings,
+        encoder: Arc<Encoder>,
+        component_cache: Option<PathBuf>,
+    ) -> Result<Self, HostError> {
+        let metrics = Arc::new(Metrics::new()?);
+        // One plugin engine for the process: every pipeline's heads, every version during a
+        // swap, and every deploy check share its instance pool.
+        let plugins = Arc::new(headstream_runner::plugin_host(
+            &encoder,
+            component_cache,
+            PLUGIN_INSTANCES,
+        )?);
+        let batcher = co_batcher(&settings, &encoder, &metrics);
+        let mut registry = settings.registry.clone();
+        let fetched = tempfile::Builder::new()
+            .prefix("headstream-packages-")
+            .tempdir()
+            .map_err(|source| HostError::Io {
+                what: "cannot create",
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        if settings.deployed {
+            registry.dirs.push(fetched.path().to_path_buf());
+        }
+        let client = connect(&settings.url, &settings.nats, true).await?;
+        if let Some(addr) = settings.metrics {
+            let listener = crate::serve_metrics(addr, metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) = listener.await {
+                    tracing::error!("metrics endpoint {addr}: {e}");
+                }
+            });
+        }
+        let host_id = host_id();
+        let mut live = LiveHost::new(HostContext {
+            client: client.clone(),
+            encoder: encoder.clone(),
+            batcher,
+            metrics: metrics.clone(),
+            host_id: host_id.clone(),
+            plugins,
+            registry,
+        });
+        let mut texts = Vec::new();
+        for (file, text, pipeline) in &settings.pipelines {
+            live.apply(Origin::File(file.clone()), text, file, None)
+                .await
+                .map_err(|e| HostError::Apply(Box::new(e)))?;
+            texts.push((file.clone(), text.clone(), pipeline.name.get_ref().clone()));
+        }
+        let service = crate::service::register(
+            &client,
+            encoder.fingerprint().to_string(),
+            &host_id,
+            metrics,
+            live.status_board(),
+        )
+        .await?;
+        let cluster = match settings.deployed {
+            true => Some(
+                ClusterRegistry::open(&client)
+                    .await
+                    .map_err(HostError::Registry)?,
+            ),
+            false => None,
+        };
+        let watch = settings
+            .watch
+            .then(|| FileWatch::new(texts, settings.registry.dirs.clone()));
+        let summary = format!(
+            "{} pipeline(s) on {}{}{}",
+            settings.pipelines.len(),
+            redact(&settings.url),
+            if settings.deployed {
+                ", following the cluster registry"
+            } else {
+                ""
+            },
+            if settings.watch {
+                ", watching files"
+            } else {
+                ""
+            },
+        );
+        Ok(Self {
+            live,
+            cluster,
+            watch,
+            fetched,
+            _service: service,
+            summary,
+            grace: settings.shutdown_timeout,
+        })
+    }
+
+    /// What the host serves, for its start-up line: `2 pipeline(s) on nats://…, watching files`.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    /// Serves until `stop` completes (or a pipeline fails), then stops every subscription and
+    /// waits at most the shutdown timeout for the batches in hand; what is not acknowledged by
+    /// then is redelivered by JetStream.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<(), HostError> {
+        let outcome = crate::live::follow(
+            &mut self.live,
+            self.cluster.as_ref(),
+            self.fetched.path(),
+            self.watch.take(),
+            stop,
+        )
+        .await;
+        let finished = tokio::time::timeout(self.grace, self.live.shutdown()).await;
+        outcome?;
+        finished.map_err(|_| HostError::ShutdownTimeout(self.grace))?
+    }
+}
+
+/// One encoder thread for every pipeline: batches that queue while it is busy share a pass.
+/// Pipelines may come and go (`deployed`, `watch`): it is sized for a few of them.
+fn co_batcher(
+    settings: &HostSettings,
+    encoder: &Arc<Encoder>,
+    metrics: &Arc<Metrics>,
+) -> CoBatcher {
+    let slots = match settings.deployed || settings.watch {
+        true => settings.pipelines.len().max(4),
+        false => settings.pipelines.len().max(1),
+    };
+    let (shared, pass_metrics) = (encoder.clone(), metrics.clone());
+    CoBatcher::with_fn(
+        Arc::new(move |texts: &[&str], states: bool| shared.encode(texts, states)),
+        settings.max_batch_size() * slots,
+        2 * slots,
+        Some(Box::new(move |batches, _| {
+            pass_metrics.pass_batches.observe(batches as f64);
+        })),
+    )
+}
+
+/// This host's id in results and service info: hostname and process id.
+fn host_id() -> String {
+    let name = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{name}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    const PIPELINE: &str = r#"
+version = 1
+name = "support"
+[input]
+subject = "support.in"
+[output]
+subject = "support.out"
+errors = "support.errors"
+[batching]
+max_batch_size = 16
+[[heads]]
+name = "sentiment"
+plugin = "sentiment@^1"
+"#;
+
+    #[test]
+    fn the_command_line_wins_over_the_host_config_over_the_defaults()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        write(dir.path(), "support.toml", PIPELINE)?;
+        let config = write(
+            dir.path(),
+            "host.toml",
+            r#"
+version = 1
+pipelines = ["support.toml"]
+metrics = "127.0.0.1:9464"
+registry = ["heads"]
+shutdown_timeout = 2
+[nats]
+url = "nats://from-file:4222"
+"#,
+        )?;
+        let from_file = HostSettings::resolve(Some(&config), Overrides::default())?;
+        assert_eq!(from_file.url, "nats://from-file:4222");
+        assert_eq!(from_file.metrics, "127.0.0.1:9464".parse().ok());
+        assert_eq!(from_file.registry.dirs, [dir.path().join("heads")]);
+        assert_eq!(from_file.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(from_file.pipelines.len(), 1);
+        assert_eq!(from_file.max_batch_size(), 16);
+
+        let cli = Overrides {
+            nats: Some("nats://cli:4222".to_owned()),
+            metrics: "127.0.0.1:1".parse().ok(),
+            registry: vec![PathBuf::from("elsewhere")],
+            shutdown_timeout: Some(Duration::from_millis(500)),
+            ..Overrides::default()
+        };
+        let merged = HostSettings::resolve(Some(&config), cli)?;
+        assert_eq!(merged.url, "nats://cli:4222");
+        assert_eq!(merged.metrics, "127.0.0.1:1".parse().ok());
+        assert_eq!(merged.registry.dirs, [PathBuf::from("elsewhere")]);
+        assert_eq!(merged.shutdown_timeout, Duration::from_millis(500));
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_pipeline_fails_with_its_line_and_an_empty_host_is_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let bad = write(dir.path(), "bad.toml", &PIPELINE.replace("16", "\"many\""))?;
+        let cli = Overrides {
+            pipelines: vec![bad],
+            ..Overrides::default()
+        };
+        let error = HostSettings::resolve(None, cli)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("bad.toml:10:18:") && e.contains("\"many\"")),
+            "{error:?}"
+        );
+        assert!(matches!(
+            HostSettings::resolve(None, Overrides::default()),
+            Err(HostError::NothingToServe)
+        ));
+        let deployed = Overrides {
+            deployed: true,
+            ..Overrides::default()
+        };
+        assert!(HostSettings::resolve(None, deployed)?.pipelines.is_empty());
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! The host as a NATS micro service: `$SRV.PING|INFO|STATS` (`nats micro ls`) and the status
+//! endpoints `headstream.status` and `headstream.status.<pipeline>`.
+
+use std::sync::Arc;
+
+use async_nats::service::ServiceExt as _;
+use futures::StreamExt as _;
+use headstream_runner::Metrics;
+use serde_json::{Value, json};
+
+use crate::HostError;
+use crate::live::StatusBoard;
+
+/// Registers the host as a NATS micro service with status endpoints: `headstream.status`
+/// (every pipeline served now, with its head versions and counters) and
+/// `headstream.status.<pipeline>` (one), following deploys and removals. The endpoints answer
+/// as long as the returned service lives.
+pub(crate) async fn register(
+    client: &async_nats::Client,
+    encoder_fingerprint: String,
+    host_id: &str,
+    metrics: Arc<Metrics>,
+    board: StatusBoard,
+) -> Result<async_nats::service::Service, HostError> {
+    let failed = |subject: &str, e: &dyn std::fmt::Display| HostError::Nats {
+        action: "register the micro service on",
+        subject: subject.to_owned(),
+        reason: e.to_string(),
+    };
+    let metadata = std::collections::HashMap::from([
+        ("host".to_owned(), host_id.to_owned()),
+        ("encoder".to_owned(), encoder_fingerprint),
+    ]);
+    let service = client
+        .service_builder()
+        .description("headstream host: one encoder, task heads over NATS")
+        .metadata(metadata)
+        .start("headstream", env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| failed("$SRV", &e))?;
+    let status = Arc::new(Status { metrics, board });
+    for (name, subject) in [
+        ("status", "headstream.status"),
+        ("pipeline-status", "headstream.status.*"),
+    ] {
+        let mut endpoint = service
+            .endpoint_builder()
+            .name(name)
+            .add(subject)
+            .await
+            .map_err(|e| failed(subject, &e))?;
+        let (status, host) = (status.clone(), host_id.to_owned());
+        tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let pipeline = request
+                    .message
+                    .subject
+                    .as_str()
+                    .strip_prefix("headstream.status.")
+                    .map(str::to_owned);
+                let body = status.answer(&host, pipeline.as_deref());
+                let _ = request.respond(Ok(body.to_string().into())).await;
+            }
+        });
+    }
+    Ok(service)
+}
+
+/// What the status endpoints read: the board of served pipelines and the counters.
+struct Status {
+    metrics: Arc<Metrics>,
+    board: StatusBoard,
+}
+
+impl Status {
+    /// The status of `pipeline`, or of every pipeline served now.
+    fn answer(&self, host: &str, pipeline: Option<&str>) -> Value {
+        let served = match self.board.read() {
+            Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match pipeline {
+            Some(name) => match served.get(name) {
+                Some(entry) => self.pipeline(name, entry),
+                None => json!({
+                    "pipeline": name,
+                    "error": format!("host {host} does not serve {name}"),
+                }),
+            },
+            None => json!({
+                "host": host,
+                "pipelines": served
+                    .iter()
+                    .map(|(name, entry)| (name.clone(), self.pipeline(name, entry)))
+                    .collect::<serde_json::Map<_, _>>(),
+            }),
+        }
+    }
+
+    fn pipeline(&self, name: &str, entry: &Value) -> Value {
+        let count = |outcome: &str| {
+            self.metrics
+                .messages
+                .with_label_values(&[name, outcome])
+                .get()
+        };
+        json!({
+            "pipeline": name,
+            "heads": entry["heads"],
+            "source": entry["source"],
+            "results": count("result"),
+            "errors": count("error"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_reports_served_pipelines_with_their_counters() -> prometheus::Result<()> {
+        let metrics = Arc::new(Metrics::new()?);
+        metrics
+            .messages
+            .with_label_values(&["support", "result"])
+            .inc_by(3);
+        let board = StatusBoard::default();
+        if let Ok(mut b) = board.write() {
+            b.insert(
+                "support".to_owned(),
+                json!({"heads": {"sentiment": "sentiment@1.0.0"}, "source": "p.toml"}),
+            );
+        }
+        let status = Status { metrics, board };
+        let all = status.answer("h-1", None);
+        assert_eq!(all["host"], "h-1");
+        assert_eq!(all["pipelines"]["support"]["results"], 3);
+        assert_eq!(all["pipelines"]["support"]["errors"], 0);
+        assert_eq!(
+            all["pipelines"]["support"]["heads"]["sentiment"],
+            "sentiment@1.0.0"
+        );
+        assert_eq!(status.answer("h-1", Some("support"))["source"], "p.toml");
+        assert_eq!(
+            status.answer("h-1", Some("other"))["error"],
+            "host h-1 does not serve other"
+        );
+        Ok(())
+    }
+}
