@@ -248,13 +248,7 @@ fn load_package(dir: &Path) -> anyhow::Result<Package> {
 /// Lists the packages of the registry in `dirs` (default: `$HEADSTREAM_REGISTRY`, else ./heads),
 /// newest version first within a name.
 pub fn list(dirs: &[PathBuf]) -> anyhow::Result<()> {
-    let registry = if dirs.is_empty() {
-        headstream_package::Registry::from_env()
-    } else {
-        headstream_package::Registry {
-            dirs: dirs.to_vec(),
-        }
-    };
+    let registry = headstream_package::Registry::chosen(dirs, &[]);
     let mut packages = registry.list();
     packages.sort_by(|a, b| {
         (a.1.manifest.name.as_str(), &b.0).cmp(&(b.1.manifest.name.as_str(), &a.0))

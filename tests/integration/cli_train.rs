@@ -159,6 +159,10 @@ fn a_tiny_tagger_learns_entities_as_spans() -> Result<(), Box<dyn std::error::Er
     let f1 = trained["metrics"]["overall"]["f1"].as_f64().unwrap_or(0.0);
     assert!(f1 >= 0.9, "training-set entity F1 {f1}: {trained:#}");
     assert_eq!(trained["metrics"]["overall"]["support"], 22, "{trained:#}");
+    // The packaged plugin, run by the host over the same sentences, scores exactly what the
+    // trainer measured natively on its own feature rows: the plugin groups words, builds
+    // features, reads the weights and decodes spans as training did.
+    assert_eq!(trained["metrics"], trained["fit"], "{trained:#}");
     Ok(())
 }
 

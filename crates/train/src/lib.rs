@@ -154,6 +154,11 @@ pub struct Trained {
     pub per_label: BTreeMap<String, usize>,
     /// Hyper-parameters and optimiser outcome, for the manifest.
     pub hyperparameters: Value,
+    /// The head's metrics on its own training data, measured natively by the trainer (token
+    /// heads: entity metrics, decoded from the same feature rows it was fitted on). The
+    /// packaged plugin evaluated on the same data must score exactly this: a difference means
+    /// the plugin builds features, reads weights or decodes spans differently.
+    pub fit: Option<Value>,
 }
 
 /// Trains a classification head on `examples` (at least two labels).
@@ -242,6 +247,7 @@ pub fn train_classifier(
         "optimizer": { "name": "L-BFGS", "iterations": model.iterations, "converged": model.converged },
     });
     Ok(Trained {
+        fit: None,
         model,
         labels,
         per_label,
@@ -272,6 +278,7 @@ pub fn train_tagger(
     let dim = encoder.hidden_size();
     let mut x = Features::new(options.features.width(dim));
     let mut y = Vec::new();
+    let mut sentence_rows: Vec<SentenceRows> = Vec::with_capacity(sentences.len());
     let bar = progress(sentences.len(), "encoding");
     for chunk in sentences.chunks(CHUNK) {
         let joined: Vec<(String, Vec<(usize, usize)>)> = chunk.iter().map(tokens::join).collect();
@@ -281,14 +288,17 @@ pub fn train_tagger(
             let Some(states) = enc.token_states.as_deref() else {
                 continue;
             };
+            let mut words = Vec::new();
             for (index, word, tag) in tokens::labelled_pieces(sentence, text, spans, &enc.offsets) {
                 if let Some(class) = tags.iter().position(|t| *t == tag) {
                     options
                         .features
                         .push(&mut x.data, states, dim, text, index, word);
                     y.push(class);
+                    words.push((word.1, word.2));
                 }
             }
+            sentence_rows.push((metrics::spans_from_tags(&sentence.tags, spans), words));
         }
         bar.inc(chunk.len() as u64);
     }
@@ -327,12 +337,39 @@ pub fn train_tagger(
         "rows": y.len(),
         "optimizer": { "name": "L-BFGS", "iterations": model.iterations, "converged": model.converged },
     });
+    let fit = tagger_fit(&model, &x, &tags, &sentence_rows);
     Ok(Trained {
         model,
         labels: tags,
         per_label,
         hyperparameters,
+        fit: serde_json::to_value(fit).ok(),
     })
+}
+
+/// A training sentence's gold spans, and the byte span of the word behind each of its rows.
+type SentenceRows = (Vec<metrics::Span>, Vec<(usize, usize)>);
+
+/// Entity metrics of `model` on its own training rows: each row's tag predicted natively, the
+/// tags of a sentence decoded into spans as the token-classifier plugin decodes them.
+fn tagger_fit(
+    model: &LinearModel,
+    x: &Features,
+    tags: &[String],
+    sentences: &[SentenceRows],
+) -> metrics::EntityMetrics {
+    let mut row = 0;
+    let mut gold = Vec::with_capacity(sentences.len());
+    let mut predicted = Vec::with_capacity(sentences.len());
+    for (spans, words) in sentences {
+        let predicted_tags: Vec<String> = (row..row + words.len())
+            .map(|i| tags[model.predict(x.row(i))].clone())
+            .collect();
+        row += words.len();
+        gold.push(spans.clone());
+        predicted.push(metrics::spans_from_tags(&predicted_tags, words));
+    }
+    metrics::entities(&gold, &predicted)
 }
 
 /// Loads `package` into `host` for evaluation (generous deadline: this is offline work).
