@@ -25,6 +25,7 @@ use routes::Routes;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use headstream_encoder::{EncodedText, Encoder};
 use headstream_package::{Package, Registry};
@@ -183,7 +184,7 @@ fn load_stages(
                         config: spec.config.clone(),
                         assets,
                         limits,
-                        encoder: None,
+                        ..HeadConfig::default()
                     },
                 )
                 .map(|head| {
@@ -643,27 +644,7 @@ impl Runner {
             .collect();
         let outputs = run_stages(&self.name, &self.stages, items);
         if let Some(m) = &self.metrics {
-            m.observe(&self.name, "encode", encoded_at - started);
-            m.observe(&self.name, "heads", encoded_at.elapsed());
-            for failed in &outputs.failures {
-                for head in failed.keys() {
-                    m.head_failures.with_label_values(&[&self.name, head]).inc();
-                }
-            }
-            for stage in &self.stages {
-                let dropped: u64 = stage.heads().map(Head::take_log_lines_dropped).sum();
-                if dropped > 0 {
-                    m.head_log_dropped
-                        .with_label_values(&[&self.name, &stage.name])
-                        .inc_by(dropped);
-                }
-            }
-            for (_, shadow) in &outputs.shadows {
-                let outcome = if shadow.agree { "agree" } else { "disagree" };
-                m.shadow
-                    .with_label_values(&[&self.name, &shadow.head, outcome])
-                    .inc();
-            }
+            self.record(m, &outputs, encoded_at - started, encoded_at.elapsed());
         }
         let records = messages
             .iter()
@@ -700,6 +681,32 @@ impl Runner {
             records,
             shadows: outputs.shadows,
         })
+    }
+
+    /// Counts a processed batch into `m`: stage times, head failures, dropped log lines and
+    /// shadow agreement.
+    fn record(&self, m: &Metrics, outputs: &StageOutputs, encode: Duration, heads: Duration) {
+        m.observe(&self.name, "encode", encode);
+        m.observe(&self.name, "heads", heads);
+        for failed in &outputs.failures {
+            for head in failed.keys() {
+                m.head_failures.with_label_values(&[&self.name, head]).inc();
+            }
+        }
+        for stage in &self.stages {
+            let dropped: u64 = stage.heads().map(Head::take_log_lines_dropped).sum();
+            if dropped > 0 {
+                m.head_log_dropped
+                    .with_label_values(&[&self.name, &stage.name])
+                    .inc_by(dropped);
+            }
+        }
+        for (_, shadow) in &outputs.shadows {
+            let outcome = if shadow.agree { "agree" } else { "disagree" };
+            m.shadow
+                .with_label_values(&[&self.name, &shadow.head, outcome])
+                .inc();
+        }
     }
 
     /// The heads this runner serves, `name` → `name@version` (canaries and shadows not
