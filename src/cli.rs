@@ -90,6 +90,18 @@ pub struct ModelArgs {
     /// A sentence-transformers BERT directory (config.json, model.safetensors, tokenizer.json, ...).
     #[arg(long, env = "HEADSTREAM_MODEL", default_value = crate::cmd::DEFAULT_MODEL_DIR)]
     pub model: PathBuf,
+    /// Arithmetic of the encoder's dense layers: f32 (sentence-transformers' vectors) or int8
+    /// (faster; a head trained on f32 runs on it only once `eval --precision int8 --approve`
+    /// has approved it). Default: the host config's `precision`, else f32.
+    #[arg(long, env = "HEADSTREAM_PRECISION", value_name = "f32|int8")]
+    pub precision: Option<headstream_encoder::Precision>,
+}
+
+impl ModelArgs {
+    /// `--precision`, else f32.
+    pub fn precision(&self) -> headstream_encoder::Precision {
+        self.precision.unwrap_or_default()
+    }
 }
 
 /// `headstream embed`
@@ -325,6 +337,14 @@ pub struct EvalArgs {
     /// Labelled data in the package's format.
     #[arg(long)]
     pub data: PathBuf,
+    /// Record this evaluation in the package as an approval of the encoder it ran on (say,
+    /// `--precision int8`), so hosts running that encoder serve the head. Refused when the
+    /// headline metric is more than `--max-drop` below the package's recorded one.
+    #[arg(long)]
+    pub approve: bool,
+    /// Largest drop of the headline metric (accuracy or entity F1, 0..1) `--approve` accepts.
+    #[arg(long, default_value_t = 0.01, requires = "approve")]
+    pub max_drop: f64,
 }
 
 /// `headstream plugins ...`

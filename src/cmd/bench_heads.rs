@@ -21,7 +21,7 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
     let texts: Vec<&str> = (0..batch)
         .map(|i| records[i % records.len()].text.as_str())
         .collect();
-    let encoder = super::load_encoder(&args.model.model, batch)?;
+    let encoder = super::load_encoder(&args.model.model, args.model.precision(), batch)?;
     let hidden = encoder.hidden_size();
 
     // Encoder time per message on this batch (median of passes).

@@ -34,7 +34,11 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         .as_ref()
         .map_or_else(|| "stdin".to_owned(), |p| p.display().to_string());
     let records = parse_records(&read_input(args.input.as_deref())?, &source)?;
-    let encoder = super::load_encoder(&args.model.model, args.batch_size as usize)?;
+    let encoder = super::load_encoder(
+        &args.model.model,
+        args.model.precision(),
+        args.batch_size as usize,
+    )?;
     let hidden = encoder.hidden_size();
 
     let write_all = |out: &mut dyn Write| -> anyhow::Result<()> {

@@ -13,14 +13,18 @@ pub mod serve;
 pub mod train;
 
 use anyhow::Context as _;
-use headstream_encoder::{Backend, BatchLimits, Encoder, EncoderOptions};
+use headstream_encoder::{Backend, BatchLimits, Encoder, EncoderOptions, Precision};
 
 /// Where `model fetch` puts the model and where the other commands look for it.
 pub const DEFAULT_MODEL_DIR: &str = "models/all-minilm-l6-v2";
 
-/// Loads the encoder from `dir` with the given batch size; `$HEADSTREAM_ENCODER_BACKEND`
-/// (`auto`, `packed`, `candle`) picks the forward pass.
-pub fn load_encoder(dir: &std::path::Path, batch_size: usize) -> anyhow::Result<Encoder> {
+/// Loads the encoder from `dir` at `precision` with the given batch size;
+/// `$HEADSTREAM_ENCODER_BACKEND` (`auto`, `packed`, `candle`) picks the forward pass.
+pub fn load_encoder(
+    dir: &std::path::Path,
+    precision: Precision,
+    batch_size: usize,
+) -> anyhow::Result<Encoder> {
     let backend = match std::env::var("HEADSTREAM_ENCODER_BACKEND") {
         Ok(value) => value
             .parse()
@@ -32,8 +36,10 @@ pub fn load_encoder(dir: &std::path::Path, batch_size: usize) -> anyhow::Result<
             max_batch_size: batch_size,
             ..BatchLimits::default()
         },
-        prefer_gpu: true,
+        // The int8 path is the packed CPU one.
+        prefer_gpu: precision == Precision::F32,
         backend,
+        precision,
     };
     Encoder::load(dir, options)
         .with_context(|| format!("cannot load the encoder from {}", dir.display()))

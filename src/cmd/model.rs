@@ -20,7 +20,7 @@ pub fn fetch(args: &FetchArgs) -> anyhow::Result<()> {
 
 /// Prints the model's settings and fingerprint as one JSON object.
 pub fn info(args: &ModelArgs) -> anyhow::Result<()> {
-    let encoder = super::load_encoder(&args.model, 1)?;
+    let encoder = super::load_encoder(&args.model, Default::default(), 1)?;
     let config = encoder.config();
     let info = serde_json::json!({
         "dir": args.model,

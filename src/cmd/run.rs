@@ -15,7 +15,11 @@ use crate::cli::RunArgs;
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&args.pipeline)?;
     let batch = *pipeline.batching.max_batch_size.get_ref() as usize;
-    let encoder = Arc::new(super::load_encoder(&args.model.model, batch)?);
+    let encoder = Arc::new(super::load_encoder(
+        &args.model.model,
+        args.model.precision(),
+        batch,
+    )?);
     let registry = headstream_package::Registry::chosen(&args.registry, &[]);
     let plugins = headstream_runner::plugin_host(&encoder, Some(component_cache()), 64)?;
     let runner = Runner::new(&pipeline, &plugins, encoder, &registry)?;

@@ -40,6 +40,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         metrics: args.metrics,
         model: (args.model.model.as_os_str() != super::DEFAULT_MODEL_DIR)
             .then(|| args.model.model.clone()),
+        precision: args.model.precision,
         registry: args.registry.clone(),
         shutdown_timeout: args.shutdown_timeout,
         deployed: args.deployed,
@@ -50,7 +51,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .model
         .clone()
         .unwrap_or_else(|| args.model.model.clone());
-    let encoder = Arc::new(super::load_encoder(&model, settings.max_batch_size())?);
+    let encoder = Arc::new(super::load_encoder(
+        &model,
+        settings.precision,
+        settings.max_batch_size(),
+    )?);
     let grace = settings.shutdown_timeout;
     let runtime = runtime()?;
     let served = runtime.block_on(async {

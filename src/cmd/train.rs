@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use headstream_encoder::Encoder;
-use headstream_package::{FileRef, Kind, Manifest, Package, Training};
+use headstream_package::{Approval, FileRef, Kind, Manifest, Package, Training};
 use headstream_plugin_host::{HostConfig, PluginHost};
 use headstream_train::cache::EmbeddingCache;
 use headstream_train::logreg::ClassWeight;
@@ -82,7 +82,11 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if !(args.c.is_finite() && args.c > 0.0) {
         anyhow::bail!("--c must be a positive number, not {}", args.c);
     }
-    let encoder = Arc::new(super::load_encoder(&args.model.model, BATCH)?);
+    let encoder = Arc::new(super::load_encoder(
+        &args.model.model,
+        args.model.precision(),
+        BATCH,
+    )?);
     let mut cache = open_cache(&args.cache, &encoder)?;
 
     let started = std::time::Instant::now();
@@ -167,6 +171,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             command: command_line(),
         }),
         metrics: None,
+        approved_encoders: Vec::new(),
     };
     let weights = trained
         .model
@@ -187,6 +192,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         "train_seconds": (train_seconds * 100.0).round() / 100.0,
         "hyperparameters": trained.hyperparameters,
     });
+    if let Some(fit) = &trained.fit {
+        summary["fit"] = fit.clone();
+    }
     if let Some(eval) = &args.eval {
         let host = host(&encoder)?;
         let head = headstream_train::load_for_eval(&host, &package)
@@ -219,26 +227,104 @@ fn command_line() -> String {
         .join(" ")
 }
 
-/// Evaluates a package on labelled data and prints the metrics.
+/// Evaluates a package on labelled data and prints the metrics. The head runs on this
+/// command's encoder even when the package names another (that is what an evaluation is for);
+/// with `--approve` the package then records the approval.
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let package = load_package(&args.plugin)?;
-    let encoder = Arc::new(super::load_encoder(&args.model.model, BATCH)?);
+    let mut package = load_package(&args.plugin)?;
+    let encoder = Arc::new(super::load_encoder(
+        &args.model.model,
+        args.model.precision(),
+        BATCH,
+    )?);
+    let running = encoder.fingerprint().to_string();
     let mut cache = open_cache(&args.cache, &encoder)?;
     let host = host(&encoder)?;
-    let head = headstream_train::load_for_eval(&host, &package)?;
+    let mut evaluated = package.clone();
+    evaluated.manifest.approved_encoders.push(Approval {
+        encoder: running.clone(),
+        data: String::new(),
+        data_sha256: String::new(),
+        metrics: Value::Null,
+    });
+    let head = headstream_train::load_for_eval(&host, &evaluated)?;
     let metrics =
         headstream_train::evaluate(&encoder, &package, &head, &args.data, cache.as_mut())?;
-    let report = json!({
+    let mut report = json!({
         "package": args.plugin.display().to_string(),
         "name": package.manifest.name,
         "version": package.manifest.version,
         "kind": package.manifest.kind.as_str(),
+        "encoder": running,
         "data": args.data.display().to_string(),
         "metrics": metrics,
         "embedding_cache": report_cache(cache.as_ref()),
     });
+    if args.approve {
+        report["approved"] = approve(&mut package, args, &running, &metrics)?;
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Records `metrics` (measured on encoder `running`) in `package` as an approval of that
+/// encoder, unless the headline metric fell more than `--max-drop` below the package's own.
+fn approve(
+    package: &mut Package,
+    args: &EvalArgs,
+    running: &str,
+    metrics: &Value,
+) -> anyhow::Result<Value> {
+    let manifest = &mut package.manifest;
+    if manifest.encoders().next() == Some(running) {
+        anyhow::bail!(
+            "--approve: the package was trained on this encoder ({running}); there is nothing to approve"
+        );
+    }
+    let headline = |m: &Value| {
+        m.get("accuracy")
+            .or_else(|| m["overall"].get("f1"))
+            .and_then(Value::as_f64)
+    };
+    let recorded = manifest
+        .metrics
+        .as_ref()
+        .and_then(|m| headline(&m["metrics"]));
+    let (Some(recorded), Some(now)) = (recorded, headline(metrics)) else {
+        anyhow::bail!(
+            "--approve needs the package's own metrics to compare with (train with --eval, or eval it on its encoder first)"
+        );
+    };
+    let data_sha256 = headstream_package::sha256_hex(
+        &std::fs::read(&args.data)
+            .with_context(|| format!("cannot read {}", args.data.display()))?,
+    );
+    let measured_on = manifest.metrics.as_ref().map(|m| m["data_sha256"].clone());
+    if measured_on.as_ref().and_then(Value::as_str) != Some(data_sha256.as_str()) {
+        anyhow::bail!(
+            "--approve compares with the package's own metrics, measured on other data ({}): evaluate on that file",
+            manifest
+                .metrics
+                .as_ref()
+                .map_or(Value::Null, |m| m["data"].clone())
+        );
+    }
+    let drop = recorded - now;
+    if drop > args.max_drop {
+        anyhow::bail!(
+            "--approve refused: the headline metric is {now:.4} on {running}, {drop:.4} below the package's {recorded:.4} (--max-drop {})",
+            args.max_drop
+        );
+    }
+    manifest.approved_encoders.retain(|a| a.encoder != running);
+    manifest.approved_encoders.push(Approval {
+        encoder: running.to_owned(),
+        data: args.data.display().to_string(),
+        data_sha256,
+        metrics: metrics.clone(),
+    });
+    package.save_manifest()?;
+    Ok(json!({ "encoder": running, "headline": now, "package_headline": recorded, "drop": drop }))
 }
 
 fn load_package(dir: &Path) -> anyhow::Result<Package> {

@@ -268,3 +268,116 @@ fn a_small_mlp_head_trains_and_runs_in_the_linear_classifier()
     assert!(header.contains("hidden.weight"), "{header}");
     Ok(())
 }
+
+#[test]
+fn an_int8_host_serves_an_f32_head_only_once_eval_approved_it()
+-> Result<(), Box<dyn std::error::Error>> {
+    let component = plugin_path("linear-classifier");
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("topic");
+    let (train, test) = (
+        fixture("train/support_train.jsonl"),
+        fixture("train/support_test.jsonl"),
+    );
+    json_out(&headstream(
+        &[
+            "train",
+            "--kind",
+            "classify",
+            "--data",
+            &s(&train),
+            "--eval",
+            &s(&test),
+            "--out",
+            &s(&package),
+            "--component",
+            &s(&component),
+            "--no-cache",
+        ],
+        b"",
+    ));
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n\
+         [[heads]]\nname = \"topic\"\npackage = \"topic\"\n",
+    )?;
+    let message = b"{\"id\":\"a\",\"text\":\"My parcel was sent to the wrong street\"}\n";
+    let run_int8 = || {
+        headstream(
+            &["run", "--precision", "int8", "--pipeline", &s(&pipeline)],
+            message,
+        )
+    };
+
+    // Trained on the f32 encoder: the int8 host refuses it, naming both encoders.
+    let refused = run_int8();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("+int8@sha256:") && stderr.contains(trained_encoder(&package)?.as_str()),
+        "{stderr}"
+    );
+
+    // An approval that would lose more than --max-drop is refused and records nothing.
+    let strict = headstream(
+        &[
+            "eval",
+            "--precision",
+            "int8",
+            "--plugin",
+            &s(&package),
+            "--data",
+            &s(&test),
+            "--no-cache",
+            "--approve",
+            "--max-drop=-1",
+        ],
+        b"",
+    );
+    assert!(!strict.status.success());
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("--approve refused"));
+    assert!(!run_int8().status.success());
+
+    // Evaluated on int8 and approved: the manifest lists the int8 encoder and the host serves it.
+    let approved = json_out(&headstream(
+        &[
+            "eval",
+            "--precision",
+            "int8",
+            "--plugin",
+            &s(&package),
+            "--data",
+            &s(&test),
+            "--no-cache",
+            "--approve",
+        ],
+        b"",
+    ));
+    assert!(
+        approved["encoder"]
+            .as_str()
+            .is_some_and(|e| e.contains("+int8@sha256:")),
+        "{approved:#}"
+    );
+    let drop = approved["approved"]["drop"].as_f64().unwrap_or(1.0);
+    assert!(drop <= 0.01, "{approved:#}");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(package.join("manifest.json"))?)?;
+    assert_eq!(
+        manifest["approved_encoders"][0]["encoder"], approved["encoder"],
+        "{manifest:#}"
+    );
+    let result = json_out(&run_int8());
+    assert_eq!(
+        result["results"]["topic"]["label"], "shipping",
+        "{result:#}"
+    );
+    assert_eq!(result["encoder"], approved["encoder"]);
+    Ok(())
+}
+
+/// The encoder fingerprint a package was trained on.
+fn trained_encoder(package: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let manifest: Value = serde_json::from_slice(&std::fs::read(package.join("manifest.json"))?)?;
+    Ok(manifest["encoder"].as_str().unwrap_or_default().to_owned())
+}

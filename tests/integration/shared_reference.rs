@@ -115,3 +115,24 @@ fn parity_with_sentence_transformers_on_all_reference_sentences() {
         sentences.len()
     );
 }
+
+#[test]
+#[ignore = "needs ../shared (run by .ci/run)"]
+fn int8_cosine_against_sentence_transformers_on_all_reference_sentences() {
+    let dir = shared_dir().join("reference/all-minilm-l6-v2");
+    let sentences: Vec<Sentence> = read_jsonl(&dir.join("sentences.jsonl"));
+    let embeddings: Vec<Embedding> = read_jsonl(&dir.join("embeddings.jsonl"));
+    let texts: Vec<&str> = sentences.iter().map(|s| s.text.as_str()).collect();
+    let got = crate::encoder_parity::int8_encoder()
+        .encode(&texts, false)
+        .unwrap_or_else(|e| panic!("encode: {e}"));
+    let want: Vec<&[f32]> = embeddings.iter().map(|e| e.embedding.as_slice()).collect();
+    let (mean, min) = crate::encoder_parity::cosines(&got, &want);
+    eprintln!(
+        "int8 vs sentence-transformers on 323 sentences: cosine mean {mean:.5}, min {min:.5}"
+    );
+    assert!(
+        mean >= 0.99 && min >= 0.97,
+        "int8 cosine mean {mean:.5}, min {min:.5}"
+    );
+}

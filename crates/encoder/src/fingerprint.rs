@@ -7,7 +7,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::{EncoderError, ModelConfig};
+use crate::{EncoderError, ModelConfig, Precision};
 
 /// Identifies an encoder by what determines its output: weights, tokenizer, pooling, maximum
 /// length and normalisation. Displayed as `name@sha256:<64 hex>`; two encoders are compatible
@@ -19,8 +19,10 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    /// Computes the fingerprint of the model described by `config`.
-    pub fn compute(config: &ModelConfig) -> Result<Self, EncoderError> {
+    /// Computes the fingerprint of the model described by `config`, run at `precision`. An
+    /// f32 encoder's fingerprint is the one every earlier release computed; another precision
+    /// adds itself to the digest and to the name (`all-minilm-l6-v2+int8`).
+    pub fn compute(config: &ModelConfig, precision: Precision) -> Result<Self, EncoderError> {
         let weights = file_sha256(&config.dir.join("model.safetensors"))?;
         let tokenizer = file_sha256(&config.dir.join("tokenizer.json"))?;
         let mut h = Sha256::new();
@@ -30,12 +32,19 @@ impl Fingerprint {
         h.update(format!("pooling={}\n", config.pooling.as_str()).as_bytes());
         h.update(format!("max_seq_length={}\n", config.max_seq_length).as_bytes());
         h.update(format!("normalize={}\n", config.normalize).as_bytes());
+        if precision != Precision::F32 {
+            h.update(format!("precision={precision}\n").as_bytes());
+        }
         let name = config
             .dir
             .canonicalize()
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_lowercase()))
             .unwrap_or_else(|| "encoder".into());
+        let name = match precision {
+            Precision::F32 => name,
+            other => format!("{name}+{other}"),
+        };
         Ok(Self {
             name,
             digest: hex(&h.finalize()),

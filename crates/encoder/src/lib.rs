@@ -29,7 +29,9 @@
 mod batch;
 mod config;
 mod fingerprint;
+mod int8;
 mod packed;
+mod panels;
 
 use std::path::PathBuf;
 
@@ -99,6 +101,47 @@ pub struct EncoderOptions {
     pub prefer_gpu: bool,
     /// Which implementation of the forward pass runs.
     pub backend: Backend,
+    /// The arithmetic of the dense layers.
+    pub precision: Precision,
+}
+
+/// The arithmetic of the encoder's dense layers. Part of the [`Fingerprint`]: vectors from an
+/// int8 encoder are close to, not equal to, the f32 ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 weights and products: sentence-transformers' output to within 1e-5.
+    #[default]
+    F32,
+    /// 8-bit weights (one scale per output channel), activations quantized per row at run
+    /// time, integer products (packed CPU path only).
+    Int8,
+}
+
+impl Precision {
+    /// `f32` or `int8`, as configs and the command line spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Self::F32),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!("{other:?} is not f32 or int8")),
+        }
+    }
 }
 
 /// The implementation of BERT's forward pass.
@@ -227,12 +270,24 @@ impl Encoder {
                     reason: "the packed backend runs on the CPU only".to_owned(),
                 });
             }
-            Model::Packed(packed::PackedBert::load(&tensors, &config.bert)?)
+            Model::Packed(packed::PackedBert::load(
+                &tensors,
+                &config.bert,
+                options.precision,
+            )?)
+        } else if options.precision != Precision::F32 {
+            return Err(EncoderError::Config {
+                path: weights_path,
+                reason: format!(
+                    "precision {} runs on the packed CPU path only",
+                    options.precision
+                ),
+            });
         } else {
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
             Model::Candle(BertModel::load(vb, &config.bert)?)
         };
-        let fingerprint = Fingerprint::compute(&config)?;
+        let fingerprint = Fingerprint::compute(&config, options.precision)?;
         tracing::debug!(dir = %dir.display(), %fingerprint, "encoder loaded");
         Ok(Self {
             config,

@@ -14,7 +14,9 @@ use candle_core::{DType, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
-use crate::EncoderError;
+use crate::int8::QLinear;
+use crate::panels::PackedF32;
+use crate::{EncoderError, Precision};
 
 /// `x · W + b` with `W` stored `in × out`, row-major.
 struct Linear {
@@ -30,13 +32,69 @@ struct Norm {
     beta: Vec<f32>,
 }
 
+/// A dense layer at the encoder's precision.
+enum Dense {
+    /// f32: the general GEMM for large batches, panels packed at load for small ones.
+    F32(Linear, PackedF32),
+    Int8(QLinear),
+}
+
+/// Most rows a product runs on the panels packed at load rather than on the general GEMM
+/// (which packs the weights on every call).
+fn small_rows() -> usize {
+    static SMALL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SMALL.get_or_init(|| {
+        std::env::var("HEADSTREAM_SMALL_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    })
+}
+
+impl Dense {
+    fn new(linear: Linear, precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => {
+                let packed = PackedF32::new(&linear.weight, linear.inputs, linear.outputs);
+                Self::F32(linear, packed)
+            }
+            Precision::Int8 => Self::Int8(QLinear::new(
+                &linear.weight,
+                linear.bias,
+                linear.inputs,
+                linear.outputs,
+            )),
+        }
+    }
+
+    fn outputs(&self) -> usize {
+        match self {
+            Self::F32(l, _) => l.outputs,
+            Self::Int8(l) => l.outputs,
+        }
+    }
+
+    /// `out = input · W + b (+ residual)`, `input` being `rows × inputs`.
+    fn forward(&self, input: &[f32], rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        match self {
+            Self::F32(l, packed) if rows <= small_rows() => {
+                let out = &mut out[..rows * l.outputs];
+                crate::panels::init_rows(out, l.outputs, &l.bias, residual);
+                packed.accumulate(&input[..rows * l.inputs], out);
+            }
+            Self::F32(l, _) => linear(input, rows, l, out, residual),
+            Self::Int8(l) => l.forward(input, rows, out, residual),
+        }
+    }
+}
+
 struct Layer {
     /// Query, key and value in one product: outputs `[q | k | v]`.
-    qkv: Linear,
-    attention_out: Linear,
+    qkv: Dense,
+    attention_out: Dense,
     attention_norm: Norm,
-    up: Linear,
-    down: Linear,
+    up: Dense,
+    down: Dense,
     output_norm: Norm,
 }
 
@@ -97,6 +155,7 @@ impl PackedBert {
     pub(crate) fn load(
         tensors: &HashMap<String, Tensor>,
         config: &Config,
+        precision: Precision,
     ) -> Result<Self, EncoderError> {
         if config.hidden_act != HiddenAct::Gelu {
             return Err(candle_core::Error::Msg(format!(
@@ -112,6 +171,14 @@ impl PackedBert {
         };
         let h = config.hidden_size;
         let inter = config.intermediate_size;
+        if precision == Precision::Int8 && inter.max(h) > crate::int8::MAX_INPUTS {
+            return Err(candle_core::Error::Msg(format!(
+                "int8 sums are exact for layers up to {} wide; this model has {}",
+                crate::int8::MAX_INPUTS,
+                inter.max(h)
+            ))
+            .into());
+        }
         if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
             return Err(candle_core::Error::Msg(format!(
                 "hidden size {h} is not a multiple of {} heads",
@@ -151,17 +218,18 @@ impl PackedBert {
                 }
             }
             let bias = [q.bias, k.bias, v.bias].concat();
+            let dense = |l: Linear| Dense::new(l, precision);
             layers.push(Layer {
-                qkv: Linear {
+                qkv: dense(Linear {
                     weight,
                     bias,
                     inputs: h,
                     outputs: 3 * h,
-                },
-                attention_out: linear(&at("attention.output.dense"), h, h)?,
+                }),
+                attention_out: dense(linear(&at("attention.output.dense"), h, h)?),
                 attention_norm: norm(&at("attention.output.LayerNorm"))?,
-                up: linear(&at("intermediate.dense"), h, inter)?,
-                down: linear(&at("output.dense"), inter, h)?,
+                up: dense(linear(&at("intermediate.dense"), h, inter)?),
+                down: dense(linear(&at("output.dense"), inter, h)?),
                 output_norm: norm(&at("output.LayerNorm"))?,
             });
         }
@@ -226,25 +294,21 @@ impl PackedBert {
             }
         }
         kernels::layer_norm_rows(&mut x, h, &self.embedding_norm, self.eps);
-        let inter = self.layers.first().map_or(0, |l| l.up.outputs);
+        let inter = self.layers.first().map_or(0, |l| l.up.outputs());
         let mut qkv = vec![0.0f32; rows * 3 * h];
         let mut context = vec![0.0f32; rows * h];
         let mut attended = vec![0.0f32; rows * h];
         let mut up = vec![0.0f32; rows * inter];
         for layer in &self.layers {
-            linear(&x, rows, &layer.qkv, &mut qkv, None);
+            layer.qkv.forward(&x, rows, &mut qkv, None);
             self.attention(&qkv, &starts, &mut context);
-            linear(
-                &context,
-                rows,
-                &layer.attention_out,
-                &mut attended,
-                Some(&x),
-            );
+            layer
+                .attention_out
+                .forward(&context, rows, &mut attended, Some(&x));
             kernels::layer_norm_rows(&mut attended, h, &layer.attention_norm, self.eps);
-            linear(&attended, rows, &layer.up, &mut up, None);
+            layer.up.forward(&attended, rows, &mut up, None);
             kernels::gelu(&mut up);
-            linear(&up, rows, &layer.down, &mut x, Some(&attended));
+            layer.down.forward(&up, rows, &mut x, Some(&attended));
             kernels::layer_norm_rows(&mut x, h, &layer.output_norm, self.eps);
         }
         Ok(PackedStates { states: x, starts })
@@ -273,7 +337,7 @@ impl PackedBert {
 }
 
 /// Most FLOPs a product may have to run on one thread (below that, threads cost more).
-const PARALLEL_FLOPS: usize = 1 << 21;
+pub(crate) const PARALLEL_FLOPS: usize = 1 << 21;
 
 /// `out = input · W + b (+ residual)`, `input` being `rows × W.inputs`.
 fn linear(input: &[f32], rows: usize, layer: &Linear, out: &mut [f32], residual: Option<&[f32]>) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use headstream_encoder::Encoder;
+use headstream_encoder::{Encoder, Precision};
 use headstream_package::Registry;
 use headstream_pipeline::{HostFile, NatsSettings, Pipeline};
 use headstream_registry::ClusterRegistry;
@@ -31,6 +31,8 @@ pub struct Overrides {
     pub metrics: Option<SocketAddr>,
     /// Model directory, when not the default.
     pub model: Option<PathBuf>,
+    /// Encoder precision (`--precision`).
+    pub precision: Option<Precision>,
     /// Package directories (`--registry`).
     pub registry: Vec<PathBuf>,
     /// Drain time after a shutdown signal (`--shutdown-timeout`).
@@ -55,6 +57,8 @@ pub struct HostSettings {
     pub metrics: Option<SocketAddr>,
     /// The model directory, if the command line or the host config names one.
     pub model: Option<PathBuf>,
+    /// The encoder's precision (default f32).
+    pub precision: Precision,
     /// Package directories `plugin = "name@version"` references resolve against.
     pub registry: Registry,
     /// Serve the cluster registry's pipelines and follow its changes.
@@ -104,6 +108,15 @@ impl HostSettings {
             model: cli
                 .model
                 .or_else(|| from_file.and_then(|h| h.model.clone())),
+            // Validated when the host config was loaded.
+            precision: cli
+                .precision
+                .or_else(|| {
+                    from_file
+                        .and_then(|h| h.precision.as_ref())
+                        .and_then(|p| p.get_ref().parse().ok())
+                })
+                .unwrap_or_default(),
             registry: Registry::chosen(&cli.registry, from_file.map_or(&[][..], |h| &h.registry)),
             deployed: cli.deployed,
             watch: cli.watch,
@@ -157,25 +170,13 @@ impl Host {
         )?);
         let batcher = co_batcher(&settings, &encoder, &metrics);
         let mut registry = settings.registry.clone();
-        let fetched = tempfile::Builder::new()
-            .prefix("headstream-packages-")
-            .tempdir()
-            .map_err(|source| HostError::Io {
-                what: "cannot create",
-                path: std::env::temp_dir(),
-                source,
-            })?;
+        let fetched = packages_dir()?;
         if settings.deployed {
             registry.dirs.push(fetched.path().to_path_buf());
         }
         let client = connect(&settings.url, &settings.nats, true).await?;
         if let Some(addr) = settings.metrics {
-            let listener = crate::serve_metrics(addr, metrics.clone());
-            tokio::spawn(async move {
-                if let Err(e) = listener.await {
-                    tracing::error!("metrics endpoint {addr}: {e}");
-                }
-            });
+            spawn_metrics(addr, metrics.clone());
         }
         let host_id = host_id();
         let mut live = LiveHost::new(HostContext {
@@ -187,12 +188,10 @@ impl Host {
             plugins,
             registry,
         });
-        let mut texts = Vec::new();
-        for (file, text, pipeline) in &settings.pipelines {
+        for (file, text, _) in &settings.pipelines {
             live.apply(Origin::File(file.clone()), text, file, None)
                 .await
                 .map_err(|e| HostError::Apply(Box::new(e)))?;
-            texts.push((file.clone(), text.clone(), pipeline.name.get_ref().clone()));
         }
         let service = crate::service::register(
             &client,
@@ -210,31 +209,19 @@ impl Host {
             ),
             false => None,
         };
-        let watch = settings
-            .watch
-            .then(|| FileWatch::new(texts, settings.registry.dirs.clone()));
-        let summary = format!(
-            "{} pipeline(s) on {}{}{}",
-            settings.pipelines.len(),
-            redact(&settings.url),
-            if settings.deployed {
-                ", following the cluster registry"
-            } else {
-                ""
-            },
-            if settings.watch {
-                ", watching files"
-            } else {
-                ""
-            },
-        );
+        let watch = settings.watch.then(|| {
+            let texts = settings.pipelines.iter().map(|(file, text, pipeline)| {
+                (file.clone(), text.clone(), pipeline.name.get_ref().clone())
+            });
+            FileWatch::new(texts.collect(), settings.registry.dirs.clone())
+        });
         Ok(Self {
             live,
             cluster,
             watch,
             fetched,
             _service: service,
-            summary,
+            summary: summary(&settings),
             grace: settings.shutdown_timeout,
         })
     }
@@ -260,6 +247,44 @@ impl Host {
         outcome?;
         finished.map_err(|_| HostError::ShutdownTimeout(self.grace))?
     }
+}
+
+/// What a host serves, for its start-up line.
+fn summary(settings: &HostSettings) -> String {
+    let mut summary = format!(
+        "{} pipeline(s) on {}",
+        settings.pipelines.len(),
+        redact(&settings.url)
+    );
+    if settings.deployed {
+        summary.push_str(", following the cluster registry");
+    }
+    if settings.watch {
+        summary.push_str(", watching files");
+    }
+    summary
+}
+
+/// A directory for packages fetched from the cluster registry, removed with the host.
+fn packages_dir() -> Result<tempfile::TempDir, HostError> {
+    tempfile::Builder::new()
+        .prefix("headstream-packages-")
+        .tempdir()
+        .map_err(|source| HostError::Io {
+            what: "cannot create",
+            path: std::env::temp_dir(),
+            source,
+        })
+}
+
+/// Serves `/metrics` on `addr` in the background; a failure (say, the port is taken) is logged.
+fn spawn_metrics(addr: SocketAddr, metrics: Arc<Metrics>) {
+    let listener = crate::serve_metrics(addr, metrics);
+    tokio::spawn(async move {
+        if let Err(e) = listener.await {
+            tracing::error!("metrics endpoint {addr}: {e}");
+        }
+    });
 }
 
 /// One encoder thread for every pipeline: batches that queue while it is busy share a pass.
@@ -333,6 +358,7 @@ pipelines = ["support.toml"]
 metrics = "127.0.0.1:9464"
 registry = ["heads"]
 shutdown_timeout = 2
+precision = "int8"
 [nats]
 url = "nats://from-file:4222"
 "#,
@@ -342,6 +368,7 @@ url = "nats://from-file:4222"
         assert_eq!(from_file.metrics, "127.0.0.1:9464".parse().ok());
         assert_eq!(from_file.registry.dirs, [dir.path().join("heads")]);
         assert_eq!(from_file.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(from_file.precision, Precision::Int8);
         assert_eq!(from_file.pipelines.len(), 1);
         assert_eq!(from_file.max_batch_size(), 16);
 
@@ -350,6 +377,7 @@ url = "nats://from-file:4222"
             metrics: "127.0.0.1:1".parse().ok(),
             registry: vec![PathBuf::from("elsewhere")],
             shutdown_timeout: Some(Duration::from_millis(500)),
+            precision: Some(Precision::F32),
             ..Overrides::default()
         };
         let merged = HostSettings::resolve(Some(&config), cli)?;
@@ -357,6 +385,7 @@ url = "nats://from-file:4222"
         assert_eq!(merged.metrics, "127.0.0.1:1".parse().ok());
         assert_eq!(merged.registry.dirs, [PathBuf::from("elsewhere")]);
         assert_eq!(merged.shutdown_timeout, Duration::from_millis(500));
+        assert_eq!(merged.precision, Precision::F32);
         Ok(())
     }
 

@@ -162,9 +162,34 @@ pub struct Manifest {
     /// Metrics on held-out data, as printed by `headstream eval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Value>,
+    /// Other encoders (say, the int8 build of `encoder`) the head was evaluated on and approved
+    /// for by `headstream eval --approve`; hosts running one of them serve it too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_encoders: Vec<Approval>,
+}
+
+/// An encoder a package was approved for after an evaluation on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// The approved encoder's fingerprint (`name@sha256:<hex>`).
+    pub encoder: String,
+    /// The evaluation data file.
+    pub data: String,
+    /// sha256 of the data file.
+    pub data_sha256: String,
+    /// The metrics on that encoder, as `eval` printed them.
+    pub metrics: Value,
 }
 
 impl Manifest {
+    /// Every encoder fingerprint the package may run on: the one it was trained on, then the
+    /// approved ones.
+    pub fn encoders(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.encoder.as_str())
+            .chain(self.approved_encoders.iter().map(|a| a.encoder.as_str()))
+    }
+
     /// The headline figure of the recorded metrics (`{"accuracy": ..}` for classifiers,
     /// `{"entity_f1": ..}` for token heads), for listings.
     pub fn headline_metric(&self) -> Option<Value> {
@@ -472,6 +497,7 @@ mod tests {
             config: serde_json::json!({"labels": ["negative", "positive"]}),
             training: None,
             metrics: None,
+            approved_encoders: Vec::new(),
         }
     }
 

@@ -844,6 +844,9 @@ pub struct HostFile {
     /// against (`registry = ["heads"]`), relative to this file.
     #[serde(default)]
     pub registry: Vec<PathBuf>,
+    /// Arithmetic of the encoder's dense layers (`precision = "int8"`; default `"f32"`); the
+    /// CLI's `--precision` wins.
+    pub precision: Option<Spanned<String>>,
     /// Seconds a host takes to finish in-flight batches after SIGTERM before it exits anyway
     /// (`shutdown_timeout = 5`); the CLI's `--shutdown-timeout` wins.
     pub shutdown_timeout: Option<Spanned<f64>>,
@@ -930,6 +933,15 @@ impl HostFile {
                     "{} is not a number of seconds (0 or more)",
                     timeout.get_ref()
                 ),
+            ));
+        }
+        if let Some(precision) = &host.precision
+            && !matches!(precision.get_ref().as_str(), "f32" | "int8")
+        {
+            return Err(at(
+                precision.span(),
+                "precision",
+                format!("{:?} is not \"f32\" or \"int8\"", precision.get_ref()),
             ));
         }
         if let Some(addr) = &host.metrics

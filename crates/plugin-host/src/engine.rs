@@ -380,6 +380,12 @@ impl PluginHost {
             assets,
             limits,
             encoder: Some(package.manifest.encoder.clone()),
+            approved_encoders: package
+                .manifest
+                .approved_encoders
+                .iter()
+                .map(|a| a.encoder.clone())
+                .collect(),
         };
         self.load(&package.component_path(), config)
     }

@@ -97,6 +97,10 @@ pub struct HeadConfig {
     /// Fingerprint of the encoder the head's assets were trained on (from its package
     /// manifest), checked like the one the head declares itself.
     pub encoder: Option<String>,
+    /// Other encoders the head was evaluated on and approved for (the package's
+    /// `approved_encoders`): a host running one of them accepts the head although `encoder`
+    /// (and the head's own declaration) name another.
+    pub approved_encoders: Vec<String>,
 }
 
 /// What a task head does.
@@ -347,8 +351,10 @@ impl Head {
                 .into_iter()
                 .flatten()
             {
-                let compatible = headstream_encoder::Fingerprint::parse(wanted)
-                    .is_some_and(|w| w.is_compatible(running));
+                let compatible = std::iter::once(wanted)
+                    .chain(&config.approved_encoders)
+                    .filter_map(|w| headstream_encoder::Fingerprint::parse(w))
+                    .any(|w| w.is_compatible(running));
                 if !compatible {
                     return Err(PluginError::EncoderMismatch {
                         head: description.name.clone(),

@@ -555,6 +555,7 @@ fn write_package(
         config: config.config,
         training: None,
         metrics: None,
+        approved_encoders: Vec::new(),
     };
     let component = std::fs::read(plugin_path("linear-classifier"))?;
     let weights = &config.assets[0].data;

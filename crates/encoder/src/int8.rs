@@ -1,0 +1,216 @@
+//! Integer dense layers: `x · W + b` with `W` quantized once at load to 8-bit integers (one
+//! scale per output channel) and `x` quantized per row at run time, the products summed in
+//! 32-bit integers.
+//!
+//! Activations are quantized symmetrically per row to 13 bits (±4095): with 8-bit weights
+//! every product and every sum over an input up to [`MAX_INPUTS`] wide stays inside an `i32`,
+//! so the integer arithmetic is exact and the only error is the rounding of weights and
+//! activations. The products run on `i16` lanes (`vpmaddwd`: sixteen multiplies and eight
+//! pairwise sums per instruction, no saturation) on the tiles of [`crate::panels`], the
+//! weights packed once at load in the order a tile reads them.
+
+use crate::panels::{self, PANEL, TILE_ROWS};
+
+/// Largest quantized activation magnitude (13 bits).
+const ACTIVATION_MAX: f32 = 4095.0;
+/// Largest quantized weight magnitude.
+const WEIGHT_MAX: f32 = 127.0;
+/// Widest input the integer sums are exact for: `4095 · 127 · MAX_INPUTS` fits an `i32`.
+pub(crate) const MAX_INPUTS: usize = (i32::MAX as usize) / (4095 * 127);
+
+/// A dense layer with 8-bit weights packed for the integer tiles.
+pub(crate) struct QLinear {
+    /// `[panel][k2 / 2][16 columns][2]`: each column's weights for inputs `2j` and `2j + 1`
+    /// side by side, as `vpmaddwd` multiplies them with a broadcast pair of activations.
+    packed: Vec<i16>,
+    /// Per output channel: the weight scale (weight ≈ quantized × scale).
+    scales: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) inputs: usize,
+    pub(crate) outputs: usize,
+    /// Inputs rounded up to even (a zero weight pads an odd width).
+    k2: usize,
+}
+
+impl QLinear {
+    /// Quantizes `weight` (`inputs × outputs`, row-major, as the f32 path stores it).
+    pub(crate) fn new(weight: &[f32], bias: Vec<f32>, inputs: usize, outputs: usize) -> Self {
+        let k2 = inputs.next_multiple_of(2);
+        let scales: Vec<f32> = (0..outputs)
+            .map(|o| {
+                let amax = (0..inputs)
+                    .map(|i| weight[i * outputs + o].abs())
+                    .fold(0.0f32, f32::max);
+                if amax > 0.0 { amax / WEIGHT_MAX } else { 1.0 }
+            })
+            .collect();
+        let mut packed = vec![0i16; outputs.div_ceil(PANEL) * k2 * PANEL];
+        for o in 0..outputs {
+            let (panel, col) = (o / PANEL, o % PANEL);
+            for i in 0..inputs {
+                let q = (weight[i * outputs + o] / scales[o]).round();
+                let at = panel * k2 * PANEL + (i / 2) * PANEL * 2 + col * 2 + i % 2;
+                packed[at] = q.clamp(-WEIGHT_MAX, WEIGHT_MAX) as i16;
+            }
+        }
+        Self {
+            packed,
+            scales,
+            bias,
+            inputs,
+            outputs,
+            k2,
+        }
+    }
+
+    /// `out = input · W + b (+ residual)`, `input` being `rows × inputs`.
+    pub(crate) fn forward(
+        &self,
+        input: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+    ) {
+        let (k, k2, n) = (self.inputs, self.k2, self.outputs);
+        let out = &mut out[..rows * n];
+        panels::init_rows(out, n, &self.bias, residual);
+        let mut quantized = vec![0i16; rows * k2];
+        let mut row_scales = vec![0.0f32; rows];
+        quantize_rows(&input[..rows * k], k, k2, &mut quantized, &mut row_scales);
+        panels::for_each_tile(out, n, 2 * rows * k * n, |first, panel, out| {
+            let count = out.len() / n;
+            let a = &quantized[first * k2..(first + count) * k2];
+            let b = &self.packed[panel * k2 * PANEL..(panel + 1) * k2 * PANEL];
+            let mut acc = [[0i32; PANEL]; TILE_ROWS];
+            panels::tile_i16(a, k2, b, &mut acc[..count]);
+            let cols = panel * PANEL..(panel * PANEL + PANEL).min(n);
+            let scales = &self.scales[cols.clone()];
+            for ((row, acc), s) in out.chunks_exact_mut(n).zip(&acc).zip(&row_scales[first..]) {
+                for ((o, a), w) in row[cols.clone()].iter_mut().zip(acc).zip(scales) {
+                    *o += *a as f32 * (s * w);
+                }
+            }
+        });
+    }
+}
+
+/// Quantizes each `k`-wide row of `input` to `k2` `i16` (the padding column zero) with its
+/// own scale (value ≈ quantized × scale); compiled for AVX2 too (rounding is one instruction
+/// there, a libm call on the baseline target).
+fn quantize_rows(input: &[f32], k: usize, k2: usize, out: &mut [i16], scales: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        fn avx2(input: &[f32], k: usize, k2: usize, out: &mut [i16], scales: &mut [f32]) {
+            quantize_rows_generic(input, k, k2, out, scales);
+        }
+        // SAFETY: the CPU has AVX2, which `avx2` is compiled for.
+        #[allow(unsafe_code)]
+        unsafe {
+            return avx2(input, k, k2, out, scales);
+        }
+    }
+    quantize_rows_generic(input, k, k2, out, scales);
+}
+
+#[inline(always)]
+fn quantize_rows_generic(input: &[f32], k: usize, k2: usize, out: &mut [i16], scales: &mut [f32]) {
+    for ((row, q), scale) in input
+        .chunks_exact(k)
+        .zip(out.chunks_exact_mut(k2))
+        .zip(scales.iter_mut())
+    {
+        let mut lanes = [0.0f32; 8];
+        let chunks = row.chunks_exact(8);
+        let tail = chunks
+            .remainder()
+            .iter()
+            .fold(0.0f32, |m, v| m.max(v.abs()));
+        for c in chunks {
+            for l in 0..8 {
+                lanes[l] = lanes[l].max(c[l].abs());
+            }
+        }
+        let amax = lanes.iter().fold(tail, |m, v| m.max(*v));
+        *scale = if amax > 0.0 {
+            amax / ACTIVATION_MAX
+        } else {
+            1.0
+        };
+        let inv = ACTIVATION_MAX / amax.max(f32::MIN_POSITIVE);
+        for (q, v) in q.iter_mut().zip(row) {
+            *q = (v * inv).round_ties_even() as i16;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::panels::tests::{SHAPES, matrix, reference};
+
+    #[test]
+    fn integer_products_track_the_f32_ones_at_every_shape() {
+        for (rows, k, n) in SHAPES {
+            let (x, w, bias) = (matrix(rows * k, 1), matrix(k * n, 2), matrix(n, 3));
+            let layer = QLinear::new(&w, bias.clone(), k, n);
+            let mut out = vec![0.0; rows * n];
+            layer.forward(&x, rows, &mut out, None);
+            let want = reference(&x, &w, &bias, k, n);
+            let (mut dot, mut nw, mut no) = (0.0f64, 0.0f64, 0.0f64);
+            for (o, w) in out.iter().zip(&want) {
+                dot += f64::from(*o) * f64::from(*w);
+                nw += f64::from(*w).powi(2);
+                no += f64::from(*o).powi(2);
+            }
+            let cosine = dot / (nw.sqrt() * no.sqrt());
+            assert!(cosine > 0.9999, "{rows}×{k}×{n}: cosine {cosine}");
+            let worst = out
+                .iter()
+                .zip(&want)
+                .map(|(o, w)| (o - w).abs())
+                .fold(0.0f32, f32::max);
+            // Each weight is off by at most half a step (1/254 of its column's largest).
+            assert!(
+                worst < 0.01 * (k as f32).sqrt(),
+                "{rows}×{k}×{n}: worst error {worst}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_residual_is_added_and_the_tile_sums_exactly() {
+        let (rows, k, n) = (9, 40, 32);
+        let (x, w, bias, residual) = (
+            matrix(rows * k, 4),
+            matrix(k * n, 5),
+            matrix(n, 6),
+            matrix(rows * n, 7),
+        );
+        let layer = QLinear::new(&w, bias, k, n);
+        let (mut with, mut without) = (vec![0.0; rows * n], vec![0.0; rows * n]);
+        layer.forward(&x, rows, &mut with, Some(&residual));
+        layer.forward(&x, rows, &mut without, None);
+        for ((a, b), r) in with.iter().zip(&without).zip(&residual) {
+            assert!((a - b - r).abs() < 1e-5);
+        }
+        // The dispatched tile (AVX2 when the CPU has it) gives exactly the integer sums.
+        let mut quantized = vec![0i16; rows * layer.k2];
+        let mut scales = vec![0.0; rows];
+        quantize_rows(&x, k, layer.k2, &mut quantized, &mut scales);
+        let b = &layer.packed[..layer.k2 * PANEL];
+        let mut fast = [[0i32; PANEL]; TILE_ROWS];
+        panels::tile_i16(&quantized, layer.k2, b, &mut fast);
+        for (r, fast) in fast.iter().enumerate() {
+            for (c, got) in fast.iter().enumerate() {
+                let want: i32 = (0..layer.k2)
+                    .map(|i| {
+                        i32::from(quantized[r * layer.k2 + i])
+                            * i32::from(b[(i / 2) * 2 * PANEL + 2 * c + i % 2])
+                    })
+                    .sum();
+                assert_eq!(*got, want, "row {r} column {c}");
+            }
+        }
+    }
+}
