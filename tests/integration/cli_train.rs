@@ -24,6 +24,46 @@ fn s(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Trains the support-topic classifier of tests/fixtures/train into `package` (evaluated on the
+/// test split, no embedding cache) with `extra` arguments; returns what `train` printed.
+fn train_support(package: &Path, extra: &[&str]) -> Value {
+    let component = plugin_path("linear-classifier");
+    let (train, test) = (
+        fixture("train/support_train.jsonl"),
+        fixture("train/support_test.jsonl"),
+    );
+    let (train, test, out, component) = (s(&train), s(&test), s(package), s(&component));
+    let mut args = vec![
+        "train",
+        "--kind",
+        "classify",
+        "--data",
+        &train,
+        "--eval",
+        &test,
+        "--out",
+        &out,
+        "--component",
+        &component,
+        "--no-cache",
+    ];
+    args.extend_from_slice(extra);
+    json_out(&headstream(&args, b""))
+}
+
+/// A pipeline file in `dir` whose one head `head` is the package directory of that name.
+fn package_pipeline(dir: &Path, head: &str) -> std::io::Result<std::path::PathBuf> {
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "version = 1\nname = \"p\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n\
+             [[heads]]\nname = \"{head}\"\npackage = \"{head}\"\n"
+        ),
+    )?;
+    Ok(pipeline)
+}
+
 #[test]
 fn a_tiny_classifier_trains_evaluates_and_serves() -> Result<(), Box<dyn std::error::Error>> {
     let component = plugin_path("linear-classifier");
@@ -110,12 +150,7 @@ fn a_tiny_classifier_trains_evaluates_and_serves() -> Result<(), Box<dyn std::er
     assert_eq!(evaluated["embedding_cache"]["hits"], 9, "{evaluated:#}");
 
     // The package serves in a pipeline like any plugin.
-    let pipeline = dir.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        "version = 1\nname = \"p\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n\
-         [[heads]]\nname = \"topic\"\npackage = \"topic\"\n",
-    )?;
+    let pipeline = package_pipeline(dir.path(), "topic")?;
     let run = headstream(
         &["run", "--pipeline", &s(&pipeline)],
         b"{\"id\":\"a\",\"text\":\"My parcel was sent to the wrong street\"}\n",
@@ -225,34 +260,9 @@ fn bad_training_data_names_its_line_and_writes_nothing() -> Result<(), Box<dyn s
 #[test]
 fn a_small_mlp_head_trains_and_runs_in_the_linear_classifier()
 -> Result<(), Box<dyn std::error::Error>> {
-    let component = plugin_path("linear-classifier");
     let dir = tempfile::tempdir()?;
     let package = dir.path().join("mlp");
-    let (train, test) = (
-        fixture("train/support_train.jsonl"),
-        fixture("train/support_test.jsonl"),
-    );
-    let trained = json_out(&headstream(
-        &[
-            "train",
-            "--kind",
-            "classify",
-            "--data",
-            &s(&train),
-            "--eval",
-            &s(&test),
-            "--out",
-            &s(&package),
-            "--component",
-            &s(&component),
-            "--no-cache",
-            "--hidden",
-            "16",
-            "--c",
-            "10",
-        ],
-        b"",
-    ));
+    let trained = train_support(&package, &["--hidden", "16", "--c", "10"]);
     let model = trained["hyperparameters"]["model"]
         .as_str()
         .unwrap_or_default();
@@ -272,36 +282,11 @@ fn a_small_mlp_head_trains_and_runs_in_the_linear_classifier()
 #[test]
 fn an_int8_host_serves_an_f32_head_only_once_eval_approved_it()
 -> Result<(), Box<dyn std::error::Error>> {
-    let component = plugin_path("linear-classifier");
     let dir = tempfile::tempdir()?;
     let package = dir.path().join("topic");
-    let (train, test) = (
-        fixture("train/support_train.jsonl"),
-        fixture("train/support_test.jsonl"),
-    );
-    json_out(&headstream(
-        &[
-            "train",
-            "--kind",
-            "classify",
-            "--data",
-            &s(&train),
-            "--eval",
-            &s(&test),
-            "--out",
-            &s(&package),
-            "--component",
-            &s(&component),
-            "--no-cache",
-        ],
-        b"",
-    ));
-    let pipeline = dir.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        "version = 1\nname = \"p\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n\
-         [[heads]]\nname = \"topic\"\npackage = \"topic\"\n",
-    )?;
+    let test = fixture("train/support_test.jsonl");
+    train_support(&package, &[]);
+    let pipeline = package_pipeline(dir.path(), "topic")?;
     let message = b"{\"id\":\"a\",\"text\":\"My parcel was sent to the wrong street\"}\n";
     let run_int8 = || {
         headstream(

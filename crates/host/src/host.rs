@@ -329,32 +329,22 @@ mod tests {
         Ok(path)
     }
 
-    const PIPELINE: &str = r#"
-version = 1
-name = "support"
-[input]
-subject = "support.in"
-[output]
-subject = "support.out"
-errors = "support.errors"
-[batching]
-max_batch_size = 16
-[[heads]]
-name = "sentiment"
-plugin = "sentiment@^1"
-"#;
+    /// The repository's example pipeline (32 messages per batch).
+    fn example() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/support-triage.toml")
+    }
 
     #[test]
     fn the_command_line_wins_over_the_host_config_over_the_defaults()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        write(dir.path(), "support.toml", PIPELINE)?;
         let config = write(
             dir.path(),
             "host.toml",
-            r#"
+            &format!(
+                r#"
 version = 1
-pipelines = ["support.toml"]
+pipelines = [{:?}]
 metrics = "127.0.0.1:9464"
 registry = ["heads"]
 shutdown_timeout = 2
@@ -362,6 +352,8 @@ precision = "int8"
 [nats]
 url = "nats://from-file:4222"
 "#,
+                example()
+            ),
         )?;
         let from_file = HostSettings::resolve(Some(&config), Overrides::default())?;
         assert_eq!(from_file.url, "nats://from-file:4222");
@@ -370,7 +362,7 @@ url = "nats://from-file:4222"
         assert_eq!(from_file.shutdown_timeout, Duration::from_secs(2));
         assert_eq!(from_file.precision, Precision::Int8);
         assert_eq!(from_file.pipelines.len(), 1);
-        assert_eq!(from_file.max_batch_size(), 16);
+        assert_eq!(from_file.max_batch_size(), 32);
 
         let cli = Overrides {
             nats: Some("nats://cli:4222".to_owned()),
@@ -393,7 +385,13 @@ url = "nats://from-file:4222"
     fn a_bad_pipeline_fails_with_its_line_and_an_empty_host_is_refused()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let bad = write(dir.path(), "bad.toml", &PIPELINE.replace("16", "\"many\""))?;
+        let text = std::fs::read_to_string(example())?;
+        let line = 1 + text
+            .lines()
+            .position(|l| l == "max_batch_size = 32")
+            .unwrap_or_default();
+        let text = text.replace("max_batch_size = 32", "max_batch_size = \"many\"");
+        let bad = write(dir.path(), "bad.toml", &text)?;
         let cli = Overrides {
             pipelines: vec![bad],
             ..Overrides::default()
@@ -402,9 +400,9 @@ url = "nats://from-file:4222"
             .err()
             .map(|e| e.to_string());
         assert!(
-            error
-                .as_deref()
-                .is_some_and(|e| e.contains("bad.toml:10:18:") && e.contains("\"many\"")),
+            error.as_deref().is_some_and(
+                |e| e.contains(&format!("bad.toml:{line}:18:")) && e.contains("\"many\"")
+            ),
             "{error:?}"
         );
         assert!(matches!(
