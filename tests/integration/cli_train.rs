@@ -304,41 +304,30 @@ fn an_int8_host_serves_an_f32_head_only_once_eval_approved_it()
         "{stderr}"
     );
 
-    // An approval that would lose more than --max-drop is refused and records nothing.
-    let strict = headstream(
-        &[
+    let (package_arg, test_arg) = (s(&package), s(&test));
+    let approve = |extra: &[&str]| {
+        let mut args = vec![
             "eval",
             "--precision",
             "int8",
             "--plugin",
-            &s(&package),
+            &package_arg,
             "--data",
-            &s(&test),
+            &test_arg,
             "--no-cache",
             "--approve",
-            "--max-drop=-1",
-        ],
-        b"",
-    );
+        ];
+        args.extend_from_slice(extra);
+        headstream(&args, b"")
+    };
+    // An approval that would lose more than --max-drop is refused and records nothing.
+    let strict = approve(&["--max-drop=-1"]);
     assert!(!strict.status.success());
     assert!(String::from_utf8_lossy(&strict.stderr).contains("--approve refused"));
     assert!(!run_int8().status.success());
 
     // Evaluated on int8 and approved: the manifest lists the int8 encoder and the host serves it.
-    let approved = json_out(&headstream(
-        &[
-            "eval",
-            "--precision",
-            "int8",
-            "--plugin",
-            &s(&package),
-            "--data",
-            &s(&test),
-            "--no-cache",
-            "--approve",
-        ],
-        b"",
-    ));
+    let approved = json_out(&approve(&[]));
     assert!(
         approved["encoder"]
             .as_str()
