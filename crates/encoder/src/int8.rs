@@ -7,7 +7,8 @@
 //! so the integer arithmetic is exact and the only error is the rounding of weights and
 //! activations. The products run on `i16` lanes (`vpmaddwd`: sixteen multiplies and eight
 //! pairwise sums per instruction, no saturation) on the tiles of [`crate::panels`], the
-//! weights packed once at load in the order a tile reads them.
+//! weights packed once at load, as bytes, in the order a tile reads them (a quarter of the f32
+//! weights' memory traffic, which bounds small batches).
 
 use crate::panels::{self, PANEL, TILE_ROWS};
 
@@ -21,8 +22,9 @@ pub(crate) const MAX_INPUTS: usize = (i32::MAX as usize) / (4095 * 127);
 /// A dense layer with 8-bit weights packed for the integer tiles.
 pub(crate) struct QLinear {
     /// `[panel][k2 / 2][16 columns][2]`: each column's weights for inputs `2j` and `2j + 1`
-    /// side by side, as `vpmaddwd` multiplies them with a broadcast pair of activations.
-    packed: Vec<i16>,
+    /// side by side, as `vpmaddwd` multiplies them (widened) with a broadcast pair of
+    /// activations.
+    packed: Vec<i8>,
     /// Per output channel: the weight scale (weight ≈ quantized × scale).
     scales: Vec<f32>,
     pub(crate) bias: Vec<f32>,
@@ -44,13 +46,13 @@ impl QLinear {
                 if amax > 0.0 { amax / WEIGHT_MAX } else { 1.0 }
             })
             .collect();
-        let mut packed = vec![0i16; outputs.div_ceil(PANEL) * k2 * PANEL];
+        let mut packed = vec![0i8; outputs.div_ceil(PANEL) * k2 * PANEL];
         for o in 0..outputs {
             let (panel, col) = (o / PANEL, o % PANEL);
             for i in 0..inputs {
                 let q = (weight[i * outputs + o] / scales[o]).round();
                 let at = panel * k2 * PANEL + (i / 2) * PANEL * 2 + col * 2 + i % 2;
-                packed[at] = q.clamp(-WEIGHT_MAX, WEIGHT_MAX) as i16;
+                packed[at] = q.clamp(-WEIGHT_MAX, WEIGHT_MAX) as i8;
             }
         }
         Self {
@@ -211,6 +213,40 @@ mod tests {
                     .sum();
                 assert_eq!(*got, want, "row {r} column {c}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::panels::tests::matrix;
+
+    /// Rate of whole int8 products of a batch of one (`cargo test --release -p
+    /// headstream-encoder int8::speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn small_batch_rates() {
+        for (rows, k, n) in [
+            (22, 384, 1152),
+            (22, 384, 1536),
+            (22, 1536, 384),
+            (700, 384, 1152),
+        ] {
+            let (x, w) = (matrix(rows * k, 1), matrix(k * n, 2));
+            let layer = QLinear::new(&w, vec![0.0; n], k, n);
+            let mut out = vec![0.0; rows * n];
+            let reps = 40_000_000 / (rows * k * n / 1000).max(1);
+            let started = std::time::Instant::now();
+            for _ in 0..reps {
+                layer.forward(std::hint::black_box(&x), rows, &mut out, None);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "{rows}×{k}×{n}: {:.1} GMAC/s, {:.1} µs a product",
+                (reps * rows * k * n) as f64 / secs / 1e9,
+                secs / reps as f64 * 1e6
+            );
         }
     }
 }

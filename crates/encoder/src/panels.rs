@@ -35,8 +35,8 @@ pub(crate) fn init_rows(out: &mut [f32], n: usize, bias: &[f32], residual: Optio
 /// Calls `tile(first_row, panel, rows)` for every tile of the `rows × n` output `out`, where
 /// `rows` is the tile's (up to [`TILE_ROWS`]) full-width output rows. Within a block of rows
 /// each panel is read once for all the block's tiles. In parallel when the product's `flops`
-/// make it worth it: by blocks of rows for large batches; for a small batch (one block) by
-/// panels, so that each thread reads only its share of the weights.
+/// make it worth it: by blocks of rows, by shares of a small batch's rows, or for a single
+/// tile of rows by shares of the panels.
 pub(crate) fn for_each_tile(
     out: &mut [f32],
     n: usize,
@@ -62,9 +62,17 @@ pub(crate) fn for_each_tile(
         out.par_chunks_mut(BLOCK_ROWS * n)
             .enumerate()
             .for_each(|(b, out)| block(b * BLOCK_ROWS, out, 0..panels));
+    } else if rows > TILE_ROWS {
+        // A small batch: each thread takes a share of the rows (whole tiles) and reads every
+        // panel; measured faster than sharing out the panels (whose copies of the rows cost
+        // more than the second read of the weights, which stay in L3).
+        let share = rows.div_ceil(threads).next_multiple_of(TILE_ROWS);
+        out.par_chunks_mut(share * n)
+            .enumerate()
+            .for_each(|(b, out)| block(b * share, out, 0..panels));
     } else {
-        // Each thread takes a share of the panels on its own copy of the rows, then the
-        // shares are copied back (the rows are few: the copy is small next to the product).
+        // One tile of rows: each thread takes a share of the panels on its own copy of the
+        // rows, then the shares are copied back.
         let share = panels.div_ceil(threads);
         let parts: Vec<(usize, Vec<f32>)> = (0..panels)
             .step_by(share)
@@ -150,8 +158,8 @@ fn tile_f32(a: &[f32], k: usize, b: &[f32], acc: &mut [[f32; PANEL]]) {
 }
 
 /// `acc[r][c] = Σ_k a[r][k] · b[k][c]` over one int8 panel: `a` rows are `k2` `i16` (pairs
-/// of activations), `b` is `[k2 / 2][16][2]`.
-pub(crate) fn tile_i16(a: &[i16], k2: usize, b: &[i16], acc: &mut [[i32; PANEL]]) {
+/// of activations), `b` is `[k2 / 2][16][2]` 8-bit weights (widened to 16 bits as they load).
+pub(crate) fn tile_i16(a: &[i16], k2: usize, b: &[i8], acc: &mut [[i32; PANEL]]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, which `avx2::tile_i16` is compiled for.
@@ -164,7 +172,8 @@ pub(crate) fn tile_i16(a: &[i16], k2: usize, b: &[i16], acc: &mut [[i32; PANEL]]
         let a = &a[r * k2..(r + 1) * k2];
         for (pair, b) in a.chunks_exact(2).zip(b.chunks_exact(PANEL * 2)) {
             for c in 0..PANEL {
-                acc[c] += pair[0] as i32 * b[2 * c] as i32 + pair[1] as i32 * b[2 * c + 1] as i32;
+                acc[c] += i32::from(pair[0]) * i32::from(b[2 * c])
+                    + i32::from(pair[1]) * i32::from(b[2 * c + 1]);
             }
         }
     }
@@ -196,7 +205,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) fn tile_i16(a: &[i16], k2: usize, b: &[i16], acc: &mut [[i32; PANEL]]) {
+    pub(super) fn tile_i16(a: &[i16], k2: usize, b: &[i8], acc: &mut [[i32; PANEL]]) {
         by_rows!(rows_i16, a, k2, b, acc)
     }
 
@@ -237,7 +246,7 @@ mod avx2 {
     /// products summed per lane) and one add per register.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn rows_i16<const R: usize>(a: &[i16], k2: usize, b: &[i16], acc: &mut [[i32; PANEL]]) {
+    fn rows_i16<const R: usize>(a: &[i16], k2: usize, b: &[i8], acc: &mut [[i32; PANEL]]) {
         assert!(
             a.len() >= R * k2 && b.len() >= k2 * PANEL && acc.len() >= R && k2.is_multiple_of(2)
         );
@@ -245,13 +254,14 @@ mod avx2 {
         let mut hi = [_mm256_setzero_si256(); R];
         let (a, b) = (a.as_ptr(), b.as_ptr());
         for pair in 0..k2 / 2 {
-            // SAFETY: `pair < k2 / 2`, so the 32 `i16` of the panel's step `pair` lie inside
+            // SAFETY: `pair < k2 / 2`, so the 32 bytes of the panel's step `pair` lie inside
             // `b` (`k2 × 16` long) and each row's pair `2 · pair` inside its `k2` of `a`
             // (asserted above); unaligned loads are allowed.
             #[allow(unsafe_code)]
             unsafe {
-                let b0 = _mm256_loadu_si256(b.add(pair * 2 * PANEL).cast());
-                let b1 = _mm256_loadu_si256(b.add(pair * 2 * PANEL + PANEL).cast());
+                let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(pair * 2 * PANEL).cast()));
+                let b1 =
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(pair * 2 * PANEL + PANEL).cast()));
                 for r in 0..R {
                     let two = a.add(r * k2 + 2 * pair).cast::<i32>().read_unaligned();
                     let x = _mm256_set1_epi32(two);
@@ -351,7 +361,7 @@ mod speed {
         let a32 = tests::matrix(6 * k, 1);
         let b32 = tests::matrix(k * PANEL, 2);
         let a16: Vec<i16> = a32.iter().map(|v| (v * 4000.0) as i16).collect();
-        let b16: Vec<i16> = b32.iter().map(|v| (v * 120.0) as i16).collect();
+        let b16: Vec<i8> = b32.iter().map(|v| (v * 120.0) as i8).collect();
         let reps = 200_000;
         let mut acc32 = [[0.0f32; PANEL]; TILE_ROWS];
         let started = std::time::Instant::now();
