@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# headstream next to its peers — ONNX Runtime fp32 and sentence-transformers on PyTorch
+# headstream (f32 and int8) next to its peers — ONNX Runtime fp32 and int8 (dynamic
+# quantization, ../shared/tools/quantize_onnx.py) and sentence-transformers on PyTorch
 # (../shared/tools/peer_bench.py) — on the same texts, batch sizes and threads, in one run:
 # engines alternate within each round, figures are medians over the rounds. Then the
 # roofline (sgemm rate on headstream's kernels, and OpenBLAS's through numpy), the cost of ten
@@ -21,6 +22,7 @@ SHARED=${HEADSTREAM_SHARED:-../shared}
 FILES=("$SHARED/datasets/sst2/test.jsonl" "$SHARED/datasets/ag_news/test.jsonl")
 PY=${PEER_PYTHON:-$HOME/.cache/headstream-peers/env/bin/python}
 PEER=${PEER_BENCH:-$SHARED/tools/peer_bench.py}
+ONNX_INT8=${ONNX_INT8:-$HOME/.cache/headstream-peers/model/onnx/model-int8.onnx}
 BIN=${HEADSTREAM_BIN:-${CARGO_TARGET_DIR:-target}/release/headstream}
 NATS=${NATS_SERVER:-$(ls target/tools/nats-server-*/nats-server 2>/dev/null | head -1)}
 OUT=benches/results; mkdir -p "$OUT"; RUNS="$OUT/runs.jsonl"; : > "$RUNS"
@@ -32,11 +34,18 @@ for r in $(seq "$ROUNDS"); do
     for b in "${BATCHES[@]}"; do
       # Batches of one are slow for every engine: fewer texts.
       n=$LIMIT; [ "$b" = 1 ] && n=$(( LIMIT < 200 ? LIMIT : 200 ))
-      "$BIN" --threads "$THREADS" bench encoder --input "$f" --batch-size "$b" --limit "$n" 2>/dev/null | tag "$f" "$r" >> "$RUNS"
+      for precision in f32 int8; do
+        "$BIN" --threads "$THREADS" bench encoder --precision "$precision" --input "$f" --batch-size "$b" --limit "$n" 2>/dev/null | tag "$f" "$r" >> "$RUNS"
+      done
       for engine in ort st; do
         "$PY" "$PEER" "$f" --engine "$engine" --batch-size "$b" --threads "$THREADS" --limit "$n" --check 0 2>/dev/null | tag "$f" "$r" >> "$RUNS"
       done
-      tail -3 "$RUNS" | python3 -c 'import json,sys; print(" | ".join("%s %s b%s %.1f/s" % (d["engine"], d["input"], d["batch_size"], d["sentences_per_s"]) for d in map(json.loads, sys.stdin)))'
+      if [ -f "$ONNX_INT8" ]; then
+        "$PY" "$PEER" "$f" --engine ort --onnx "$ONNX_INT8" --batch-size "$b" --threads "$THREADS" --limit "$n" --check 0 2>/dev/null \
+          | python3 -c 'import json,sys; [print(json.dumps(dict(json.loads(l), engine="ort-int8"))) for l in sys.stdin if l.strip().startswith("{")]' \
+          | tag "$f" "$r" >> "$RUNS"
+      fi
+      tail -5 "$RUNS" | python3 -c 'import json,sys; print(" | ".join("%s %s b%s %.1f/s" % (d["engine"], d["input"], d["batch_size"], d["sentences_per_s"]) for d in map(json.loads, sys.stdin)))'
     done
   done
 done

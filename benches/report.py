@@ -11,8 +11,11 @@ import platform
 import statistics
 import sys
 
-NAMES = {"headstream": "headstream", "ort": "ONNX Runtime", "st": "sentence-transformers"}
-COLOURS = {"headstream": "#d62728", "ort": "#1f77b4", "st": "#2ca02c"}
+NAMES = {"headstream": "headstream", "headstream-int8": "headstream int8", "ort": "ONNX Runtime",
+         "ort-int8": "ONNX Runtime int8", "st": "sentence-transformers"}
+COLOURS = {"headstream": "#d62728", "headstream-int8": "#ff9896", "ort": "#1f77b4",
+           "ort-int8": "#aec7e8", "st": "#2ca02c"}
+ENGINES = ("headstream", "headstream-int8", "ort", "ort-int8", "st")
 
 
 def load(path):
@@ -51,16 +54,17 @@ def table(runs, med):
     threads = next((r.get("threads") for r in runs if r.get("engine") == "headstream"), "?")
     lines = [f"Measured on {cpu()}, {os.cpu_count()} vCPUs, {threads} threads per engine; "
              "medians of sentences/s over the rounds (engines alternated within each round).", ""]
-    lines.append("| input | batch | headstream | ONNX Runtime | sentence-transformers | vs ORT | vs ST |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("| input | batch | headstream | headstream int8 | ONNX Runtime | ORT int8 | sentence-transformers "
+                 "| vs ORT | int8 vs ORT int8 | vs ST |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for inp in sorted(med):
         for batch in sorted(med[inp]):
             e = med[inp][batch]
-            hs = e.get("headstream", (None,))[0]
             cell = lambda k: f"{e[k][0]:.1f}" if k in e else "—"
-            ratio = lambda k: f"{hs / e[k][0]:.2f}×" if hs and k in e else "—"
-            lines.append(f"| {inp_name(runs, inp)} | {batch} | {cell('headstream')} | {cell('ort')} | "
-                         f"{cell('st')} | {ratio('ort')} | {ratio('st')} |")
+            ratio = lambda a, b: f"{e[a][0] / e[b][0]:.2f}×" if a in e and b in e else "—"
+            lines.append(f"| {inp_name(runs, inp)} | {batch} | {cell('headstream')} | {cell('headstream-int8')} | "
+                         f"{cell('ort')} | {cell('ort-int8')} | {cell('st')} | {ratio('headstream', 'ort')} | "
+                         f"{ratio('headstream-int8', 'ort-int8')} | {ratio('headstream', 'st')} |")
     lines.append("")
     # What follows the table: one paragraph each.
     notes = []
@@ -69,7 +73,7 @@ def table(runs, med):
         if not one:
             continue
         parts = []
-        for engine in ("headstream", "ort", "st"):
+        for engine in ENGINES:
             if engine in one:
                 mean_ms = 1000.0 / one[engine][0]
                 p50 = [r["latency_ms"]["p50"] for r in one[engine][2] if "latency_ms" in r]
@@ -133,7 +137,7 @@ def svg(runs, med):
             v += step
         for b in batches:
             out.append(f'<text x="{xs[b]:.1f}" y="{h - 14}" text-anchor="middle">{b}</text>')
-        for engine in ("headstream", "ort", "st"):
+        for engine in ENGINES:
             pts = [(xs[b], y(med[inp][b][engine][0])) for b in batches if engine in med[inp][b]]
             if not pts:
                 continue
@@ -141,8 +145,8 @@ def svg(runs, med):
             out.append(f'<polyline points="{path}" fill="none" stroke="{COLOURS[engine]}" stroke-width="2"/>')
             for px, py in pts:
                 out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{COLOURS[engine]}"/>')
-    for k, engine in enumerate(("headstream", "ort", "st")):
-        lx = 20 + k * 200
+    for k, engine in enumerate(ENGINES):
+        lx = 20 + k * 165
         out.append(f'<rect x="{lx}" y="{h + 16}" width="14" height="4" fill="{COLOURS[engine]}"/>')
         out.append(f'<text x="{lx + 20}" y="{h + 22}">{NAMES[engine]}</text>')
     out.append("</svg>")

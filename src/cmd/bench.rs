@@ -68,12 +68,18 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
     let limits: BatchLimits = encoder.limits();
     let flops = encoder.flops(&lengths);
     let gflops = flops / median / 1e9;
-    let peak = args
-        .roofline
-        .then(|| headstream_encoder::sgemm_gflops(2048, 2048, 2048));
+    // The roof of the arithmetic the encoder runs: f32 products, or int8 ones.
+    let peak = args.roofline.then(|| match args.model.precision() {
+        headstream_encoder::Precision::F32 => headstream_encoder::sgemm_gflops(2048, 2048, 2048),
+        headstream_encoder::Precision::Int8 => headstream_encoder::igemm_gops(2048, 2048, 2048),
+    });
     latencies.sort_by(f64::total_cmp);
     let mut result = json!({
-        "engine": "headstream",
+        "engine": match args.model.precision() {
+            headstream_encoder::Precision::F32 => "headstream",
+            headstream_encoder::Precision::Int8 => "headstream-int8",
+        },
+        "precision": args.model.precision().as_str(),
         "input": args.input.file_name().map(|n| n.to_string_lossy().into_owned()),
         "batch_size": batch_size,
         "max_batch_tokens": limits.max_batch_tokens,
@@ -104,6 +110,10 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
     });
     if let Some(peak) = peak {
         result["sgemm_peak_gflops"] = json!(round(peak, 1));
+        result["peak_kind"] = json!(match args.model.precision() {
+            headstream_encoder::Precision::F32 => "f32 products (sgemm)",
+            headstream_encoder::Precision::Int8 => "int8 products (GOP/s)",
+        });
         result["roofline_share"] = json!(round(gflops / peak, 3));
     }
     if !latencies.is_empty() {

@@ -51,6 +51,13 @@ pub fn sgemm_gflops(m: usize, k: usize, n: usize) -> f64 {
     packed::sgemm_gflops(m, k, n)
 }
 
+/// This machine's int8 product rate (billions of integer operations per second, multiply-adds
+/// counting two) on the kernels and pool the int8 path runs on, measured now like
+/// [`sgemm_gflops`]: the roof for an int8 encoder.
+pub fn igemm_gops(m: usize, k: usize, n: usize) -> f64 {
+    int8::igemm_gops(m, k, n)
+}
+
 /// Why loading or running the encoder failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
