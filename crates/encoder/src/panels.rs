@@ -35,8 +35,8 @@ pub(crate) fn init_rows(out: &mut [f32], n: usize, bias: &[f32], residual: Optio
 /// Calls `tile(first_row, panel, rows)` for every tile of the `rows × n` output `out`, where
 /// `rows` is the tile's (up to [`TILE_ROWS`]) full-width output rows. Within a block of rows
 /// each panel is read once for all the block's tiles. In parallel when the product's `flops`
-/// make it worth it: by blocks of rows, by shares of a small batch's rows, or for a single
-/// tile of rows by shares of the panels.
+/// make it worth it: by balanced blocks of rows, or for a single tile of rows by shares of
+/// the panels.
 pub(crate) fn for_each_tile(
     out: &mut [f32],
     n: usize,
@@ -58,15 +58,14 @@ pub(crate) fn for_each_tile(
         for (b, out) in out.chunks_mut(BLOCK_ROWS * n).enumerate() {
             block(b * BLOCK_ROWS, out, 0..panels);
         }
-    } else if rows > BLOCK_ROWS {
-        out.par_chunks_mut(BLOCK_ROWS * n)
-            .enumerate()
-            .for_each(|(b, out)| block(b * BLOCK_ROWS, out, 0..panels));
     } else if rows > TILE_ROWS {
-        // A small batch: each thread takes a share of the rows (whole tiles) and reads every
-        // panel; measured faster than sharing out the panels (whose copies of the rows cost
-        // more than the second read of the weights, which stay in L3).
-        let share = rows.div_ceil(threads).next_multiple_of(TILE_ROWS);
+        // Blocks of at most `BLOCK_ROWS` rows (whole tiles), as many as a multiple of the
+        // threads so that none is left with a stub (a 55-row text in blocks of 48 left one
+        // thread 7 rows). Each block reads every panel: measured faster for a small batch than
+        // sharing out the panels, whose copies of the rows cost more than a second read of the
+        // weights (which stay in L3).
+        let blocks = rows.div_ceil(BLOCK_ROWS).next_multiple_of(threads);
+        let share = rows.div_ceil(blocks).next_multiple_of(TILE_ROWS);
         out.par_chunks_mut(share * n)
             .enumerate()
             .for_each(|(b, out)| block(b * share, out, 0..panels));
