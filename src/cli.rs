@@ -343,7 +343,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub approve: bool,
     /// Largest drop of the headline metric (accuracy or entity F1, 0..1) `--approve` accepts.
-    #[arg(long, default_value_t = 0.01, requires = "approve")]
+    #[arg(long, default_value_t = 0.01, requires = "approve", value_parser = share)]
     pub max_drop: f64,
 }
 
@@ -529,6 +529,13 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
         .ok()
         .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
         .ok_or_else(|| format!("{text:?} is not a number of seconds (0 or more)"))
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=1.0).contains(v))
+        .ok_or_else(|| format!("{text:?} is not a share between 0 and 1"))
 }
 
 fn socket_address(text: &str) -> Result<std::net::SocketAddr, String> {

@@ -276,7 +276,11 @@ fn approve(
     metrics: &Value,
 ) -> anyhow::Result<Value> {
     let manifest = &mut package.manifest;
-    if manifest.encoders().next() == Some(running) {
+    let trained_on = headstream_encoder::Fingerprint::parse(&manifest.encoder);
+    let running_print = headstream_encoder::Fingerprint::parse(running);
+    if let (Some(trained), Some(now)) = (&trained_on, &running_print)
+        && trained.is_compatible(now)
+    {
         anyhow::bail!(
             "--approve: the package was trained on this encoder ({running}); there is nothing to approve"
         );

@@ -305,7 +305,8 @@ fn an_int8_host_serves_an_f32_head_only_once_eval_approved_it()
     );
 
     let (package_arg, test_arg) = (s(&package), s(&test));
-    let approve = |extra: &[&str]| {
+    let train_arg = s(&fixture("train/support_train.jsonl"));
+    let approve = |data: &str, extra: &[&str]| {
         let mut args = vec![
             "eval",
             "--precision",
@@ -313,21 +314,29 @@ fn an_int8_host_serves_an_f32_head_only_once_eval_approved_it()
             "--plugin",
             &package_arg,
             "--data",
-            &test_arg,
+            data,
             "--no-cache",
             "--approve",
         ];
         args.extend_from_slice(extra);
         headstream(&args, b"")
     };
-    // An approval that would lose more than --max-drop is refused and records nothing.
-    let strict = approve(&["--max-drop=-1"]);
-    assert!(!strict.status.success());
-    assert!(String::from_utf8_lossy(&strict.stderr).contains("--approve refused"));
+    // An approval on other data than the package's own metrics is refused and records nothing;
+    // so is a drop limit that is not a share.
+    let elsewhere = approve(&train_arg, &[]);
+    assert!(!elsewhere.status.success());
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(stderr.contains("measured on other data"), "{stderr}");
+    let bad_limit = approve(&test_arg, &["--max-drop=-1"]);
+    let stderr = String::from_utf8_lossy(&bad_limit.stderr);
+    assert!(
+        stderr.contains("is not a share between 0 and 1"),
+        "{stderr}"
+    );
     assert!(!run_int8().status.success());
 
     // Evaluated on int8 and approved: the manifest lists the int8 encoder and the host serves it.
-    let approved = json_out(&approve(&[]));
+    let approved = json_out(&approve(&test_arg, &[]));
     assert!(
         approved["encoder"]
             .as_str()

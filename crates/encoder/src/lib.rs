@@ -53,7 +53,7 @@ pub fn sgemm_gflops(m: usize, k: usize, n: usize) -> f64 {
 
 /// This machine's int8 product rate (billions of integer operations per second, multiply-adds
 /// counting two) on the kernels and pool the int8 path runs on, measured now like
-/// [`sgemm_gflops`]: the roof for an int8 encoder.
+/// [`sgemm_gflops`]: the roof for an int8 encoder. All sizes must be positive.
 pub fn igemm_gops(m: usize, k: usize, n: usize) -> f64 {
     int8::igemm_gops(m, k, n)
 }

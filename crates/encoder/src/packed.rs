@@ -164,6 +164,12 @@ impl PackedBert {
         };
         let h = config.hidden_size;
         let inter = config.intermediate_size;
+        if h == 0 || inter == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "hidden size {h} and intermediate size {inter} must not be 0"
+            ))
+            .into());
+        }
         if precision == Precision::Int8 && inter.max(h) > crate::int8::MAX_INPUTS {
             return Err(candle_core::Error::Msg(format!(
                 "int8 sums are exact for layers up to {} wide; this model has {}",

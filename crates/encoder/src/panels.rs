@@ -137,8 +137,10 @@ impl PackedF32 {
     }
 }
 
-/// `acc[r][c] = Σ_k a[r][k] · b[k][c]` over one panel.
+/// `acc[r][c] = Σ_k a[r][k] · b[k][c]` over one panel, for up to [`TILE_ROWS`] rows (`acc`
+/// is overwritten).
 fn tile_f32(a: &[f32], k: usize, b: &[f32], acc: &mut [[f32; PANEL]]) {
+    assert!(acc.len() <= TILE_ROWS, "a tile of {} rows", acc.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features `avx2::tile_f32` is compiled for.
@@ -148,6 +150,7 @@ fn tile_f32(a: &[f32], k: usize, b: &[f32], acc: &mut [[f32; PANEL]]) {
         }
     }
     for (r, acc) in acc.iter_mut().enumerate() {
+        *acc = [0.0; PANEL];
         for (x, b) in a[r * k..(r + 1) * k].iter().zip(b.chunks_exact(PANEL)) {
             for c in 0..PANEL {
                 acc[c] = x.mul_add(b[c], acc[c]);
@@ -157,8 +160,10 @@ fn tile_f32(a: &[f32], k: usize, b: &[f32], acc: &mut [[f32; PANEL]]) {
 }
 
 /// `acc[r][c] = Σ_k a[r][k] · b[k][c]` over one int8 panel: `a` rows are `k2` `i16` (pairs
-/// of activations), `b` is `[k2 / 2][16][2]` 8-bit weights (widened to 16 bits as they load).
+/// of activations), `b` is `[k2 / 2][16][2]` 8-bit weights (widened to 16 bits as they load);
+/// up to [`TILE_ROWS`] rows, `acc` overwritten.
 pub(crate) fn tile_i16(a: &[i16], k2: usize, b: &[i8], acc: &mut [[i32; PANEL]]) {
+    assert!(acc.len() <= TILE_ROWS, "a tile of {} rows", acc.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, which `avx2::tile_i16` is compiled for.
@@ -168,6 +173,7 @@ pub(crate) fn tile_i16(a: &[i16], k2: usize, b: &[i8], acc: &mut [[i32; PANEL]])
         }
     }
     for (r, acc) in acc.iter_mut().enumerate() {
+        *acc = [0; PANEL];
         let a = &a[r * k2..(r + 1) * k2];
         for (pair, b) in a.chunks_exact(2).zip(b.chunks_exact(PANEL * 2)) {
             for c in 0..PANEL {
