@@ -98,24 +98,16 @@ impl QLinear {
     }
 }
 
-/// Adds each tile sum, scaled back by its row's and column's scales, to the output rows (`n`
-/// wide; the tile's columns start at `col`); compiled for AVX2 too.
-fn dequantize(
-    acc: &[[i32; PANEL]],
-    row_scales: &[f32],
-    col_scales: &[f32],
-    out: &mut [f32],
-    n: usize,
-    col: usize,
-) {
-    #[inline(always)]
-    fn generic(
+dispatch! {
+    /// Adds each tile sum, scaled back by its row's and column's scales, to the output rows
+    /// (`n` wide; the tile's columns start at `col`).
+    fn dequantize(
         acc: &[[i32; PANEL]],
         row_scales: &[f32],
         col_scales: &[f32],
         out: &mut [f32],
         n: usize,
-        col: usize,
+        col: usize
     ) {
         let cols = col_scales.len();
         for ((row, acc), s) in out.chunks_exact_mut(n).zip(acc).zip(row_scales) {
@@ -124,26 +116,6 @@ fn dequantize(
             }
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2(
-            acc: &[[i32; PANEL]],
-            row_scales: &[f32],
-            col_scales: &[f32],
-            out: &mut [f32],
-            n: usize,
-            col: usize,
-        ) {
-            generic(acc, row_scales, col_scales, out, n, col);
-        }
-        // SAFETY: the CPU has AVX2, which `avx2` is compiled for.
-        #[allow(unsafe_code)]
-        unsafe {
-            return avx2(acc, row_scales, col_scales, out, n, col);
-        }
-    }
-    generic(acc, row_scales, col_scales, out, n, col);
 }
 
 /// This machine's int8 product rate (billions of integer operations per second, a
@@ -166,52 +138,34 @@ pub(crate) fn igemm_gops(m: usize, k: usize, n: usize) -> f64 {
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
-/// Quantizes each `k`-wide row of `input` to `k2` `i16` (the padding column zero) with its
-/// own scale (value ≈ quantized × scale); compiled for AVX2 too (rounding is one instruction
-/// there, a libm call on the baseline target).
-fn quantize_rows(input: &[f32], k: usize, k2: usize, out: &mut [i16], scales: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2(input: &[f32], k: usize, k2: usize, out: &mut [i16], scales: &mut [f32]) {
-            quantize_rows_generic(input, k, k2, out, scales);
-        }
-        // SAFETY: the CPU has AVX2, which `avx2` is compiled for.
-        #[allow(unsafe_code)]
-        unsafe {
-            return avx2(input, k, k2, out, scales);
-        }
-    }
-    quantize_rows_generic(input, k, k2, out, scales);
-}
-
-#[inline(always)]
-fn quantize_rows_generic(input: &[f32], k: usize, k2: usize, out: &mut [i16], scales: &mut [f32]) {
-    for ((row, q), scale) in input
-        .chunks_exact(k)
-        .zip(out.chunks_exact_mut(k2))
-        .zip(scales.iter_mut())
-    {
-        let mut lanes = [0.0f32; 8];
-        let chunks = row.chunks_exact(8);
-        let tail = chunks
-            .remainder()
-            .iter()
-            .fold(0.0f32, |m, v| m.max(v.abs()));
-        for c in chunks {
-            for l in 0..8 {
-                lanes[l] = lanes[l].max(c[l].abs());
+dispatch! {
+    /// Quantizes each `k`-wide row of `input` to `k2` `i16` (the padding column zero) with its
+    /// own scale (value ≈ quantized × scale). Rounding is one instruction on AVX2, a libm call
+    /// on the baseline target.
+    fn quantize_rows(input: &[f32], k: usize, k2: usize, out: &mut [i16], scales: &mut [f32]) {
+        for ((row, q), scale) in input
+            .chunks_exact(k)
+            .zip(out.chunks_exact_mut(k2))
+            .zip(scales.iter_mut())
+        {
+            let mut lanes = [0.0f32; 8];
+            let chunks = row.chunks_exact(8);
+            let tail = chunks.remainder().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for c in chunks {
+                for l in 0..8 {
+                    lanes[l] = lanes[l].max(c[l].abs());
+                }
             }
-        }
-        let amax = lanes.iter().fold(tail, |m, v| m.max(*v));
-        *scale = if amax > 0.0 {
-            amax / ACTIVATION_MAX
-        } else {
-            1.0
-        };
-        let inv = ACTIVATION_MAX / amax.max(f32::MIN_POSITIVE);
-        for (q, v) in q.iter_mut().zip(row) {
-            *q = (v * inv).round_ties_even() as i16;
+            let amax = lanes.iter().fold(tail, |m, v| m.max(*v));
+            *scale = if amax > 0.0 {
+                amax / ACTIVATION_MAX
+            } else {
+                1.0
+            };
+            let inv = ACTIVATION_MAX / amax.max(f32::MIN_POSITIVE);
+            for (q, v) in q.iter_mut().zip(row) {
+                *q = (v * inv).round_ties_even() as i16;
+            }
         }
     }
 }

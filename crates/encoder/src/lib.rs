@@ -26,6 +26,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[macro_use]
+mod simd;
 mod batch;
 mod config;
 mod fingerprint;

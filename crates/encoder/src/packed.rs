@@ -422,31 +422,6 @@ mod kernels {
 
     use super::Norm;
 
-    macro_rules! dispatch {
-        ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-            $(#[$doc])*
-            pub(super) fn $name($($arg: $ty),*) {
-                #[inline(always)]
-                fn generic($($arg: $ty),*) $body
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx2,fma")]
-                    fn avx2($($arg: $ty),*) {
-                        generic($($arg),*)
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                    {
-                        // SAFETY: the CPU has the features `avx2` was compiled for.
-                        #[allow(unsafe_code)]
-                        return unsafe { avx2($($arg),*) };
-                    }
-                }
-                generic($($arg),*)
-            }
-        };
-    }
-
     /// `e^x` for f32, branch-free so that loops over it vectorize (Cephes' polynomial,
     /// within 2 ulp of `f32::exp` on the range that does not underflow).
     #[inline(always)]
