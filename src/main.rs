@@ -34,12 +34,16 @@ fn main() -> ExitCode {
         Command::Model {
             command: ModelCommand::Info(args),
         } => cmd::model::info(&args),
+        Command::Model {
+            command: ModelCommand::Ls,
+        } => cmd::model::list(),
         Command::Embed(args) => cmd::embed::run(&args),
         Command::Run(args) => cmd::run::run(&args),
         Command::Serve(args) => cmd::serve::serve(&args),
         Command::Publish(args) => cmd::serve::publish(&args),
         Command::Request(args) => cmd::serve::request(&args),
         Command::NewHead(args) => cmd::new_head::run(&args),
+        Command::Doctor(args) => cmd::doctor::run(&args, threads),
         Command::Train(args) => cmd::train::train(&args),
         Command::Eval(args) => cmd::train::eval(&args),
         Command::Plugins {

@@ -26,7 +26,7 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
 
     let load_start = Instant::now();
     let batch_size = args.batch_size as usize;
-    let encoder = super::load_encoder(&args.model.model, args.model.precision(), batch_size)?;
+    let encoder = super::load_encoder(&args.model, args.model.precision(), batch_size)?;
     let load_s = load_start.elapsed().as_secs_f64();
 
     let lengths: Vec<usize> = encoder

@@ -21,7 +21,7 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
     let texts: Vec<&str> = (0..batch)
         .map(|i| records[i % records.len()].text.as_str())
         .collect();
-    let encoder = super::load_encoder(&args.model.model, args.model.precision(), batch)?;
+    let encoder = super::load_encoder(&args.model, args.model.precision(), batch)?;
     let hidden = encoder.hidden_size();
 
     // Encoder time per message on this batch (median of passes).
@@ -52,16 +52,25 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
         encoder: Some(encoder.fingerprint().clone()),
         ..HostConfig::default()
     };
+    let builtin = headstream_components::LINEAR_CLASSIFIER;
+    let (origin, bytes) = match &args.plugin {
+        Some(path) => (
+            path.clone(),
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => (builtin.origin().into(), builtin.bytes.to_vec()),
+    };
+    let load = |host: &PluginHost| host.load_bytes(&origin, &bytes, config());
     let t = Instant::now();
     let host = PluginHost::new(host_config())?;
-    host.load(&args.plugin, config())?;
+    load(&host)?;
     let compile_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let host = PluginHost::new(host_config())?;
-    host.load(&args.plugin, config())?;
+    load(&host)?;
     let cached_load_s = t.elapsed().as_secs_f64();
     let heads = (0..args.heads)
-        .map(|_| host.load(&args.plugin, config()))
+        .map(|_| load(&host))
         .collect::<Result<Vec<_>, _>>()?;
 
     let items: Vec<Item<'_>> = encoded
@@ -111,7 +120,7 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
     let per_msg = |s: f64| s / batch as f64 * 1e6;
     let result = json!({
         "bench": "heads",
-        "plugin": args.plugin.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "plugin": origin.file_name().map(|n| n.to_string_lossy().into_owned()),
         "batch_size": batch,
         "heads": heads.len(),
         "compile_ms": round(compile_s * 1e3, 2),

@@ -40,11 +40,7 @@ pub fn run(args: &BenchPipelineArgs, threads: Option<usize>) -> anyhow::Result<(
         .collect();
 
     // The bare encoder on the same texts, batch size and threads.
-    let encoder = super::load_encoder(
-        &args.model.model,
-        args.model.precision(),
-        options.max_batch_size,
-    )?;
+    let encoder = super::load_encoder(&args.model, args.model.precision(), options.max_batch_size)?;
     encoder.encode(&texts, false)?;
     let mut passes = Vec::new();
     for _ in 0..3 {
@@ -293,7 +289,7 @@ impl Host {
             .arg("--pipeline")
             .arg(&args.pipeline)
             .arg("--model")
-            .arg(&args.model.model)
+            .arg(args.model.locate(None)?.dir)
             .arg("--precision")
             .arg(args.model.precision().as_str());
         if let Some(nats) = &args.connect.nats {

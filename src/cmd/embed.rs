@@ -35,7 +35,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         .map_or_else(|| "stdin".to_owned(), |p| p.display().to_string());
     let records = parse_records(&read_input(args.input.as_deref())?, &source)?;
     let encoder = super::load_encoder(
-        &args.model.model,
+        &args.model,
         args.model.precision(),
         args.batch_size as usize,
     )?;

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_heads;
 pub mod bench_pipeline;
 pub mod deploy;
+pub mod doctor;
 pub mod embed;
 pub mod jsonl;
 pub mod model;
@@ -14,14 +15,24 @@ pub mod train;
 
 use anyhow::Context as _;
 use headstream_encoder::{Backend, BatchLimits, Encoder, EncoderOptions, Precision};
+use headstream_fetch::{ModelLocation, ModelSource};
 
-/// Where `model fetch` puts the model and where the other commands look for it.
-pub const DEFAULT_MODEL_DIR: &str = "models/all-minilm-l6-v2";
+use crate::cli::ModelArgs;
 
-/// Loads the encoder from `dir` at `precision` with the given batch size;
-/// `$HEADSTREAM_ENCODER_BACKEND` (`auto`, `packed`, `candle`) picks the forward pass.
+/// Loads the encoder that `model` selects (see [`ModelArgs::locate`]) at `precision` with the
+/// given batch size; `$HEADSTREAM_ENCODER_BACKEND` (`auto`, `packed`, `candle`) picks the forward
+/// pass.
 pub fn load_encoder(
-    dir: &std::path::Path,
+    model: &ModelArgs,
+    precision: Precision,
+    batch_size: usize,
+) -> anyhow::Result<Encoder> {
+    load_encoder_at(&model.locate(None)?, precision, batch_size)
+}
+
+/// [`load_encoder`] from an already chosen location; errors say where it came from.
+pub fn load_encoder_at(
+    location: &ModelLocation,
     precision: Precision,
     batch_size: usize,
 ) -> anyhow::Result<Encoder> {
@@ -41,8 +52,24 @@ pub fn load_encoder(
         backend,
         precision,
     };
-    Encoder::load(dir, options)
-        .with_context(|| format!("cannot load the encoder from {}", dir.display()))
+    if !location.dir.is_dir() {
+        let fetch = match location.source {
+            ModelSource::Store => "headstream model fetch".to_owned(),
+            _ => format!("headstream model fetch --dir {}", location.dir.display()),
+        };
+        anyhow::bail!(
+            "no model at {} ({}): run `{fetch}`, or pass --model DIR",
+            location.dir.display(),
+            location.source
+        );
+    }
+    Encoder::load(&location.dir, options).with_context(|| {
+        format!(
+            "cannot load the encoder from {} ({})",
+            location.dir.display(),
+            location.source
+        )
+    })
 }
 
 /// Median of `xs` (sorts in place); the mean of the middle two for an even count, 0 if empty.
@@ -70,12 +97,10 @@ pub fn round(x: f64, digits: i32) -> f64 {
     (x * scale).round() / scale
 }
 
-/// `<cache>/<what>`, where `<cache>` is `$HEADSTREAM_CACHE`, else `~/.cache/headstream`.
+/// `<cache>/<what>` in the per-user cache directory (`$HEADSTREAM_CACHE`, else
+/// `~/.cache/headstream` on Linux), or `./.headstream-cache/<what>` where there is no home.
 pub fn cache_dir(what: &str) -> std::path::PathBuf {
-    use std::path::PathBuf;
-    std::env::var_os("HEADSTREAM_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/headstream")))
-        .unwrap_or_else(|| PathBuf::from(".headstream-cache"))
+    headstream_dirs::cache_dir()
+        .unwrap_or_else(|_| std::path::PathBuf::from(".headstream-cache"))
         .join(what)
 }

@@ -16,7 +16,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&args.pipeline)?;
     let batch = *pipeline.batching.max_batch_size.get_ref() as usize;
     let encoder = Arc::new(super::load_encoder(
-        &args.model.model,
+        &args.model,
         args.model.precision(),
         batch,
     )?);

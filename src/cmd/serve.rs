@@ -38,8 +38,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         pipelines: args.pipeline.clone(),
         nats: args.nats.clone(),
         metrics: args.metrics,
-        model: (args.model.model.as_os_str() != super::DEFAULT_MODEL_DIR)
-            .then(|| args.model.model.clone()),
+        model: args.model.model.clone(),
         precision: args.model.precision,
         registry: args.registry.clone(),
         shutdown_timeout: args.shutdown_timeout,
@@ -47,11 +46,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         watch: args.watch,
     };
     let settings = HostSettings::resolve(args.config.as_deref(), overrides)?;
-    let model = settings
-        .model
-        .clone()
-        .unwrap_or_else(|| args.model.model.clone());
-    let encoder = Arc::new(super::load_encoder(
+    // --model, else $HEADSTREAM_MODEL, else the host config's, else the defaults.
+    let model = args.model.locate(settings.model.as_deref())?;
+    let encoder = Arc::new(super::load_encoder_at(
         &model,
         settings.precision,
         settings.max_batch_size(),

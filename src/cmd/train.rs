@@ -52,18 +52,16 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         TrainKind::Classify => Kind::Classify,
         TrainKind::Tokens => Kind::Tokens,
     };
-    let component_path = args.component.clone().unwrap_or_else(|| {
-        PathBuf::from("target/wasm32-wasip2/release").join(match kind {
-            Kind::Classify => "linear_classifier.wasm",
-            Kind::Tokens => "token_classifier.wasm",
-        })
-    });
-    let component = std::fs::read(&component_path).with_context(|| {
-        format!(
-            "cannot read the component {} (build it with `cargo plugins`, or pass --component)",
-            component_path.display()
-        )
-    })?;
+    // The generic head ships in the binary; `--component` trains for another build of it.
+    let component = match &args.component {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read the component {}", path.display()))?,
+        None => match kind {
+            Kind::Classify => headstream_components::LINEAR_CLASSIFIER.bytes,
+            Kind::Tokens => headstream_components::TOKEN_CLASSIFIER.bytes,
+        }
+        .to_vec(),
+    };
     let data_bytes = std::fs::read(&args.data)
         .with_context(|| format!("cannot read {}", args.data.display()))?;
     let name = match &args.name {
@@ -83,7 +81,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("--c must be a positive number, not {}", args.c);
     }
     let encoder = Arc::new(super::load_encoder(
-        &args.model.model,
+        &args.model,
         args.model.precision(),
         BATCH,
     )?);
@@ -233,7 +231,7 @@ fn command_line() -> String {
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let mut package = load_package(&args.plugin)?;
     let encoder = Arc::new(super::load_encoder(
-        &args.model.model,
+        &args.model,
         args.model.precision(),
         BATCH,
     )?);

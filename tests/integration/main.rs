@@ -29,12 +29,14 @@
 //! - `shared_datasets`: shipped heads and 8-shot heads against the probe's accuracy on
 //!   ../shared/datasets (ignored by default, like `shared_reference`).
 
+mod cli_anywhere;
 mod cli_bench;
 mod cli_embed;
 mod cli_model;
 mod cli_new_head;
 mod cli_run;
 mod cli_train;
+mod components;
 mod encoder_parity;
 mod heads;
 mod host_budgets;

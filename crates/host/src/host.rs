@@ -13,7 +13,7 @@ use headstream_pipeline::{HostFile, NatsSettings, Pipeline};
 use headstream_registry::ClusterRegistry;
 use headstream_runner::{CoBatcher, Metrics};
 
-use crate::live::{FileWatch, HostContext, LiveHost, Origin};
+use crate::live::{FileWatch, HostContext, LiveHost};
 use crate::{HostError, connect, nats_url, redact};
 
 /// Live head instances a serving host has room for: its pipelines' heads, canaries and
@@ -189,7 +189,7 @@ impl Host {
             registry,
         });
         for (file, text, _) in &settings.pipelines {
-            live.apply(Origin::File(file.clone()), text, file, None)
+            live.apply_at_start(file, text)
                 .await
                 .map_err(|e| HostError::Apply(Box::new(e)))?;
         }

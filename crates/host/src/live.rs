@@ -223,6 +223,18 @@ impl LiveHost {
         outcome
     }
 
+    /// Serves a pipeline of the host's start: like [`apply`](Self::apply), but a failure is only
+    /// returned (the host does not start, and its caller reports why once): there is no old
+    /// version to keep live and no one subscribed to events yet.
+    pub(crate) async fn apply_at_start(
+        &mut self,
+        file: &Path,
+        text: &str,
+    ) -> Result<String, ApplyError> {
+        self.try_apply(Origin::File(file.to_owned()), text, file, None)
+            .await
+    }
+
     async fn try_apply(
         &mut self,
         origin: Origin,

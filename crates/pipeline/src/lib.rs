@@ -203,7 +203,8 @@ pub struct Head {
     /// The head's name in this pipeline; results are keyed by it (`name`).
     pub name: Spanned<String>,
     /// Path of a plugin component, relative to the pipeline file (`component`); absolute
-    /// after [`Pipeline::load`]. A head names exactly one of `component` and `package`.
+    /// after [`Pipeline::load`]. A head names exactly one of `component`, `package`, `plugin`
+    /// and `builtin`.
     #[serde(default, deserialize_with = "optional_path")]
     pub component: Option<PathBuf>,
     /// Path of a plugin package directory as `headstream train` writes it (component, weights,
@@ -214,6 +215,9 @@ pub struct Head {
     /// requirement (`name@1.2.0` pins a version; a bare `name` takes the newest), resolved
     /// against the host's registry when the pipeline is loaded.
     pub plugin: Option<Spanned<String>>,
+    /// A component that ships inside the headstream binary (`builtin = "keyword-flags"`), by
+    /// name; see `headstream plugins ls` and [`headstream_components::ALL`].
+    pub builtin: Option<Spanned<String>>,
     /// Required sha256 of the component (`sha256`), if pinned.
     pub sha256: Option<String>,
     /// Settings passed to the head's `configure`, as a JSON object (`[heads.config]`).
@@ -475,7 +479,21 @@ impl Pipeline {
                 head.component.is_some(),
                 head.package.is_some(),
                 head.plugin.is_some(),
+                head.builtin.is_some(),
             ];
+            if let Some(builtin) = &head.builtin
+                && headstream_components::get(builtin.get_ref()).is_none()
+            {
+                return Err(at(
+                    builtin.span(),
+                    &format!("{key}.builtin"),
+                    format!(
+                        "no builtin component {:?}; this binary ships {}",
+                        builtin.get_ref(),
+                        headstream_components::names().join(", ")
+                    ),
+                ));
+            }
             if let Some(reference) = &head.plugin {
                 parse_reference(reference.get_ref())
                     .map_err(|m| at(reference.span(), &format!("{key}.plugin"), m.to_string()))?;
@@ -485,7 +503,7 @@ impl Pipeline {
                     return Err(at(
                         head.name.span(),
                         &key,
-                        "a head needs `component` (a .wasm file), `package` (a trained package directory) or `plugin` (a registry reference, name@version)".into(),
+                        "a head needs `component` (a .wasm file), `package` (a trained package directory), `plugin` (a registry reference, name@version) or `builtin` (a component shipped in the binary)".into(),
                     ));
                 }
                 1 => {}
@@ -493,7 +511,8 @@ impl Pipeline {
                     return Err(at(
                         head.name.span(),
                         &key,
-                        "`component`, `package` and `plugin` are exclusive; name one".into(),
+                        "`component`, `package`, `plugin` and `builtin` are exclusive; name one"
+                            .into(),
                     ));
                 }
             }

@@ -61,7 +61,9 @@ fn shipped_pipelines_load() -> Result<(), Box<dyn std::error::Error>> {
             for head in pipeline.heads() {
                 let file = head.component.as_ref().or(head.package.as_ref());
                 assert!(
-                    file.is_some_and(|f| f.starts_with(dir)) || head.plugin.is_some(),
+                    file.is_some_and(|f| f.starts_with(dir))
+                        || head.plugin.is_some()
+                        || head.builtin.is_some(),
                     "{}: {file:?}",
                     path.display(),
                 );

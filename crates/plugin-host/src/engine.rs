@@ -325,7 +325,21 @@ impl PluginHost {
             path: path.to_owned(),
             source,
         })?;
-        let digest = hex(&Sha256::digest(&bytes));
+        self.load_bytes(path, &bytes, config)
+    }
+
+    /// Loads a component held in memory (one embedded in the binary, say) exactly as [`load`]
+    /// loads a file; `origin` names it in errors and logs (`builtin:keyword-flags`).
+    ///
+    /// [`load`]: Self::load
+    pub fn load_bytes(
+        &self,
+        origin: &Path,
+        bytes: &[u8],
+        config: HeadConfig,
+    ) -> Result<Head, PluginError> {
+        let path = origin;
+        let digest = hex(&Sha256::digest(bytes));
         if let Some(expected) = config
             .sha256
             .as_ref()
@@ -337,7 +351,7 @@ impl PluginHost {
                 actual: digest,
             });
         }
-        let component = self.compile(path, &bytes, &digest)?;
+        let component = self.compile(path, bytes, &digest)?;
         self.check_imports(path, &component)?;
         let pre = self
             .linker

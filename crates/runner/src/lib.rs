@@ -173,24 +173,35 @@ fn load_stages(
             .as_ref()
             .map(|s| candidate(s.plugin.get_ref(), 0.0, s.subject.get_ref()))
             .transpose()?;
-        let loaded = match (&resolved, &spec.component) {
-            (Some(dir), _) => load_package(host, dir, spec.sha256.as_deref(), &spec.config, limits),
-            (None, component) => host
+        let config = HeadConfig {
+            sha256: spec.sha256.clone(),
+            config: spec.config.clone(),
+            assets,
+            limits,
+            ..HeadConfig::default()
+        };
+        // `Pipeline::load` guarantees exactly one source, and that a builtin exists.
+        let builtin = spec
+            .builtin
+            .as_ref()
+            .and_then(|b| headstream_components::get(b.get_ref()));
+        let with_id = |head: Head| {
+            let id = head.id();
+            (head, id)
+        };
+        let loaded = match (&resolved, builtin, &spec.component) {
+            (Some(dir), _, _) => {
+                load_package(host, dir, spec.sha256.as_deref(), &spec.config, limits)
+            }
+            (None, Some(builtin), _) => host
+                .load_bytes(builtin.origin().as_ref(), builtin.bytes, config)
+                .map(with_id),
+            (None, None, component) => host
                 .load(
-                    // `Pipeline::load` guarantees one of the two.
                     component.as_deref().unwrap_or(std::path::Path::new("")),
-                    HeadConfig {
-                        sha256: spec.sha256.clone(),
-                        config: spec.config.clone(),
-                        assets,
-                        limits,
-                        ..HeadConfig::default()
-                    },
+                    config,
                 )
-                .map(|head| {
-                    let id = head.id();
-                    (head, id)
-                }),
+                .map(with_id),
         };
         let (head, id) = loaded.map_err(|source| RunnerError::Head {
             head: name.clone(),

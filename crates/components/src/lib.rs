@@ -1,0 +1,128 @@
+//! The task-head components that ship inside the `headstream` binary.
+//!
+//! `headstream train` packages [`LINEAR_CLASSIFIER`] or [`TOKEN_CLASSIFIER`] with the weights it
+//! fits, and a pipeline names any of [`ALL`] with `builtin = "name"`, so neither needs a
+//! WebAssembly toolchain or a `cargo plugins` step on the machine that runs them.
+//!
+//! The bytes are the committed files in `wasm/`, built from `plugins/` by
+//! `scripts/components.sh` with machine-specific paths remapped, so a rebuild with the rustc
+//! recorded in `wasm/BUILD` gives the same bytes; the test suite rebuilds and compares them.
+//! Each component's sha256 is pinned here and checked by this crate's tests.
+#![deny(missing_docs)]
+
+/// One embedded component: its name, what it is for, its bytes and their pinned sha256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Builtin {
+    /// The name pipelines use (`builtin = "keyword-flags"`), which is also its plugin's folder.
+    pub name: &'static str,
+    /// One line on what the head does and what it needs.
+    pub summary: &'static str,
+    /// The component (a wasm32-wasip2 WebAssembly component of the `task-head` world).
+    pub bytes: &'static [u8],
+    /// sha256 of `bytes`, lower-case hex.
+    pub sha256: &'static str,
+}
+
+impl Builtin {
+    /// How results and messages name it: `builtin:<name>`.
+    pub fn origin(&self) -> String {
+        format!("builtin:{}", self.name)
+    }
+}
+
+/// A dense softmax layer over the pooled embedding; `train --kind classify` packages it.
+pub const LINEAR_CLASSIFIER: Builtin = Builtin {
+    name: "linear-classifier",
+    summary: "softmax layer over the sentence embedding (weights asset `weights`); `train --kind classify`",
+    bytes: include_bytes!("../wasm/linear-classifier.wasm"),
+    sha256: "151c96098fa849c3554e89ca5021fdd298a4a4f133a745c8a43bf3c233066758",
+};
+
+/// A per-word BIO tagger over token states; `train --kind tag` packages it.
+pub const TOKEN_CLASSIFIER: Builtin = Builtin {
+    name: "token-classifier",
+    summary: "BIO entity tagger over token states (weights asset `weights`); `train --kind tag`",
+    bytes: include_bytes!("../wasm/token-classifier.wasm"),
+    sha256: "5e9b07a2299f11e6efc50ce199d959b7117c2aefd08ba5d53d78b03cd92f078e",
+};
+
+/// Zero-shot classification by cosine similarity to example sentences given in its config.
+pub const PROTOTYPE_CLASSIFIER: Builtin = Builtin {
+    name: "prototype-classifier",
+    summary: "zero-shot labels from example sentences in its config (`labels`, `temperature`)",
+    bytes: include_bytes!("../wasm/prototype-classifier.wasm"),
+    sha256: "619bfe99ff15c89da1edaca28bba089e9aa3dc35852e2c8ca34b6554a53d4488",
+};
+
+/// Rule-based flags: which configured keyword lists a text mentions.
+pub const KEYWORD_FLAGS: Builtin = Builtin {
+    name: "keyword-flags",
+    summary: "flags from keyword lists in its config (`flags`), with byte spans",
+    bytes: include_bytes!("../wasm/keyword-flags.wasm"),
+    sha256: "96ab23d9d856b0c32c64986329d8e5bae08ca92c67de01f7855cc7818c55bf95",
+};
+
+/// Every embedded component, by name.
+pub const ALL: &[Builtin] = &[
+    LINEAR_CLASSIFIER,
+    TOKEN_CLASSIFIER,
+    PROTOTYPE_CLASSIFIER,
+    KEYWORD_FLAGS,
+];
+
+/// The embedded component called `name`, if there is one.
+pub fn get(name: &str) -> Option<&'static Builtin> {
+    ALL.iter().find(|b| b.name == name)
+}
+
+/// The names of every embedded component, for messages.
+pub fn names() -> Vec<&'static str> {
+    ALL.iter().map(|b| b.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    #[test]
+    fn every_component_has_its_pinned_digest() {
+        for b in ALL {
+            let actual = format!("{:x}", Sha256::digest(b.bytes));
+            assert_eq!(
+                actual, b.sha256,
+                "{}: the bytes changed; update the pin (and wasm/BUILD via scripts/components.sh)",
+                b.name
+            );
+            assert!(
+                b.bytes.starts_with(b"\0asm"),
+                "{} is not WebAssembly",
+                b.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_build_record_lists_the_pinned_digests() {
+        let record = include_str!("../wasm/BUILD");
+        for b in ALL {
+            let line = format!("{}  {}.wasm", b.sha256, b.name);
+            assert!(
+                record.lines().any(|l| l == line),
+                "wasm/BUILD lacks `{line}`"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_found() {
+        for b in ALL {
+            assert_eq!(get(b.name), Some(b));
+        }
+        assert_eq!(get("nosuch"), None);
+        let mut names = names();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+}
