@@ -1,5 +1,5 @@
 //! `headstream run`: the embedded default. The shipped support-triage pipeline classifies the
-//! example messages with the real encoder and real plugins (needs `cargo plugins`); unusable
+//! example messages with the real encoder and real plugins (builtin ones and packages); unusable
 //! lines become error records with their payload; a misbehaving head fails only its own result;
 //! a bad pipeline fails at load with file and line.
 
@@ -18,8 +18,7 @@ fn records(bytes: &[u8]) -> Vec<Value> {
 #[test]
 fn support_triage_example_classifies_and_reports_bad_lines()
 -> Result<(), Box<dyn std::error::Error>> {
-    plugin_path("prototype-classifier");
-    plugin_path("keyword-flags");
+    // Its topic and flags heads are `builtin`: no `cargo plugins` needed.
     let root = workspace_root();
     let dir = tempfile::tempdir()?;
     let errors = dir.path().join("errors.jsonl");
@@ -165,6 +164,26 @@ fn invalid_pipeline_fails_at_load_with_file_and_line() -> Result<(), Box<dyn std
 }
 
 #[test]
+fn a_refused_import_is_said_once() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "version = 1\nname = \"p\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n[[heads]]\nname = \"probe\"\ncomponent = {:?}\n",
+            plugin_path("hostile-wasi").display().to_string()
+        ),
+    )?;
+    let run = headstream(&["run", "--pipeline", &pipeline.to_string_lossy()], b"");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("does not grant").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: head probe: "), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn plugin_references_resolve_against_the_registry() -> Result<(), Box<dyn std::error::Error>> {
     let root = workspace_root();
     let dir = tempfile::tempdir()?;
@@ -207,9 +226,10 @@ fn plugin_references_resolve_against_the_registry() -> Result<(), Box<dyn std::e
     let out = run(&pipeline);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("no package matches sentiment@^2"),
-        "{stderr}"
+    assert_eq!(
+        stderr.matches("no package matches sentiment@^2").count(),
+        1,
+        "said once: {stderr}"
     );
     assert!(stderr.contains("1.0.0"), "{stderr}");
 
