@@ -29,6 +29,8 @@ pub enum Command {
     Run(RunArgs),
     /// Serve pipelines over NATS (queue groups; results to the output subject and to replies).
     Serve(ServeArgs),
+    /// An OpenAI-compatible HTTP gateway over the bus (embeddings, pipelines); holds no model.
+    Gateway(GatewayArgs),
     /// Publish texts (or JSONL messages) to a subject.
     Publish(PublishArgs),
     /// Send texts as requests and print the replies (one JSON line each).
@@ -80,6 +82,34 @@ pub enum ModelCommand {
     Info(ModelArgs),
     /// List the models in the per-user store, one JSON line each.
     Ls,
+}
+
+/// `headstream gateway`
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address to serve HTTP on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Largest request body in bytes (413 past it).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    /// Most texts (or pipeline messages) in one request (413 past it).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=2048))]
+    pub max_batch: u32,
+    /// How long to wait for the hosts' answers, in milliseconds (503 with Retry-After past it).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+    /// Requests handled at once; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// Most texts per request to one host (a larger batch is split over the hosts).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=2048))]
+    pub chunk: u32,
+    /// An origin browsers may call from (repeatable; CORS is off without one).
+    #[arg(long)]
+    pub cors_origin: Vec<String>,
 }
 
 /// `headstream doctor`

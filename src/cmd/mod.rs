@@ -6,6 +6,7 @@ pub mod bench_pipeline;
 pub mod deploy;
 pub mod doctor;
 pub mod embed;
+pub mod gateway;
 pub mod jsonl;
 pub mod model;
 pub mod new_head;

@@ -100,13 +100,14 @@ async fn bound_shutdown(grace: Duration, mut signals: Signals) {
 }
 
 /// Ctrl-C and SIGTERM, listened for from creation on (so a second signal is never missed).
-struct Signals {
+/// Ctrl-C and SIGTERM, as one stream of stop requests.
+pub(crate) struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             #[cfg(unix)]
             term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
@@ -114,7 +115,7 @@ impl Signals {
     }
 
     /// Waits for the next Ctrl-C or SIGTERM.
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         #[cfg(unix)]
         if let Some(term) = self.term.as_mut() {
             tokio::select! {

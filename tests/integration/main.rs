@@ -38,6 +38,7 @@ mod cli_run;
 mod cli_train;
 mod components;
 mod encoder_parity;
+mod gateway;
 mod heads;
 mod host_budgets;
 mod nats_deploy;

@@ -169,6 +169,7 @@ impl Host {
             PLUGIN_INSTANCES,
         )?);
         let batcher = co_batcher(&settings, &encoder, &metrics);
+        let embeddings_batcher = batcher.clone();
         let mut registry = settings.registry.clone();
         let fetched = packages_dir()?;
         if settings.deployed {
@@ -193,14 +194,15 @@ impl Host {
                 .await
                 .map_err(|e| HostError::Apply(Box::new(e)))?;
         }
-        let service = crate::service::register(
-            &client,
-            encoder.fingerprint().to_string(),
-            &host_id,
-            metrics,
-            live.status_board(),
-        )
-        .await?;
+        let embeddings = crate::embeddings::EmbeddingsService {
+            batcher: embeddings_batcher,
+            name: encoder.fingerprint().name().to_owned(),
+            fingerprint: encoder.fingerprint().to_string(),
+            dimensions: encoder.hidden_size(),
+            host: host_id.clone(),
+        };
+        let service =
+            crate::service::register(&client, embeddings, metrics, live.status_board()).await?;
         let cluster = match settings.deployed {
             true => Some(
                 ClusterRegistry::open(&client)

@@ -3,12 +3,14 @@
 //! [`HostSettings::resolve`] merges the command line over the host config (`host.toml`) over
 //! the defaults, once; [`Host::start`] connects (auth, TLS, reconnects), serves every pipeline
 //! (core queue groups or JetStream, see [`serve`]), registers the NATS micro service and its
-//! status endpoints, and starts `/metrics`; [`Host::run`] then follows the files and the
+//! status endpoints, the embeddings endpoint (`headstream.embeddings`) and discovery
+//! (`headstream.discover`), and starts `/metrics`; [`Host::run`] then follows the files and the
 //! cluster registry ([`live`]) until told to stop, and drains in-flight batches within the
 //! shutdown timeout. [`connect`] serves one-off clients (`publish`, `request`, `deploy`).
 #![deny(missing_docs)]
 
 mod connect;
+mod embeddings;
 mod host;
 pub mod live;
 mod metrics_http;

@@ -341,9 +341,26 @@ impl LiveHost {
                 tracing::info!(pipeline = %name, %heads, "serving");
             }
         }
+        let (input, output, delivery) = match self.served.get(&name) {
+            Some(served) => (
+                served.options.subject.clone(),
+                served.options.output.clone(),
+                match served.options.jetstream {
+                    Some(_) => "jetstream",
+                    None => "core",
+                },
+            ),
+            None => (String::new(), String::new(), "core"),
+        };
         self.post(
             &name,
-            Some(json!({ "heads": body["heads"], "source": body["source"] })),
+            Some(json!({
+                "heads": body["heads"],
+                "source": body["source"],
+                "input": input,
+                "output": output,
+                "delivery": delivery,
+            })),
         );
         self.event("activated", "pipeline", body).await;
     }

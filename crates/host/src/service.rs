@@ -8,7 +8,10 @@ use futures::StreamExt as _;
 use headstream_runner::Metrics;
 use serde_json::{Value, json};
 
+use headstream_message::embeddings::{DISCOVER_SUBJECT, EMBEDDINGS_SUBJECT};
+
 use crate::HostError;
+use crate::embeddings::EmbeddingsService;
 use crate::live::StatusBoard;
 
 /// Registers the host as a NATS micro service with status endpoints: `headstream.status`
@@ -17,11 +20,13 @@ use crate::live::StatusBoard;
 /// as long as the returned service lives.
 pub(crate) async fn register(
     client: &async_nats::Client,
-    encoder_fingerprint: String,
-    host_id: &str,
+    embeddings: EmbeddingsService,
     metrics: Arc<Metrics>,
     board: StatusBoard,
 ) -> Result<async_nats::service::Service, HostError> {
+    let host_id = embeddings.host.clone();
+    let host_id = host_id.as_str();
+    let encoder_fingerprint = embeddings.fingerprint.clone();
     let failed = |subject: &str, e: &dyn std::fmt::Display| HostError::Nats {
         action: "register the micro service on",
         subject: subject.to_owned(),
@@ -29,7 +34,7 @@ pub(crate) async fn register(
     };
     let metadata = std::collections::HashMap::from([
         ("host".to_owned(), host_id.to_owned()),
-        ("encoder".to_owned(), encoder_fingerprint),
+        ("encoder".to_owned(), encoder_fingerprint.clone()),
     ]);
     let service = client
         .service_builder()
@@ -38,6 +43,41 @@ pub(crate) async fn register(
         .start("headstream", env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| failed("$SRV", &e))?;
+    let discovery = {
+        let (host, encoder, board) = (
+            host_id.to_owned(),
+            encoder_fingerprint.clone(),
+            board.clone(),
+        );
+        Arc::new(move || crate::embeddings::discover(&host, &encoder, &board))
+    };
+    let subscription = client
+        .subscribe(DISCOVER_SUBJECT)
+        .await
+        .map_err(|e| failed(DISCOVER_SUBJECT, &e))?;
+    tokio::spawn(crate::embeddings::serve_discovery(
+        client.clone(),
+        subscription,
+        discovery,
+    ));
+    let mut endpoint = service
+        .endpoint_builder()
+        .name("embeddings")
+        .add(EMBEDDINGS_SUBJECT)
+        .await
+        .map_err(|e| failed(EMBEDDINGS_SUBJECT, &e))?;
+    tokio::spawn(async move {
+        while let Some(request) = endpoint.next().await {
+            let embeddings = embeddings.clone();
+            // Each request encodes off the endpoint's loop, so requests from many callers
+            // queue at the co-batcher together and share encoder passes.
+            tokio::spawn(async move {
+                let answer = embeddings.answer(&request.message.payload).await;
+                let body = serde_json::to_vec(&answer).unwrap_or_default();
+                let _ = request.respond(Ok(body.into())).await;
+            });
+        }
+    });
     let status = Arc::new(Status { metrics, board });
     for (name, subject) in [
         ("status", "headstream.status"),

@@ -6,6 +6,7 @@
 //! `fuzz/fuzz_targets/message.rs`).
 #![deny(missing_docs)]
 
+pub mod embeddings;
 mod record;
 
 pub use record::{ErrorReason, ErrorRecord, ResultRecord, RouteMatch, ShadowRecord, ShadowSide};

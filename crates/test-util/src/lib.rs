@@ -300,3 +300,42 @@ fn nats_server_binary() -> PathBuf {
     })
     .clone()
 }
+
+/// The `openai` Python package this project tests its gateway with (PyPI, pinned).
+pub const OPENAI_PYTHON: &str = "openai==3.57.0";
+
+/// A Python interpreter with [`OPENAI_PYTHON`] installed: a virtual environment under
+/// `target/tools/openai-venv`, created with `python3 -m venv` and pip on first use.
+pub fn openai_python() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let venv = workspace_root().join("target/tools/openai-venv");
+        let python = venv.join("bin/python");
+        let marker = venv.join(".headstream-installed");
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == OPENAI_PYTHON) {
+            return python;
+        }
+        let run = |program: &std::ffi::OsStr, args: &[&str]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {program:?}: {e}"));
+            if !out.status.success() {
+                panic!(
+                    "{program:?} {args:?} failed (the gateway tests need Python 3 with venv and pip, and PyPI):\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        let python3 = std::env::var_os("HEADSTREAM_PYTHON").unwrap_or_else(|| "python3".into());
+        run(&python3, &["-m", "venv", &venv.to_string_lossy()]);
+        run(
+            python.as_os_str(),
+            &["-m", "pip", "install", "--quiet", "--disable-pip-version-check", OPENAI_PYTHON],
+        );
+        std::fs::write(&marker, OPENAI_PYTHON)
+            .unwrap_or_else(|e| panic!("{}: {e}", marker.display()));
+        python
+    })
+    .clone()
+}

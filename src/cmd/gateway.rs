@@ -1,0 +1,61 @@
+//! `headstream gateway`: the HTTP front door, wired to NATS and signals.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use headstream_gateway::GatewayConfig;
+use headstream_pipeline::HostFile;
+
+use crate::cli::GatewayArgs;
+
+/// Environment variable with the accepted API keys, separated by commas.
+const API_KEYS_ENV: &str = "HEADSTREAM_GATEWAY_API_KEYS";
+
+/// Serves the gateway until Ctrl-C / SIGTERM, then finishes the requests in hand.
+pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
+    let host = args
+        .connect
+        .config
+        .as_deref()
+        .map(HostFile::load)
+        .transpose()?;
+    let url = headstream_host::nats_url(args.connect.nats.as_deref(), host.as_ref());
+    let settings = host.map(|h| h.nats).unwrap_or_default();
+    let api_keys: Vec<String> = std::env::var(API_KEYS_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let config = GatewayConfig {
+        max_body_bytes: args.max_body_bytes,
+        max_batch: args.max_batch as usize,
+        timeout: Duration::from_millis(args.timeout_ms),
+        max_in_flight: args.max_in_flight as usize,
+        api_keys,
+        cors_origins: args.cors_origin.clone(),
+        chunk_texts: args.chunk as usize,
+    };
+    super::serve::runtime()?.block_on(async {
+        let client = headstream_host::connect(&url, &settings, true).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr().context("no local address")?;
+        eprintln!(
+            "headstream gateway on http://{addr} (NATS {}, {})",
+            headstream_host::redact(&url),
+            match config.api_keys.len() {
+                0 => "no API keys: open to anyone who can reach it".to_owned(),
+                n => format!("{n} API key(s)"),
+            }
+        );
+        let shutdown = async {
+            super::serve::Signals::new().next().await;
+            eprintln!("headstream gateway: stopping; finishing the requests in hand");
+        };
+        headstream_gateway::serve(listener, client, config, shutdown).await?;
+        Ok(())
+    })
+}
