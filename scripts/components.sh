@@ -26,9 +26,19 @@ fi
 # (crates/token-features) into symbol names, so the sources are reached through one fixed
 # path on every machine (a link, under a lock), and the cargo home is remapped.
 stable=/tmp/headstream-components-src
-exec 9>"$stable.lock"
-flock 9
-ln -sfn "$root" "$stable"
+if ! exec 9>>"$stable.lock" || ! flock 9; then
+  echo "components: cannot lock $stable.lock (another user's?); remove it or build as its owner" >&2
+  exit 1
+fi
+if [ -e "$stable" ] && { [ ! -L "$stable" ] || [ ! -O "$stable" ]; }; then
+  echo "components: $stable exists and is not a link of yours; remove it first" >&2
+  exit 1
+fi
+ln -sfnT "$root" "$stable"
+if [ "$(readlink "$stable")" != "$root" ]; then
+  echo "components: $stable does not point at $root" >&2
+  exit 1
+fi
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 flags=(-Ctarget-feature=+simd128 "--remap-path-prefix=$cargo_home=/cargo" "--remap-path-prefix=$stable=/headstream")
 encoded=$(printf '%s\x1f' "${flags[@]}")

@@ -99,9 +99,14 @@ pub fn round(x: f64, digits: i32) -> f64 {
 }
 
 /// `<cache>/<what>` in the per-user cache directory (`$HEADSTREAM_CACHE`, else
-/// `~/.cache/headstream` on Linux), or `./.headstream-cache/<what>` where there is no home.
-pub fn cache_dir(what: &str) -> std::path::PathBuf {
-    headstream_dirs::cache_dir()
-        .unwrap_or_else(|_| std::path::PathBuf::from(".headstream-cache"))
-        .join(what)
+/// `~/.cache/headstream` on Linux); `None` (no caching, said once in the log) where there is
+/// no home directory: never the working directory.
+pub fn cache_dir(what: &str) -> Option<std::path::PathBuf> {
+    match headstream_dirs::cache_dir() {
+        Ok(dir) => Some(dir.join(what)),
+        Err(e) => {
+            tracing::warn!("{e}; caching nothing");
+            None
+        }
+    }
 }

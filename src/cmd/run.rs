@@ -21,7 +21,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         batch,
     )?);
     let registry = headstream_package::Registry::chosen(&args.registry, &[]);
-    let plugins = headstream_runner::plugin_host(&encoder, Some(component_cache()), 64)?;
+    let plugins = headstream_runner::plugin_host(&encoder, component_cache(), 64)?;
     let runner = Runner::new(&pipeline, &plugins, encoder, &registry)?;
 
     let input = read_input(args.input.as_deref())?;
@@ -74,7 +74,8 @@ fn sink(
     })
 }
 
-/// Where compiled components are cached: `$HEADSTREAM_CACHE`, else `~/.cache/headstream`.
-pub fn component_cache() -> PathBuf {
+/// Where compiled components are cached: `$HEADSTREAM_CACHE/components`, else
+/// `~/.cache/headstream/components`; `None` without a home directory.
+pub fn component_cache() -> Option<PathBuf> {
     super::cache_dir("components")
 }

@@ -56,7 +56,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let grace = settings.shutdown_timeout;
     let runtime = runtime()?;
     let served = runtime.block_on(async {
-        let host = Host::start(settings, encoder, Some(super::run::component_cache())).await?;
+        let host = Host::start(settings, encoder, super::run::component_cache()).await?;
         eprintln!("headstream serving {}", host.summary());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut signals = Signals::new();

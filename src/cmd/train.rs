@@ -22,10 +22,13 @@ fn open_cache(args: &CacheArgs, encoder: &Encoder) -> anyhow::Result<Option<Embe
     if args.no_cache {
         return Ok(None);
     }
-    let dir = args
+    let Some(dir) = args
         .cache_dir
         .clone()
-        .unwrap_or_else(|| super::cache_dir("embeddings"));
+        .or_else(|| super::cache_dir("embeddings"))
+    else {
+        return Ok(None);
+    };
     let cache = EmbeddingCache::open(&dir, encoder.fingerprint().digest(), encoder.hidden_size())?;
     Ok(Some(cache))
 }
@@ -39,7 +42,7 @@ fn report_cache(cache: Option<&EmbeddingCache>) -> Value {
 
 fn host(encoder: &Arc<Encoder>) -> anyhow::Result<PluginHost> {
     Ok(PluginHost::new(HostConfig {
-        cache_dir: Some(super::run::component_cache()),
+        cache_dir: super::run::component_cache(),
         encoder: Some(encoder.fingerprint().clone()),
         embedder: Some(encoder.clone()),
         ..HostConfig::default()

@@ -16,6 +16,14 @@ fn builtin_components_are_what_the_plugin_sources_build_to() {
         .current_dir(&root)
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/components.sh: {e}"));
+    // Visible with --nocapture: whether the bytes were compared (same rustc) or not.
+    eprintln!(
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -419,7 +419,7 @@ fn no_host_in_time_is_503_and_a_full_gateway_is_429_both_with_retry_after() {
             "--max-in-flight",
             "1",
             "--timeout-ms",
-            "1500",
+            "4000",
             "--cors-origin",
             "http://app.test",
         ],
@@ -433,14 +433,31 @@ fn no_host_in_time_is_503_and_a_full_gateway_is_429_both_with_retry_after() {
     );
     assert!(head.contains("retry-after: 1"), "{head}");
 
-    // A host that takes the request and never answers (a hung host, injected here): the one
-    // request in flight waits out the deadline (503), and another meanwhile is refused (429).
+    // A host that announces itself and then never answers (a hung host, injected here): the
+    // one request in flight waits out the deadline (503), and another meanwhile is refused
+    // (429).
     let runtime = crate::runtime();
     let client = runtime
         .block_on(async_nats::connect(server.url()))
         .unwrap_or_else(|e| panic!("{e}"));
-    let _hung = runtime
-        .block_on(client.queue_subscribe("headstream.embeddings", "q".into()))
+    let fingerprint = format!("hung-model@sha256:{}", "ab".repeat(32));
+    let status = json!({ "host": "hung-1", "version": "0", "encoder": fingerprint,
+                         "dimensions": 384, "pipelines": [] });
+    let mut discover = runtime
+        .block_on(client.subscribe("headstream.discover"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let responder = client.clone();
+    runtime.spawn(async move {
+        use futures::StreamExt as _;
+        while let Some(message) = discover.next().await {
+            if let Some(reply) = message.reply {
+                let _ = responder.publish(reply, status.to_string().into()).await;
+            }
+        }
+    });
+    let subject = headstream_message::embeddings::embeddings_subject(&fingerprint);
+    let mut hung = runtime
+        .block_on(client.queue_subscribe(subject, "q".into()))
         .unwrap_or_else(|e| panic!("{e}"));
     runtime
         .block_on(client.flush())
@@ -449,7 +466,16 @@ fn no_host_in_time_is_503_and_a_full_gateway_is_429_both_with_retry_after() {
         let url = gateway.url.clone();
         std::thread::spawn(move || post(&url, "/v1/embeddings", r#"{"input":"a"}"#, None))
     };
-    std::thread::sleep(Duration::from_millis(400));
+    // Once the hung host has the first request, that request holds the only slot until its
+    // 4 s deadline: a second one is refused at once.
+    let held = runtime.block_on(async {
+        use futures::StreamExt as _;
+        tokio::time::timeout(Duration::from_secs(10), hung.next()).await
+    });
+    assert!(
+        matches!(held, Ok(Some(_))),
+        "the first request never reached the host"
+    );
     let (status, head, body) = gateway.post("/v1/embeddings", r#"{"input":"b"}"#, None);
     assert_eq!(
         error_of(status, &body),

@@ -38,10 +38,10 @@ pub const LINEAR_CLASSIFIER: Builtin = Builtin {
     sha256: "151c96098fa849c3554e89ca5021fdd298a4a4f133a745c8a43bf3c233066758",
 };
 
-/// A per-word BIO tagger over token states; `train --kind tag` packages it.
+/// A per-word BIO tagger over token states; `train --kind tokens` packages it.
 pub const TOKEN_CLASSIFIER: Builtin = Builtin {
     name: "token-classifier",
-    summary: "BIO entity tagger over token states (weights asset `weights`); `train --kind tag`",
+    summary: "BIO entity tagger over token states (weights asset `weights`); `train --kind tokens`",
     bytes: include_bytes!("../wasm/token-classifier.wasm"),
     sha256: "5e9b07a2299f11e6efc50ce199d959b7117c2aefd08ba5d53d78b03cd92f078e",
 };

@@ -1,6 +1,6 @@
 //! Where headstream keeps per-user files, so every command works from any directory.
 //!
-//! - **Data** ([`data_dir`]): fetched models, under `models/<name>/<digest>/`. `$HEADSTREAM_DATA`,
+//! - **Data** ([`data_dir`]): fetched models, under `models/<digest>/<name>/`. `$HEADSTREAM_DATA`,
 //!   else the platform's data directory (`$XDG_DATA_HOME/headstream`, by default
 //!   `~/.local/share/headstream`, on Linux).
 //! - **Cache** ([`cache_dir`]): compiled components and other files that are rebuilt when

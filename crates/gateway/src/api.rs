@@ -14,8 +14,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use headstream_message::embeddings::{
-    DISCOVER_SUBJECT, EMBEDDINGS_SUBJECT, EmbeddingsAnswer, EmbeddingsErrorKind, EmbeddingsReply,
-    EmbeddingsRequest, HostStatus, base64_to_f32,
+    DISCOVER_SUBJECT, EmbeddingsAnswer, EmbeddingsErrorKind, EmbeddingsReply, EmbeddingsRequest,
+    HostStatus, base64_to_f32, embeddings_subject, model_matches,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -30,7 +30,7 @@ use crate::{ApiError, ErrorBody, Shared};
         title = "headstream gateway",
         description = "OpenAI-compatible embeddings and headstream pipelines over NATS"
     ),
-    paths(embeddings, models, run_pipeline, pipelines, hosts, health),
+    paths(embeddings, models, model, run_pipeline, pipelines, hosts, health),
     components(schemas(
         EmbeddingsBody,
         EmbeddingsResponse,
@@ -127,13 +127,17 @@ fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-/// Takes a slot among the requests in flight, or answers 429.
-fn slot(shared: &Shared) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    shared
-        .in_flight
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::busy(shared.config.max_in_flight))
+/// Every `/v1/*` request takes a slot among the requests in flight before its body is read,
+/// or is answered 429 at once.
+pub(crate) async fn admit(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match shared.in_flight.clone().try_acquire_owned() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => ApiError::busy(shared.config.max_in_flight).into_response(),
+    }
 }
 
 /// `/v1/*` requires `Authorization: Bearer <key>` when API keys are configured.
@@ -156,8 +160,13 @@ pub(crate) async fn authenticate(
 }
 
 fn texts_of(input: Value) -> Result<Vec<String>, ApiError> {
-    let token_ids =
-        || ApiError::invalid("token-id input is not supported: send the texts").param("input");
+    let token_ids = || {
+        ApiError::invalid(
+            "token-id input is not supported: send the texts (LangChain's OpenAIEmbeddings: \
+             set check_embedding_ctx_length=False)",
+        )
+        .param("input")
+    };
     match input {
         Value::String(s) => Ok(vec![s]),
         Value::Array(items) => items
@@ -222,33 +231,105 @@ async fn ask(shared: &Shared, subject: String, body: Vec<u8>) -> Result<Bytes, A
     }
 }
 
+/// Which encoder a request is for: the one `model` names, or the only one served.
+async fn encoder_for(shared: &Shared, model: Option<&str>) -> Result<HostStatus, ApiError> {
+    let pick = |hosts: &[HostStatus]| -> Option<HostStatus> {
+        let mut matching: Vec<&HostStatus> = hosts
+            .iter()
+            .filter(|h| {
+                model.is_none_or(|m| {
+                    model_matches(m, h.encoder.split('@').next().unwrap_or(""), &h.encoder)
+                })
+            })
+            .collect();
+        matching.sort_by(|a, b| a.encoder.cmp(&b.encoder));
+        matching.first().map(|h| (*h).clone())
+    };
+    let mut hosts = discover(shared, false).await?;
+    if pick(&hosts).is_none() {
+        hosts = discover(shared, true).await?;
+    }
+    let mut encoders: Vec<&str> = hosts.iter().map(|h| h.encoder.as_str()).collect();
+    encoders.sort_unstable();
+    encoders.dedup();
+    if encoders.is_empty() {
+        return Err(ApiError::unavailable(
+            "no headstream host answered on this NATS",
+        ));
+    }
+    if model.is_none() && encoders.len() > 1 {
+        return Err(ApiError::invalid(format!(
+            "several models are served ({}): name one with `model`",
+            encoders.join(", ")
+        ))
+        .param("model"));
+    }
+    pick(&hosts).ok_or_else(|| {
+        ApiError::not_found(
+            "model_not_found",
+            format!(
+                "no host runs the model {:?}; served: {}",
+                model.unwrap_or_default(),
+                encoders.join(", ")
+            ),
+        )
+        .param("model")
+    })
+}
+
 async fn embed_chunk(
     shared: &Shared,
+    encoder: &HostStatus,
     input: Vec<String>,
-    model: Option<String>,
 ) -> Result<EmbeddingsReply, ApiError> {
+    let count = input.len();
+    let model = Some(encoder.encoder.clone());
     let body = serde_json::to_vec(&EmbeddingsRequest { input, model })
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let answer = ask(shared, EMBEDDINGS_SUBJECT.to_owned(), body).await?;
-    match serde_json::from_slice::<EmbeddingsAnswer>(&answer) {
-        Ok(EmbeddingsAnswer::Ok(reply)) => Ok(reply),
+    let answer = ask(shared, embeddings_subject(&encoder.encoder), body).await?;
+    let reply = match serde_json::from_slice::<EmbeddingsAnswer>(&answer) {
+        Ok(EmbeddingsAnswer::Ok(reply)) => reply,
         Ok(EmbeddingsAnswer::Err { error }) => {
             let e = match error.kind {
                 EmbeddingsErrorKind::InvalidRequest => ApiError::invalid(error.message),
                 EmbeddingsErrorKind::ModelNotFound => {
                     ApiError::not_found("model_not_found", error.message)
                 }
+                EmbeddingsErrorKind::TooLarge => ApiError::too_large(error.message),
+                EmbeddingsErrorKind::Busy => {
+                    let mut e = ApiError::unavailable(error.message);
+                    e.body.code = Some("host_busy");
+                    e
+                }
                 EmbeddingsErrorKind::Encoder => ApiError::internal(error.message),
             };
-            Err(match error.param {
+            return Err(match error.param {
                 Some(param) => e.param(param),
                 None => e,
-            })
+            });
         }
-        Err(e) => Err(ApiError::internal(format!(
-            "a host answered something else: {e}"
-        ))),
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "a host answered something else: {e}"
+            )));
+        }
+    };
+    // A reply from another encoder, or of another shape, must not become someone's vectors.
+    let width = (4 * reply.dimensions).div_ceil(3) * 4;
+    if reply.fingerprint != encoder.encoder
+        || reply.data.len() != count
+        || reply.data.iter().any(|v| v.len() != width)
+    {
+        return Err(ApiError::internal(format!(
+            "host {} answered {} vectors of {} dimensions from {}; expected {count} from {}",
+            reply.host,
+            reply.data.len(),
+            reply.dimensions,
+            reply.fingerprint,
+            encoder.encoder
+        )));
     }
+    Ok(reply)
 }
 
 /// OpenAI's embeddings endpoint.
@@ -261,7 +342,6 @@ pub(crate) async fn embeddings(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
-    let _slot = slot(&shared)?;
     let body: EmbeddingsBody = json_body(body, shared.config.max_body_bytes)?;
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -282,17 +362,25 @@ pub(crate) async fn embeddings(
         ))
         .param("input"));
     }
-    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+    if let Some(i) = texts.iter().position(String::is_empty) {
         return Err(ApiError::invalid(format!("input[{i}] is empty")).param("input"));
     }
+    let encoder = encoder_for(&shared, body.model.as_deref()).await?;
     shared.metrics.texts.inc_by(texts.len() as u64);
-    // Half the server's payload limit per request leaves room for JSON escaping.
-    let max_bytes = shared.client.server_info().max_payload / 2;
-    let parts = chunks(texts, shared.config.chunk_texts, max_bytes.max(1));
+    // Each request to a host, and its answer, must fit the server's payload limit: half of it
+    // for the texts (room for JSON escaping), and as many vectors as fit in the answer.
+    let max_payload = shared.client.server_info().max_payload;
+    let per_vector = (4 * encoder.dimensions.max(1)).div_ceil(3) * 4 + 8;
+    let fit = (max_payload.saturating_sub(4096) / per_vector).max(1);
+    let parts = chunks(
+        texts,
+        shared.config.chunk_texts.min(fit),
+        (max_payload / 2).max(1),
+    );
     let replies = futures::future::try_join_all(
         parts
             .into_iter()
-            .map(|part| embed_chunk(&shared, part, body.model.clone())),
+            .map(|part| embed_chunk(&shared, &encoder, part)),
     )
     .await?;
     let Some(first) = replies.first() else {
@@ -358,7 +446,7 @@ async fn gather<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| unreachable(&e))?;
     let deadline = tokio::time::Instant::now() + wait;
-    let quiet = Duration::from_millis(100);
+    let quiet = Duration::from_millis(250);
     let mut found = Vec::new();
     loop {
         let limit = match found.is_empty() {
@@ -385,12 +473,32 @@ async fn discover(shared: &Shared, fresh: bool) -> Result<Vec<HostStatus>, ApiEr
     {
         return Ok(hosts.clone());
     }
-    let hosts: Vec<HostStatus> =
-        gather(&shared.client, DISCOVER_SUBJECT, Duration::from_millis(500)).await?;
+    let hosts: Vec<HostStatus> = gather(
+        &shared.client,
+        DISCOVER_SUBJECT,
+        Duration::from_millis(1000),
+    )
+    .await?;
     if let Ok(mut cache) = shared.discovery.0.lock() {
-        *cache = Some((Instant::now(), hosts.clone()));
+        // An empty answer is not kept: the next request asks again.
+        *cache = (!hosts.is_empty()).then(|| (Instant::now(), hosts.clone()));
     }
     Ok(hosts)
+}
+
+/// One model, by the id `/v1/models` lists (or anything `model` accepts).
+#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "the model")),
+    responses((status = 200, description = "`{id, object: model, owned_by, fingerprint, dimensions}`"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn model(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let host = encoder_for(&shared, Some(&id)).await?;
+    let name = host.encoder.split('@').next().unwrap_or_default();
+    Ok(Json(
+        json!({ "id": name, "object": "model", "created": 0, "owned_by": "headstream",
+                    "fingerprint": host.encoder, "dimensions": host.dimensions }),
+    ))
 }
 
 /// The models (encoders) the hosts run, in OpenAI's list shape.
@@ -406,10 +514,14 @@ pub(crate) async fn models(State(shared): State<Arc<Shared>>) -> Result<Json<Val
             .to_owned();
         encoders.insert(host.encoder.clone(), name);
     }
+    let names: Vec<&String> = encoders.values().collect();
+    // Two encoders of one name (other weights, say) are told apart by fingerprint.
+    let unique = |name: &String| names.iter().filter(|n| **n == name).count() == 1;
     let data: Vec<Value> = encoders
-        .into_iter()
+        .iter()
         .map(|(fingerprint, name)| {
-            json!({ "id": name, "object": "model", "created": 0, "owned_by": "headstream",
+            let id = if unique(name) { name } else { fingerprint };
+            json!({ "id": id, "object": "model", "created": 0, "owned_by": "headstream",
                     "fingerprint": fingerprint })
         })
         .collect();
@@ -470,14 +582,20 @@ pub(crate) async fn run_pipeline(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let _slot = slot(&shared)?;
     let body: PipelineBody = json_body(body, shared.config.max_body_bytes)?;
-    let hosts = discover(&shared, false).await?;
-    let pipeline = hosts
-        .iter()
-        .flat_map(|h| &h.pipelines)
-        .find(|p| p.name == name)
-        .cloned();
+    let find = |hosts: &[HostStatus]| {
+        hosts
+            .iter()
+            .flat_map(|h| &h.pipelines)
+            .find(|p| p.name == name)
+            .cloned()
+    };
+    let mut hosts = discover(&shared, false).await?;
+    if find(&hosts).is_none() {
+        // Not in what was seen a moment ago: ask every host again before saying no.
+        hosts = discover(&shared, true).await?;
+    }
+    let pipeline = find(&hosts);
     let Some(pipeline) = pipeline else {
         let mut served: Vec<&str> = hosts
             .iter()
@@ -534,21 +652,43 @@ pub(crate) async fn run_pipeline(
                 message["meta"] = meta;
             }
             let record = ask_one(message_of(message, None)?).await?;
-            // An unusable message comes back as an error record: a 400 that says why.
+            // An unusable message comes back as an error record: a 400 that says why; a
+            // failure of the host's (`processing_failed`) is a 500.
             if let Some(error) = record
                 .get("error")
                 .filter(|_| record.get("results").is_none())
             {
-                return Err(ApiError::invalid(format!(
-                    "{}: {}",
-                    error["kind"].as_str().unwrap_or("error"),
-                    error["message"].as_str().unwrap_or_default()
-                )));
+                let kind = error["kind"].as_str().unwrap_or("error");
+                let message = format!("{kind}: {}", error["message"].as_str().unwrap_or_default());
+                let mut e = match INPUT_ERRORS.contains(&kind) {
+                    true => ApiError::invalid(message),
+                    false => ApiError::internal(message),
+                };
+                e.body.code = INPUT_ERRORS
+                    .iter()
+                    .chain(&["processing_failed", "max_deliveries"])
+                    .find(|k| **k == kind)
+                    .copied();
+                return Err(e);
             }
             Ok(Json(record))
         }
     }
 }
+
+/// Error-record kinds that mean the message itself was unusable (`headstream_message`).
+const INPUT_ERRORS: &[&str] = &[
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "no_text",
+    "empty_text",
+    "bad_text",
+    "bad_id",
+    "bad_meta",
+    "too_large",
+    "text_too_long",
+];
 
 /// Whether the gateway is up and connected to NATS.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "`{status: ok, nats: connected}`"), (status = 503, description = "NATS is not connected")))]
@@ -568,6 +708,17 @@ pub(crate) async fn health(State(shared): State<Arc<Shared>>) -> Response {
 /// `GET /openapi.json`.
 pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+/// A route asked with another method: a 405 in OpenAI's shape.
+pub(crate) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    let mut e = ApiError::invalid(format!("{method} is not allowed on {}", uri.path()));
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
+    e.body.code = Some("method_not_allowed");
+    e
 }
 
 /// Any other route: a 404 in OpenAI's shape.

@@ -2,7 +2,7 @@
 //! request becomes NATS requests to the hosts (`headstream.embeddings`, a pipeline's input
 //! subject), so gateways, hosts and encoders scale separately.
 //!
-//! Routes: `POST /v1/embeddings` (OpenAI's request and response), `GET /v1/models`,
+//! Routes: `POST /v1/embeddings` (OpenAI's request and response), `GET /v1/models[/{id}]`,
 //! `POST /v1/pipelines/{name}`, `GET /v1/pipelines`, `GET /v1/hosts`, `GET /health`,
 //! `GET /openapi.json` (generated from the types), `GET /metrics` (Prometheus). Errors use
 //! OpenAI's shape ([`ApiError`]). Limits: body bytes and texts per request (413), requests in
@@ -117,9 +117,15 @@ pub fn router(client: async_nats::Client, config: GatewayConfig) -> Result<Route
     let v1 = Router::new()
         .route("/v1/embeddings", post(api::embeddings))
         .route("/v1/models", get(api::models))
+        .route("/v1/models/{id}", get(api::model))
         .route("/v1/pipelines", get(api::pipelines))
         .route("/v1/pipelines/{name}", post(api::run_pipeline))
         .route("/v1/hosts", get(api::hosts))
+        // Authentication first, then a slot in flight, both before any body is read.
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            api::admit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             api::authenticate,
@@ -130,6 +136,7 @@ pub fn router(client: async_nats::Client, config: GatewayConfig) -> Result<Route
         .route("/openapi.json", get(api::openapi))
         .route("/metrics", get(metrics::render))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             metrics::track,

@@ -1,5 +1,5 @@
-//! The host's embeddings endpoint (`headstream.embeddings`, a micro-service endpoint, so one
-//! host of the queue group answers each request) and its discovery answer
+//! The host's embeddings endpoint (`headstream.embeddings.<encoder digest>`, a micro-service
+//! endpoint, so one host of the queue group answers each request) and its discovery answer
 //! (`headstream.discover`, every host answers). Texts are encoded through the same co-batcher
 //! as the pipelines' batches, so embeddings traffic shares encoder passes with them.
 
@@ -84,7 +84,12 @@ fn encoder_failed(e: &dyn std::fmt::Display) -> EmbeddingsError {
 }
 
 /// This host's answer on `headstream.discover`: id, version, encoder and what it serves.
-pub(crate) fn discover(host: &str, encoder: &str, board: &StatusBoard) -> HostStatus {
+pub(crate) fn discover(
+    host: &str,
+    encoder: &str,
+    dimensions: usize,
+    board: &StatusBoard,
+) -> HostStatus {
     let served = match board.read() {
         Ok(b) => b.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
@@ -94,6 +99,7 @@ pub(crate) fn discover(host: &str, encoder: &str, board: &StatusBoard) -> HostSt
         host: host.to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         encoder: encoder.to_owned(),
+        dimensions,
         pipelines: served
             .iter()
             .map(|(name, entry)| PipelineStatus {

@@ -3,7 +3,7 @@
 //! [`HostSettings::resolve`] merges the command line over the host config (`host.toml`) over
 //! the defaults, once; [`Host::start`] connects (auth, TLS, reconnects), serves every pipeline
 //! (core queue groups or JetStream, see [`serve`]), registers the NATS micro service and its
-//! status endpoints, the embeddings endpoint (`headstream.embeddings`) and discovery
+//! status endpoints, the embeddings endpoint (`headstream.embeddings.<encoder>`) and discovery
 //! (`headstream.discover`), and starts `/metrics`; [`Host::run`] then follows the files and the
 //! cluster registry ([`live`]) until told to stop, and drains in-flight batches within the
 //! shutdown timeout. [`connect`] serves one-off clients (`publish`, `request`, `deploy`).

@@ -8,11 +8,16 @@ use futures::StreamExt as _;
 use headstream_runner::Metrics;
 use serde_json::{Value, json};
 
-use headstream_message::embeddings::{DISCOVER_SUBJECT, EMBEDDINGS_SUBJECT};
+use headstream_message::embeddings::{
+    DISCOVER_SUBJECT, EmbeddingsAnswer, EmbeddingsError, EmbeddingsErrorKind, embeddings_subject,
+};
 
 use crate::HostError;
 use crate::embeddings::EmbeddingsService;
 use crate::live::StatusBoard;
+
+/// Embeddings requests a host encodes at once (each at most one NATS payload of texts).
+pub(crate) const EMBEDDINGS_IN_FLIGHT: usize = 16;
 
 /// Registers the host as a NATS micro service with status endpoints: `headstream.status`
 /// (every pipeline served now, with its head versions and counters) and
@@ -49,7 +54,8 @@ pub(crate) async fn register(
             encoder_fingerprint.clone(),
             board.clone(),
         );
-        Arc::new(move || crate::embeddings::discover(&host, &encoder, &board))
+        let dimensions = embeddings.dimensions;
+        Arc::new(move || crate::embeddings::discover(&host, &encoder, dimensions, &board))
     };
     let subscription = client
         .subscribe(DISCOVER_SUBJECT)
@@ -60,21 +66,45 @@ pub(crate) async fn register(
         subscription,
         discovery,
     ));
+    let subject = embeddings_subject(&embeddings.fingerprint);
     let mut endpoint = service
         .endpoint_builder()
         .name("embeddings")
-        .add(EMBEDDINGS_SUBJECT)
+        .add(subject.clone())
         .await
-        .map_err(|e| failed(EMBEDDINGS_SUBJECT, &e))?;
+        .map_err(|e| failed(&subject, &e))?;
+    // Requests encode off the endpoint's loop, so requests from many callers queue at the
+    // co-batcher together and share encoder passes; past EMBEDDINGS_IN_FLIGHT at once a request
+    // is refused as `busy` at once (the gateway answers 503 with Retry-After), so a flood
+    // neither holds threads and texts without bound nor encodes for callers long gone.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(EMBEDDINGS_IN_FLIGHT));
+    let client = client.clone();
     tokio::spawn(async move {
         while let Some(request) = endpoint.next().await {
-            let embeddings = embeddings.clone();
-            // Each request encodes off the endpoint's loop, so requests from many callers
-            // queue at the co-batcher together and share encoder passes.
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                let busy = EmbeddingsAnswer::Err {
+                    error: EmbeddingsError {
+                        kind: EmbeddingsErrorKind::Busy,
+                        message: format!(
+                            "host {} has {EMBEDDINGS_IN_FLIGHT} embeddings requests in hand",
+                            embeddings.host
+                        ),
+                        param: None,
+                    },
+                };
+                let _ = request
+                    .respond(Ok(serde_json::to_vec(&busy).unwrap_or_default().into()))
+                    .await;
+                continue;
+            };
+            let (embeddings, client) = (embeddings.clone(), client.clone());
             tokio::spawn(async move {
                 let answer = embeddings.answer(&request.message.payload).await;
-                let body = serde_json::to_vec(&answer).unwrap_or_default();
-                let _ = request.respond(Ok(body.into())).await;
+                drop(permit);
+                let body = fit(answer, client.server_info().max_payload);
+                if let Err(e) = request.respond(Ok(body.into())).await {
+                    tracing::warn!("cannot answer an embeddings request: {e}");
+                }
             });
         }
     });
@@ -104,6 +134,31 @@ pub(crate) async fn register(
         });
     }
     Ok(service)
+}
+
+/// `answer` as JSON, or a `too_large` refusal that says how many texts fit when it would
+/// exceed the server's `max_payload` (a reply the server refuses would reach no one).
+fn fit(answer: EmbeddingsAnswer, max_payload: usize) -> Vec<u8> {
+    let body = serde_json::to_vec(&answer).unwrap_or_default();
+    if body.len() <= max_payload {
+        return body;
+    }
+    let per_text = match &answer {
+        EmbeddingsAnswer::Ok(reply) => body.len() / reply.data.len().max(1),
+        EmbeddingsAnswer::Err { .. } => body.len(),
+    };
+    let refusal = EmbeddingsAnswer::Err {
+        error: EmbeddingsError {
+            kind: EmbeddingsErrorKind::TooLarge,
+            message: format!(
+                "the answer would be {} bytes, over the server's limit of {max_payload}: send at most {} texts per request",
+                body.len(),
+                (max_payload / per_text.max(1)).saturating_sub(1).max(1)
+            ),
+            param: Some("input".into()),
+        },
+    };
+    serde_json::to_vec(&refusal).unwrap_or_default()
 }
 
 /// What the status endpoints read: the board of served pipelines and the counters.

@@ -6,8 +6,18 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-/// Hosts answer embeddings requests here, in one queue group (one host answers each).
+/// Hosts answer embeddings requests under this prefix, one subject per encoder
+/// ([`embeddings_subject`]), in one queue group each (one host answers each request).
 pub const EMBEDDINGS_SUBJECT: &str = "headstream.embeddings";
+
+/// Where hosts running the encoder with `fingerprint` (`name@sha256:<hex>`) answer:
+/// `headstream.embeddings.<first 16 hex of its digest>`, so a request never reaches a host
+/// running another encoder (another model, or another precision).
+pub fn embeddings_subject(fingerprint: &str) -> String {
+    let digest = fingerprint.rsplit(':').next().unwrap_or(fingerprint);
+    let short: String = digest.chars().take(16).collect();
+    format!("{EMBEDDINGS_SUBJECT}.{short}")
+}
 
 /// Every host answers a request here with a [`HostStatus`] (no queue group: gather replies).
 pub const DISCOVER_SUBJECT: &str = "headstream.discover";
@@ -22,7 +32,7 @@ pub const MAX_EMBEDDING_TEXT_BYTES: usize = 64 << 10;
 /// An embeddings request: texts, and optionally the model they are meant for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmbeddingsRequest {
-    /// The texts, each non-empty.
+    /// The texts, each non-empty (whitespace is a text).
     pub input: Vec<String>,
     /// The model the caller expects (the encoder's name, its full fingerprint, or a hub id
     /// ending in the name); a host running another encoder refuses with `model_not_found`.
@@ -60,6 +70,10 @@ pub enum EmbeddingsErrorKind {
     ModelNotFound,
     /// The encoder failed.
     Encoder,
+    /// The host has as many requests in hand as it takes; retry shortly or elsewhere.
+    Busy,
+    /// The answer would exceed the server's payload limit; send fewer texts.
+    TooLarge,
 }
 
 /// A host's refusal: `{"error": {"kind", "message", "param"?}}`.
@@ -117,7 +131,7 @@ impl EmbeddingsRequest {
             _ => {}
         }
         for (i, text) in self.input.iter().enumerate() {
-            if text.trim().is_empty() {
+            if text.is_empty() {
                 return Err(("input", format!("input[{i}] is empty")));
             }
             if text.len() > MAX_EMBEDDING_TEXT_BYTES {
@@ -171,6 +185,9 @@ pub struct HostStatus {
     pub version: String,
     /// Its encoder fingerprint.
     pub encoder: String,
+    /// Length of its encoder's vectors.
+    #[serde(default)]
+    pub dimensions: usize,
     /// The pipelines it serves now.
     pub pipelines: Vec<PipelineStatus>,
 }
@@ -210,7 +227,7 @@ mod tests {
         assert!(parse(r#"{"input":["a","b"],"model":"x"}"#).is_ok());
         for (body, needle) in [
             (r#"{"input":[]}"#, "no texts"),
-            (r#"{"input":["a"," "]}"#, "input[1] is empty"),
+            (r#"{"input":["a",""]}"#, "input[1] is empty"),
             (r#"{"input":"a"}"#, "not an embeddings request"),
             ("{", "not an embeddings request"),
         ] {
@@ -221,6 +238,15 @@ mod tests {
         assert!(parse(&many.to_string()).is_err());
         let long = serde_json::json!({ "input": ["x".repeat(MAX_EMBEDDING_TEXT_BYTES + 1)] });
         assert!(parse(&long.to_string()).is_err());
+    }
+
+    #[test]
+    fn each_encoder_has_its_subject() {
+        let fp = format!("all-minilm-l6-v2@sha256:{}", "0123456789abcdef".repeat(4));
+        assert_eq!(
+            embeddings_subject(&fp),
+            "headstream.embeddings.0123456789abcdef"
+        );
     }
 
     #[test]
