@@ -79,22 +79,28 @@ impl QLinear {
         let mut quantized = vec![0i16; rows * k2];
         let mut row_scales = vec![0.0f32; rows];
         quantize_rows(&input[..rows * k], k, k2, &mut quantized, &mut row_scales);
-        panels::for_each_tile(out, n, 2 * rows * k * n, |first, panel, out| {
-            let count = out.len() / n;
-            let a = &quantized[first * k2..(first + count) * k2];
-            let b = &self.packed[panel * k2 * PANEL..(panel + 1) * k2 * PANEL];
-            let mut acc = [[0i32; PANEL]; TILE_ROWS];
-            panels::tile_i16(a, k2, b, &mut acc[..count]);
-            let cols = panel * PANEL..(panel * PANEL + PANEL).min(n);
-            dequantize(
-                &acc[..count],
-                &row_scales[first..],
-                &self.scales[cols.clone()],
-                out,
-                n,
-                cols.start,
-            );
-        });
+        panels::for_each_tile(
+            out,
+            n,
+            2 * rows * k * n,
+            panels::TILE_ROWS,
+            |first, panel, out| {
+                let count = out.len() / n;
+                let a = &quantized[first * k2..(first + count) * k2];
+                let b = &self.packed[panel * k2 * PANEL..(panel + 1) * k2 * PANEL];
+                let mut acc = [[0i32; PANEL]; TILE_ROWS];
+                panels::tile_i16(a, k2, b, &mut acc[..count]);
+                let cols = panel * PANEL..(panel * PANEL + PANEL).min(n);
+                dequantize(
+                    &acc[..count],
+                    &row_scales[first..],
+                    &self.scales[cols.clone()],
+                    out,
+                    n,
+                    cols.start,
+                );
+            },
+        );
     }
 }
 
