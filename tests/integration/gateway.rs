@@ -312,6 +312,45 @@ fn the_openai_client_and_curl_get_what_embed_gives_and_every_error_status() {
         "{models}"
     );
 
+    // The host's budget for callers: at most 16 embeddings requests in hand; a flood past it
+    // is refused at once as `busy`, the rest answered in full.
+    let fingerprint = json_of(&models)["data"][0]["fingerprint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let subject = headstream_message::embeddings::embeddings_subject(&fingerprint);
+    let runtime = crate::runtime();
+    let answers: Vec<Value> = runtime.block_on(async {
+        let client = async_nats::connect(server.url())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let body = json!({ "input": vec!["a sentence to encode for the flood"; 64] }).to_string();
+        let requests = (0..48).map(|_| {
+            let request = async_nats::Request::new()
+                .payload(body.clone().into())
+                .timeout(Some(Duration::from_secs(60)));
+            client.send_request(subject.clone(), request)
+        });
+        futures::future::join_all(requests)
+            .await
+            .into_iter()
+            .map(|r| {
+                let message = r.unwrap_or_else(|e| panic!("{e}"));
+                serde_json::from_slice(&message.payload).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    });
+    let busy = answers
+        .iter()
+        .filter(|a| a["error"]["kind"] == "busy")
+        .count();
+    let full = answers
+        .iter()
+        .filter(|a| a["data"].as_array().is_some_and(|d| d.len() == 64))
+        .count();
+    assert_eq!(busy + full, 48, "every answer is busy or complete");
+    assert!(busy >= 48 - 16 - 8 && full >= 16, "{busy} busy, {full} answered");
+
     // 400s.
     for (body, what) in [
         ("{not json", "bad JSON"),
