@@ -349,7 +349,10 @@ fn the_openai_client_and_curl_get_what_embed_gives_and_every_error_status() {
         .filter(|a| a["data"].as_array().is_some_and(|d| d.len() == 64))
         .count();
     assert_eq!(busy + full, 48, "every answer is busy or complete");
-    assert!(busy >= 48 - 16 - 8 && full >= 16, "{busy} busy, {full} answered");
+    assert!(
+        busy >= 48 - 16 - 8 && full >= 16,
+        "{busy} busy, {full} answered"
+    );
 
     // 400s.
     for (body, what) in [

@@ -46,6 +46,7 @@ mod nats_faults;
 mod nats_jetstream;
 mod nats_security;
 mod nats_serve;
+mod nats_store;
 mod shared_datasets;
 mod shared_reference;
 mod soak;

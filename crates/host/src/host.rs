@@ -67,6 +67,8 @@ pub struct HostSettings {
     pub watch: bool,
     /// How long in-flight batches get to finish after the stop signal (default 5 s).
     pub shutdown_timeout: Duration,
+    /// The embedding store's bucket and limits (the host config's `[embeddings]`).
+    pub store: headstream_store::StoreConfig,
 }
 
 impl HostSettings {
@@ -124,6 +126,7 @@ impl HostSettings {
                 .shutdown_timeout
                 .or(file_timeout)
                 .unwrap_or(Duration::from_secs(5)),
+            store: store_config(from_file.map(|h| &h.embeddings)),
         })
     }
 
@@ -188,6 +191,8 @@ impl Host {
             host_id: host_id.clone(),
             plugins,
             registry,
+            store: settings.store.clone(),
+            store_writer: Arc::default(),
         });
         for (file, text, _) in &settings.pipelines {
             live.apply_at_start(file, text)
@@ -309,6 +314,24 @@ fn co_batcher(
             pass_metrics.pass_batches.observe(batches as f64);
         })),
     )
+}
+
+/// The embedding store's settings: the host config's `[embeddings]` over the defaults.
+fn store_config(
+    file: Option<&headstream_pipeline::StoreSettings>,
+) -> headstream_store::StoreConfig {
+    let d = headstream_store::StoreConfig::default();
+    let Some(f) = file else { return d };
+    headstream_store::StoreConfig {
+        bucket: f.bucket.clone().unwrap_or(d.bucket),
+        max_bytes: f
+            .max_mb
+            .map_or(d.max_bytes, |mb| (mb as i64).saturating_mul(1 << 20)),
+        max_age: f
+            .max_age_hours
+            .and_then(|h| Duration::try_from_secs_f64(h * 3600.0).ok())
+            .unwrap_or(d.max_age),
+    }
 }
 
 /// This host's id in results and service info: hostname and process id.

@@ -48,6 +48,9 @@ pub enum HostError {
     /// The cluster registry could not be read.
     #[error("{0}")]
     Registry(headstream_registry::RegistryError),
+    /// The embedding store could not be opened (JetStream off, no permission, ...).
+    #[error(transparent)]
+    Store(#[from] headstream_store::StoreError),
     /// The worker thread running a batch or a load panicked or was cancelled.
     #[error("the worker thread failed: {0}")]
     Worker(tokio::task::JoinError),

@@ -91,7 +91,31 @@ pub struct HostContext {
     pub plugins: Arc<PluginHost>,
     /// Package directories `plugin = "name@version"` references resolve against.
     pub registry: Registry,
+    /// The embedding store's bucket and limits; opened when a pipeline first stores.
+    pub store: headstream_store::StoreConfig,
+    /// The store's writer, once opened (shared by every pipeline that stores).
+    pub store_writer: Arc<tokio::sync::OnceCell<headstream_store::Writer>>,
 }
+
+impl HostContext {
+    /// The embedding store's writer: the bucket is opened (created with its limits if
+    /// missing) the first time a pipeline stores.
+    async fn store_writer(&self) -> Result<headstream_store::Writer, HostError> {
+        self.store_writer
+            .get_or_try_init(|| async {
+                let jetstream = async_nats::jetstream::new(self.client.clone());
+                let kv = headstream_store::open(&jetstream, &self.store).await?;
+                tracing::info!(bucket = %self.store.bucket, "embedding store open");
+                Ok::<_, HostError>(headstream_store::Writer::spawn(kv, STORE_QUEUE))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Vectors waiting to be written to the embedding store; past it they are dropped, never
+/// waited for.
+const STORE_QUEUE: usize = 8192;
 
 struct Served {
     origin: Origin,
@@ -272,11 +296,22 @@ impl LiveHost {
     async fn build(&self, pipeline: &Pipeline) -> Result<(Runner, Vec<String>), HostError> {
         let cx = self.cx.clone();
         let pipeline = pipeline.clone();
+        let writer = match pipeline.embeddings.store {
+            true => Some(cx.store_writer().await?),
+            false => None,
+        };
         tokio::task::spawn_blocking(move || {
             let resolved = headstream_runner::resolved_versions(&pipeline, &cx.registry)?;
-            let runner = Runner::new(&pipeline, &cx.plugins, cx.encoder, &cx.registry)?
+            let digest = cx.encoder.fingerprint().digest().to_owned();
+            let mut runner = Runner::new(&pipeline, &cx.plugins, cx.encoder, &cx.registry)?
                 .with_metrics(cx.metrics)
                 .with_co_batcher(cx.batcher);
+            if let Some(writer) = writer {
+                runner = runner.with_embedding_sink(Arc::new(move |text: &str, e| {
+                    let value = headstream_store::encode(&e.embedding, e.truncated, e.n_tokens());
+                    writer.offer(headstream_store::key(&digest, text), value);
+                }));
+            }
             Ok((runner, resolved))
         })
         .await

@@ -137,6 +137,29 @@ fn default_replicas() -> u32 {
     1
 }
 
+/// `[embeddings]`: what the host keeps of this pipeline's encodings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embeddings {
+    /// Keep each message's pooled embedding in the host's embedding store (`store = true`;
+    /// bucket and limits in the host config's `[embeddings]`), so history can be re-scored
+    /// by heads alone.
+    #[serde(default)]
+    pub store: bool,
+}
+
+/// `[embeddings]` in the host config: where and how much the embedding store keeps.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// JetStream key-value bucket (`bucket`, default `HEADSTREAM_EMBEDDINGS`).
+    pub bucket: Option<String>,
+    /// Most megabytes the bucket keeps, the oldest going first (`max_mb`, default 1024).
+    pub max_mb: Option<u64>,
+    /// Hours a vector is kept (`max_age_hours`, default 168).
+    pub max_age_hours: Option<f64>,
+}
+
 /// `[batching]`: how messages are grouped before encoding.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +383,9 @@ pub struct Pipeline {
     /// `[batching]`.
     #[serde(default)]
     pub batching: Batching,
+    /// `[embeddings]`.
+    #[serde(default)]
+    pub embeddings: Embeddings,
     /// `[[heads]]`, reordered by [`Pipeline::load`] so each head follows the heads it consumes.
     heads: Vec<Head>,
     /// `[[routes]]`: extra subjects a result is published to when a condition holds.
@@ -869,6 +895,9 @@ pub struct HostFile {
     /// Seconds a host takes to finish in-flight batches after SIGTERM before it exits anyway
     /// (`shutdown_timeout = 5`); the CLI's `--shutdown-timeout` wins.
     pub shutdown_timeout: Option<Spanned<f64>>,
+    /// `[embeddings]`: the embedding store's bucket and limits.
+    #[serde(default)]
+    pub embeddings: StoreSettings,
 }
 
 /// `[nats]` in the host config.

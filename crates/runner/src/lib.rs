@@ -552,7 +552,11 @@ pub struct Runner {
     /// [`heads_digest`] of `heads_ids`: the key digest of every result no canary touched.
     heads_digest: u64,
     fingerprint: String,
+    sink: Option<Arc<EmbeddingSink>>,
 }
+
+/// Hears every message's text and encoding once it is encoded (the host's embedding store).
+pub type EmbeddingSink = dyn Fn(&str, &EncodedText) + Send + Sync;
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -597,7 +601,14 @@ impl Runner {
             heads_digest: heads_digest(&heads_ids),
             heads_ids,
             fingerprint,
+            sink: None,
         })
+    }
+
+    /// Calls `sink` with every message's text and encoding once it is encoded.
+    pub fn with_embedding_sink(mut self, sink: Arc<EmbeddingSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// The pipeline's name.
@@ -647,6 +658,11 @@ impl Runner {
             None => self.encoder.encode(&texts, self.needs_tokens)?,
         };
         let encoded_at = std::time::Instant::now();
+        if let Some(sink) = &self.sink {
+            for (m, e) in messages.iter().zip(&encoded) {
+                sink(&m.text, e);
+            }
+        }
         let hidden = self.encoder.hidden_size();
         let items: Vec<Item<'_>> = messages
             .iter()
