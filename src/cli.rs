@@ -31,6 +31,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// An OpenAI-compatible HTTP gateway over the bus (embeddings, pipelines); holds no model.
     Gateway(GatewayArgs),
+    /// Run a pipeline over messages a JetStream stream retains, reading vectors from the
+    /// embedding store (the encoder runs only on misses).
+    Replay(ReplayArgs),
     /// Publish texts (or JSONL messages) to a subject.
     Publish(PublishArgs),
     /// Send texts as requests and print the replies (one JSON line each).
@@ -110,6 +113,64 @@ pub struct GatewayArgs {
     /// An origin browsers may call from (repeatable; CORS is off without one).
     #[arg(long)]
     pub cors_origin: Vec<String>,
+}
+
+/// `headstream replay`
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The pipeline to run (its input subject filters the stream).
+    #[arg(long, short)]
+    pub pipeline: PathBuf,
+    /// The JetStream stream that retains the pipeline's input messages.
+    #[arg(long)]
+    pub stream: String,
+    /// First stream sequence (default: the stream's first).
+    #[arg(long, conflicts_with = "since")]
+    pub from_seq: Option<u64>,
+    /// Last stream sequence (default: the stream's last when the replay starts).
+    #[arg(long)]
+    pub to_seq: Option<u64>,
+    /// Start from this time: RFC 3339, or back from now (`90s`, `15m`, `2h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Most messages to replay.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Write results here (JSONL; a checkpoint `FILE.replay.json` beside it makes `--resume`
+    /// exact). Default: stdout.
+    #[arg(long, short, conflicts_with = "subject")]
+    pub output: Option<PathBuf>,
+    /// Publish results to this subject instead (with their keys, for consumers that upsert).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Continue after the checkpoint beside `--output`.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+    /// Most messages per second.
+    #[arg(long, value_parser = positive_rate)]
+    pub rate: Option<f64>,
+    /// Messages per batch.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_size: u32,
+    /// Encode every message; do not read the embedding store.
+    #[arg(long)]
+    pub no_store: bool,
+    /// Registry directories for `plugin = ...` heads (default: $HEADSTREAM_REGISTRY, else ./heads).
+    #[arg(long)]
+    pub registry: Vec<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a positive number of messages per second"
+        )),
+    }
 }
 
 /// `headstream doctor`

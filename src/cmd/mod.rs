@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod jsonl;
 pub mod model;
 pub mod new_head;
+pub mod replay;
 pub mod run;
 pub mod serve;
 pub mod train;

@@ -47,6 +47,7 @@ mod nats_jetstream;
 mod nats_security;
 mod nats_serve;
 mod nats_store;
+mod replay;
 mod shared_datasets;
 mod shared_reference;
 mod soak;

@@ -112,7 +112,10 @@ fn a_storing_pipeline_keeps_each_texts_embedding_once_within_the_buckets_limits(
     assert_eq!(info.config.max_age, Duration::from_secs(2 * 3600));
 
     // The vector stored for each text is the encoder's, within f16.
-    let fingerprint = records[0]["encoder"].as_str().unwrap_or_default().to_owned();
+    let fingerprint = records[0]["encoder"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let digest = fingerprint.rsplit(':').next().unwrap_or_default();
     let input: String = TEXTS
         .iter()

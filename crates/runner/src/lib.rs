@@ -119,6 +119,14 @@ pub enum RunnerError {
     /// A `plugin = "name@version"` reference is malformed.
     #[error("plugin reference: {0}")]
     Reference(headstream_pipeline::ReferenceError),
+    /// [`Runner::process_encoded`] was given another number of encodings than messages.
+    #[error("{messages} messages but {encoded} encodings")]
+    Encoded {
+        /// Messages given.
+        messages: usize,
+        /// Encodings given.
+        encoded: usize,
+    },
 }
 
 /// Loads every head of `pipeline` into `host`, in run order; `plugin = "name@req"` references
@@ -663,21 +671,52 @@ impl Runner {
                 sink(&m.text, e);
             }
         }
+        self.run_heads(messages, &encoded, encoded_at - started)
+    }
+
+    /// Whether the heads read token states (a vector alone does not serve them).
+    pub fn needs_token_states(&self) -> bool {
+        self.needs_tokens
+    }
+
+    /// Runs every head over messages already encoded (`encoded[i]` is `messages[i]`'s, from
+    /// this runner's encoder: `headstream replay` reads them from the embedding store).
+    pub fn process_encoded(
+        &self,
+        messages: &[Message],
+        encoded: &[EncodedText],
+    ) -> Result<Processed, RunnerError> {
+        if messages.len() != encoded.len() {
+            return Err(RunnerError::Encoded {
+                messages: messages.len(),
+                encoded: encoded.len(),
+            });
+        }
+        self.run_heads(messages, encoded, Duration::ZERO)
+    }
+
+    fn run_heads(
+        &self,
+        messages: &[Message],
+        encoded: &[EncodedText],
+        encode_time: Duration,
+    ) -> Result<Processed, RunnerError> {
+        let encoded_at = std::time::Instant::now();
         let hidden = self.encoder.hidden_size();
         let items: Vec<Item<'_>> = messages
             .iter()
-            .zip(&encoded)
+            .zip(encoded)
             .map(|(m, e)| item(&m.id, &m.text, e, hidden))
             .collect();
         let outputs = run_stages(&self.name, &self.stages, items);
         if let Some(m) = &self.metrics {
-            self.record(m, &outputs, encoded_at - started, encoded_at.elapsed());
+            self.record(m, &outputs, encode_time, encoded_at.elapsed());
         }
         let records = messages
             .iter()
             .zip(outputs.results.into_iter().zip(outputs.failures))
             .zip(outputs.canaried)
-            .zip(&encoded)
+            .zip(encoded)
             .map(|(((m, (results, errors)), canaried), e)| {
                 let mut heads = self.heads_ids.clone();
                 let digest = if canaried.is_empty() {
