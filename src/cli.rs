@@ -157,6 +157,14 @@ pub struct ReplayArgs {
     /// Encode every message; do not read the embedding store.
     #[arg(long)]
     pub no_store: bool,
+    /// Also run this pipeline (another version of the heads) over the same messages and print
+    /// the comparison: per head agreement, label flips with examples, label distributions (JSON
+    /// on stdout, a table on stderr).
+    #[arg(long, conflicts_with = "subject")]
+    pub compare: Option<PathBuf>,
+    /// Labelled JSONL (`{"id"?, "text"?, "label"}`) for `--compare` to report accuracies.
+    #[arg(long, requires = "compare")]
+    pub labels: Option<PathBuf>,
     /// Registry directories for `plugin = ...` heads (default: $HEADSTREAM_REGISTRY, else ./heads).
     #[arg(long)]
     pub registry: Vec<PathBuf>,

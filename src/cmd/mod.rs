@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_heads;
 pub mod bench_pipeline;
 pub mod deploy;
+pub mod diff;
 pub mod doctor;
 pub mod embed;
 pub mod gateway;

@@ -63,6 +63,19 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let registry = headstream_package::Registry::chosen(&args.registry, &[]);
     let plugins = headstream_runner::plugin_host(&encoder, super::run::component_cache(), 64)?;
     let runner = Runner::new(&pipeline, &plugins, encoder.clone(), &registry)?;
+    let other = args
+        .compare
+        .as_deref()
+        .map(|path| -> anyhow::Result<(Pipeline, Runner)> {
+            let p = Pipeline::load(path)?;
+            let r = Runner::new(&p, &plugins, encoder.clone(), &registry)?;
+            Ok((p, r))
+        })
+        .transpose()?;
+    let mut diff = match &other {
+        Some(_) => Some(super::diff::Diff::new(args.labels.as_deref())?),
+        None => None,
+    };
     let host = args
         .connect
         .config
@@ -130,9 +143,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
                 start_sequence: from.max(1),
             },
         };
-        let mut out = match &args.subject {
-            Some(subject) => Output::Subject(subject.clone()),
-            None => open_output(args.output.as_deref(), resumed.as_ref())?,
+        let mut out = match (&args.subject, &args.output, &other) {
+            (Some(subject), _, _) => Output::Subject(subject.clone()),
+            // Comparing: the report is what goes to stdout.
+            (None, None, Some(_)) => Output::Discard,
+            (None, _, _) => open_output(args.output.as_deref(), resumed.as_ref())?,
         };
         let mut summary = Summary {
             stream: args.stream.clone(),
@@ -187,6 +202,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
                     Ok(None) | Err(_) => done = true,
                 }
                 if pending.len() >= batch || (done && !pending.is_empty()) {
+                    let compare = other.as_ref().map(|(_, r)| r).zip(diff.as_mut());
                     process(
                         &runner,
                         &encoder,
@@ -195,6 +211,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
                         &mut out,
                         &client,
                         &mut summary,
+                        compare,
                     )
                     .await?;
                     pending.clear();
@@ -223,6 +240,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             client.flush().await.context("cannot flush the results")?;
         }
         summary.wall_s = started.elapsed().as_secs_f64();
+        if let (Some((p, _)), Some(diff)) = (&other, &diff) {
+            let (a, b) = (pipeline.name.get_ref(), p.name.get_ref());
+            eprint!("{}", diff.table(a, b));
+            println!("{}", diff.json(a, b));
+        }
         eprintln!("{}", serde_json::to_string(&summary)?);
         Ok(())
     })
@@ -232,6 +254,7 @@ enum Output {
     File(std::fs::File),
     Subject(String),
     Stdout,
+    Discard,
 }
 
 fn open_output(path: Option<&Path>, resumed: Option<&Checkpoint>) -> anyhow::Result<Output> {
@@ -261,6 +284,7 @@ async fn process(
     out: &mut Output,
     client: &async_nats::Client,
     summary: &mut Summary,
+    compare: Option<(&Runner, &mut super::diff::Diff)>,
 ) -> anyhow::Result<()> {
     let messages: Vec<Message> = pending.iter().map(|(_, m)| m.clone()).collect();
     let digest = encoder.fingerprint().digest().to_owned();
@@ -304,6 +328,10 @@ async fn process(
     let processed = tokio::task::block_in_place(|| runner.process_encoded(&messages, &encoded))?;
     summary.heads_s += t.elapsed().as_secs_f64();
     summary.messages += messages.len() as u64;
+    if let Some((other, diff)) = compare {
+        let theirs = tokio::task::block_in_place(|| other.process_encoded(&messages, &encoded))?;
+        diff.add(&messages, &processed.records, &theirs.records);
+    }
     match out {
         Output::File(file) => {
             let mut text = String::new();
@@ -320,6 +348,7 @@ async fn process(
                 writeln!(stdout, "{record}")?;
             }
         }
+        Output::Discard => {}
         Output::Subject(subject) => {
             for record in &processed.records {
                 client

@@ -263,4 +263,67 @@ fn replay_scores_history_from_the_store_and_resumes_after_sigkill() {
     assert_eq!(all.len(), N, "every result once after the resume");
     assert_eq!(keys.len(), N);
     compare(&all, false);
+
+    // A version change side by side: the same sentiment package abstaining below 0.9.
+    let v2 = dir.path().join("rv2.toml");
+    let text2 = std::fs::read_to_string(&pipeline)
+        .unwrap_or_default()
+        .replace("name = \"rv\"", "name = \"rv2\"")
+        .replace(
+            "[[heads]]\nname = \"flags\"",
+            "[heads.config]\nthreshold = 0.9\n[[heads]]\nname = \"flags\"",
+        );
+    std::fs::write(&v2, text2).unwrap_or_else(|e| panic!("{e}"));
+    let labels = dir.path().join("labels.jsonl");
+    let truth: String = (0..N)
+        .map(|i| {
+            let label = if [0, 3].contains(&(i % 5)) {
+                "positive"
+            } else {
+                "negative"
+            };
+            format!("{}\n", json!({ "id": format!("m-{i}"), "label": label }))
+        })
+        .collect();
+    std::fs::write(&labels, truth).unwrap_or_else(|e| panic!("{e}"));
+    let mut args = common.to_vec();
+    args.extend([
+        "--compare",
+        v2.to_str().unwrap_or_default(),
+        "--labels",
+        labels.to_str().unwrap_or_default(),
+    ]);
+    let out = replay(&args);
+    let s = summary(&out);
+    assert_eq!(s["store_hits"].as_u64(), Some(N as u64), "{s}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    let sentiment = &report["heads"]["sentiment"];
+    let flips = sentiment["flips"].as_object().cloned().unwrap_or_default();
+    let flipped: u64 = flips
+        .values()
+        .map(|f| f["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(sentiment["compared"].as_u64(), Some(N as u64), "{report}");
+    assert_eq!(
+        sentiment["agree"].as_u64(),
+        Some(N as u64 - flipped),
+        "{report}"
+    );
+    assert!(flipped > 0, "the threshold changed nothing: {report}");
+    assert!(flips.keys().all(|k| k.ends_with("-> abstain")), "{report}");
+    assert_eq!(sentiment["labelled"].as_u64(), Some(N as u64));
+    assert!(
+        sentiment["correct_b"].as_u64() <= sentiment["correct_a"].as_u64(),
+        "abstaining cannot be right more often: {report}"
+    );
+    assert_eq!(
+        report["heads"]["flags"]["agree"].as_u64(),
+        Some(N as u64),
+        "{report}"
+    );
+    let table = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        table.contains("rv (a) vs rv2 (b)") && table.contains("accuracy on 60 labelled"),
+        "{table}"
+    );
 }
