@@ -121,8 +121,12 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The pipeline to run (its input subject filters the stream).
-    #[arg(long, short)]
-    pub pipeline: PathBuf,
+    #[arg(long, short, required_unless_present = "deployed")]
+    pub pipeline: Option<PathBuf>,
+    /// Or a pipeline from the cluster registry: `NAME` (its current revision) or
+    /// `NAME@REVISION` (see `pipelines history`); its packages are fetched from the cluster.
+    #[arg(long, conflicts_with = "pipeline")]
+    pub deployed: Option<String>,
     /// The JetStream stream that retains the pipeline's input messages.
     #[arg(long)]
     pub stream: String,
@@ -162,8 +166,11 @@ pub struct ReplayArgs {
     /// on stdout, a table on stderr).
     #[arg(long, conflicts_with = "subject")]
     pub compare: Option<PathBuf>,
+    /// Compare with a pipeline from the cluster registry instead (`NAME` or `NAME@REVISION`).
+    #[arg(long, conflicts_with_all = ["subject", "compare"])]
+    pub compare_deployed: Option<String>,
     /// Labelled JSONL (`{"id"?, "text"?, "label"}`) for `--compare` to report accuracies.
-    #[arg(long, requires = "compare")]
+    #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Registry directories for `plugin = ...` heads (default: $HEADSTREAM_REGISTRY, else ./heads).
     #[arg(long)]

@@ -53,21 +53,40 @@ struct Summary {
 
 /// Replays the range and prints the summary.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
-    let pipeline = Pipeline::load(&args.pipeline)?;
+    let runtime = super::serve::runtime()?;
+    let client = runtime.block_on(super::serve::connect(&args.connect))?;
+    // Packages of deployed pipelines are fetched here from the cluster registry.
+    let fetched = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let mut registry = headstream_package::Registry::chosen(&args.registry, &[]);
+    let mut load = |file: Option<&Path>, deployed: Option<&str>| -> anyhow::Result<Pipeline> {
+        match (file, deployed) {
+            (Some(file), _) => Ok(Pipeline::load(file)?),
+            (None, Some(spec)) => {
+                let (pipeline, dir) =
+                    runtime.block_on(fetch_deployed(&client, spec, fetched.path()))?;
+                if !registry.dirs.contains(&dir) {
+                    registry.dirs.push(dir);
+                }
+                Ok(pipeline)
+            }
+            (None, None) => anyhow::bail!("name a pipeline: --pipeline FILE or --deployed NAME"),
+        }
+    };
+    let pipeline = load(args.pipeline.as_deref(), args.deployed.as_deref())?;
+    let other = match (args.compare.as_deref(), args.compare_deployed.as_deref()) {
+        (None, None) => None,
+        (file, deployed) => Some(load(file, deployed)?),
+    };
     let batch = args.batch_size as usize;
     let encoder = Arc::new(super::load_encoder(
         &args.model,
         args.model.precision(),
         batch,
     )?);
-    let registry = headstream_package::Registry::chosen(&args.registry, &[]);
     let plugins = headstream_runner::plugin_host(&encoder, super::run::component_cache(), 64)?;
     let runner = Runner::new(&pipeline, &plugins, encoder.clone(), &registry)?;
-    let other = args
-        .compare
-        .as_deref()
-        .map(|path| -> anyhow::Result<(Pipeline, Runner)> {
-            let p = Pipeline::load(path)?;
+    let other = other
+        .map(|p| -> anyhow::Result<(Pipeline, Runner)> {
             let r = Runner::new(&p, &plugins, encoder.clone(), &registry)?;
             Ok((p, r))
         })
@@ -91,8 +110,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         name.push(".replay.json");
         PathBuf::from(name)
     });
-    super::serve::runtime()?.block_on(async {
-        let client = super::serve::connect(&args.connect).await?;
+    runtime.block_on(async {
         let jetstream = async_nats::jetstream::new(client.clone());
         let kv = match args.no_store {
             true => None,
@@ -255,6 +273,63 @@ enum Output {
     Subject(String),
     Stdout,
     Discard,
+}
+
+/// Pipeline `NAME[@REVISION]` (default: the current one) from the cluster registry, with the
+/// packages its references name fetched into a directory under `dest`.
+async fn fetch_deployed(
+    client: &async_nats::Client,
+    spec: &str,
+    dest: &Path,
+) -> anyhow::Result<(Pipeline, PathBuf)> {
+    let (name, revision) = match spec.split_once('@') {
+        Some((name, rev)) => (
+            name,
+            Some(
+                rev.parse::<u64>()
+                    .with_context(|| format!("--deployed {spec:?}: the revision is a number"))?,
+            ),
+        ),
+        None => (spec, None),
+    };
+    let cluster = headstream_registry::ClusterRegistry::open(client).await?;
+    let history = cluster.history(name).await?;
+    let chosen = match revision {
+        Some(rev) => history
+            .iter()
+            .find(|r| r.revision == rev)
+            .with_context(|| {
+                let kept: Vec<u64> = history.iter().map(|r| r.revision).collect();
+                format!("pipeline {name} has no revision {rev} (kept: {kept:?})")
+            })?,
+        None => history
+            .iter()
+            .rev()
+            .find(|r| r.text.is_some())
+            .with_context(|| format!("pipeline {name} was removed"))?,
+    };
+    let text = chosen
+        .text
+        .as_deref()
+        .with_context(|| format!("revision {} of {name} is its removal", chosen.revision))?;
+    let origin = PathBuf::from(format!("{name}@{}", chosen.revision));
+    let pipeline = Pipeline::parse(text, &origin)?;
+    let names: std::collections::BTreeSet<String> = pipeline
+        .heads()
+        .iter()
+        .flat_map(|h| h.references())
+        .filter_map(|r| headstream_pipeline::parse_reference(r.get_ref()).ok())
+        .map(|(name, _)| name)
+        .collect();
+    let dir = dest.join("packages");
+    for record in cluster.packages().await? {
+        if names.contains(&record.name) {
+            cluster
+                .fetch_package(&record.name, &record.version, &dir)
+                .await?;
+        }
+    }
+    Ok((pipeline, dir))
 }
 
 fn open_output(path: Option<&Path>, resumed: Option<&Checkpoint>) -> anyhow::Result<Output> {

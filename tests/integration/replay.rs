@@ -326,4 +326,69 @@ fn replay_scores_history_from_the_store_and_resumes_after_sigkill() {
         table.contains("rv (a) vs rv2 (b)") && table.contains("accuracy on 60 labelled"),
         "{table}"
     );
+
+    // A deployed pipeline (packages from the cluster registry), by name and by revision,
+    // against the file: the same heads give the same answers.
+    let deployed = dir.path().join("rv-deployed.toml");
+    let text3 = std::fs::read_to_string(&pipeline)
+        .unwrap_or_default()
+        .replace("name = \"rv\"", "name = \"rv-deployed\"")
+        .replace(
+            &format!(
+                "package = {:?}",
+                root.join("heads/sentiment").display().to_string()
+            ),
+            "plugin = \"sentiment@^1\"",
+        );
+    std::fs::write(&deployed, text3).unwrap_or_else(|e| panic!("{e}"));
+    for what in [
+        vec![
+            "deploy",
+            "plugin",
+            root.join("heads/sentiment").to_str().unwrap_or_default(),
+        ],
+        vec!["deploy", "pipeline", deployed.to_str().unwrap_or_default()],
+    ] {
+        let mut what = what;
+        what.extend(["--nats", &url]);
+        let out = crate::headstream(&what, b"");
+        assert!(
+            out.status.success(),
+            "{what:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let args = [
+        "--deployed",
+        "rv-deployed",
+        "--compare",
+        pipeline.to_str().unwrap_or_default(),
+        "--stream",
+        "RV",
+        "--nats",
+        &url,
+        "--config",
+        config.to_str().unwrap_or_default(),
+    ];
+    let out = replay(&args);
+    let s = summary(&out);
+    assert_eq!(s["pipeline"], "rv-deployed", "{s}");
+    assert_eq!(s["store_hits"].as_u64(), Some(N as u64), "{s}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        report["heads"]["sentiment"]["agree"].as_u64(),
+        Some(N as u64),
+        "{report}"
+    );
+    let bad = replay(&[
+        "--deployed",
+        "rv-deployed@999999",
+        "--stream",
+        "RV",
+        "--nats",
+        &url,
+    ]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(stderr.contains("has no revision 999999"), "{stderr}");
 }

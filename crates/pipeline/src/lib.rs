@@ -358,7 +358,7 @@ pub enum ReferenceError {
 /// Why a pipeline cannot go to the cluster registry: a head names a local file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "head {head:?} names a local file; a deployed pipeline names heads by registry reference (plugin = \"name@version\", after `headstream deploy plugin`)"
+    "head {head:?} names a local file; a deployed pipeline names heads by registry reference (plugin = \"name@version\", after `headstream deploy plugin`) or builtin (builtin = \"keyword-flags\")"
 )]
 pub struct NotDeployable {
     /// The head's name.
@@ -659,10 +659,14 @@ impl Pipeline {
     }
 
     /// Checks that the pipeline can be deployed to the cluster registry: every head is a
-    /// registry reference (`plugin = "name@version"`), since local paths mean nothing on
-    /// other hosts.
+    /// registry reference (`plugin = "name@version"`) or a builtin (in every host's binary),
+    /// since local paths mean nothing on other hosts.
     pub fn check_deployable(&self) -> Result<(), NotDeployable> {
-        match self.heads.iter().find(|h| h.plugin.is_none()) {
+        match self
+            .heads
+            .iter()
+            .find(|h| h.plugin.is_none() && h.builtin.is_none())
+        {
             Some(head) => Err(NotDeployable {
                 head: head.name.get_ref().clone(),
             }),
