@@ -380,6 +380,30 @@ fn replay_scores_history_from_the_store_and_resumes_after_sigkill() {
         Some(N as u64),
         "{report}"
     );
+    // Another encoder (int8) finds none of the f32 vectors: every message a miss, never a
+    // wrong vector.
+    let mut args = common.to_vec();
+    args.extend([
+        "--precision",
+        "int8",
+        "--output",
+        out2.to_str().unwrap_or_default(),
+    ]);
+    let s = summary(&replay(&args));
+    assert_eq!(
+        (s["store_hits"].as_u64(), s["store_misses"].as_u64()),
+        (Some(0), Some(N as u64)),
+        "{s}"
+    );
+    // A range the stream does not retain.
+    let mut args = common.to_vec();
+    args.extend(["--from-seq", "0"]);
+    let gone = replay(&args);
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        !gone.status.success() && stderr.contains("no longer retains sequence 0"),
+        "{stderr}"
+    );
     let bad = replay(&[
         "--deployed",
         "rv-deployed@999999",
