@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use headstream_fetch::{ALL_MINILM_L6_V2, ModelSource};
+use headstream_fetch::ALL_MINILM_L6_V2;
 use headstream_pipeline::{HostFile, NatsSettings};
 use serde_json::{Value, json};
 
@@ -110,10 +110,7 @@ fn model(flag: Option<&Path>, host: Option<&HostFile>) -> Check {
         };
     let at = format!("{} ({})", location.dir.display(), location.source);
     if !location.dir.is_dir() {
-        let fix = match location.source {
-            ModelSource::Store => "headstream model fetch".to_owned(),
-            _ => format!("headstream model fetch --dir {}", location.dir.display()),
-        };
+        let fix = super::fetch_command(&location);
         return check("model", Status::Fail, format!("not found: {at}")).fix(fix);
     }
     let options = headstream_encoder::EncoderOptions {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use headstream_gateway::GatewayConfig;
-use headstream_pipeline::HostFile;
 
 use crate::cli::GatewayArgs;
 
@@ -13,14 +12,8 @@ const API_KEYS_ENV: &str = "HEADSTREAM_GATEWAY_API_KEYS";
 
 /// Serves the gateway until Ctrl-C / SIGTERM, then finishes the requests in hand.
 pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
-    let host = args
-        .connect
-        .config
-        .as_deref()
-        .map(HostFile::load)
-        .transpose()?;
-    let url = headstream_host::nats_url(args.connect.nats.as_deref(), host.as_ref());
-    let settings = host.map(|h| h.nats).unwrap_or_default();
+    let host = super::serve::host_file(&args.connect)?;
+    let (url, settings) = super::serve::nats_settings(host.as_ref(), &args.connect);
     let api_keys: Vec<String> = std::env::var(API_KEYS_ENV)
         .unwrap_or_default()
         .split(',')

@@ -33,6 +33,14 @@ pub fn load_encoder(
     load_encoder_at(&model.locate(None)?, precision, batch_size)
 }
 
+/// The command that puts the model where `location` looks for it.
+pub fn fetch_command(location: &ModelLocation) -> String {
+    match location.source {
+        ModelSource::Store => "headstream model fetch".to_owned(),
+        _ => format!("headstream model fetch --dir {}", location.dir.display()),
+    }
+}
+
 /// [`load_encoder`] from an already chosen location; errors say where it came from.
 pub fn load_encoder_at(
     location: &ModelLocation,
@@ -56,10 +64,7 @@ pub fn load_encoder_at(
         precision,
     };
     if !location.dir.is_dir() {
-        let fetch = match location.source {
-            ModelSource::Store => "headstream model fetch".to_owned(),
-            _ => format!("headstream model fetch --dir {}", location.dir.display()),
-        };
+        let fetch = fetch_command(location);
         anyhow::bail!(
             "no model at {} ({}): run `{fetch}`, or pass --model DIR",
             location.dir.display(),

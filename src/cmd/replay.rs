@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt as _;
 use headstream_encoder::EncodedText;
-use headstream_pipeline::{HostFile, Pipeline};
+use headstream_pipeline::Pipeline;
 use headstream_runner::{Message, Runner, parse_message_within};
 use serde::{Deserialize, Serialize};
 
@@ -95,16 +95,12 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         Some(_) => Some(super::diff::Diff::new(args.labels.as_deref())?),
         None => None,
     };
-    let host = args
-        .connect
-        .config
-        .as_deref()
-        .map(HostFile::load)
-        .transpose()?;
-    let mut store = headstream_store::StoreConfig::default();
-    if let Some(bucket) = host.as_ref().and_then(|h| h.embeddings.bucket.clone()) {
-        store.bucket = bucket;
-    }
+    // The bucket the hosts store into, as they read it from the same host config.
+    let store = headstream_host::store_config(
+        super::serve::host_file(&args.connect)?
+            .as_ref()
+            .map(|h| &h.embeddings),
+    );
     let checkpoint_path = args.output.as_ref().map(|o| {
         let mut name = o.as_os_str().to_owned();
         name.push(".replay.json");
@@ -366,9 +362,16 @@ async fn process(
     let mut encoded: Vec<Option<EncodedText>> = vec![None; messages.len()];
     let t = Instant::now();
     if let (Some(kv), false) = (kv, runner.needs_token_states()) {
-        for (slot, m) in encoded.iter_mut().zip(&messages) {
-            let key = headstream_store::key(&digest, &m.text);
-            if let Ok(Some(value)) = kv.get(&key).await
+        // The batch's lookups in flight together: one round trip each would be most of a
+        // replay's time.
+        let values = futures::future::join_all(
+            messages
+                .iter()
+                .map(|m| kv.get(headstream_store::key(&digest, &m.text))),
+        )
+        .await;
+        for (slot, value) in encoded.iter_mut().zip(values) {
+            if let Ok(Some(value)) = value
                 && let Ok(stored) = headstream_store::decode(&value)
                 && stored.embedding.len() == encoder.hidden_size()
             {

@@ -24,10 +24,23 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// the local default; credentials and TLS from the host config. Fails at once if the server
 /// cannot be reached.
 pub async fn connect(connect: &ConnectArgs) -> anyhow::Result<async_nats::Client> {
-    let host = connect.config.as_deref().map(HostFile::load).transpose()?;
-    let url = headstream_host::nats_url(connect.nats.as_deref(), host.as_ref());
-    let settings = host.map(|h| h.nats).unwrap_or_default();
+    let (url, settings) = nats_settings(host_file(connect)?.as_ref(), connect);
     Ok(headstream_host::connect_once(&url, &settings).await?)
+}
+
+/// The host config `--config` names, loaded and validated, if any.
+pub fn host_file(connect: &ConnectArgs) -> anyhow::Result<Option<HostFile>> {
+    Ok(connect.config.as_deref().map(HostFile::load).transpose()?)
+}
+
+/// The NATS URL (`--nats`, else the host config's, else the default) and the host config's
+/// credentials and TLS settings.
+pub fn nats_settings(
+    host: Option<&HostFile>,
+    connect: &ConnectArgs,
+) -> (String, headstream_pipeline::NatsSettings) {
+    let url = headstream_host::nats_url(connect.nats.as_deref(), host);
+    (url, host.map(|h| h.nats.clone()).unwrap_or_default())
 }
 
 /// Serves every pipeline until Ctrl-C / SIGTERM; in-flight batches finish first. With

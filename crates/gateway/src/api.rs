@@ -113,6 +113,18 @@ pub(crate) struct PipelineBody {
     messages: Option<Vec<Value>>,
 }
 
+/// A 413 naming `param` when a request carries more than `--max-batch` `what`.
+fn within_batch(shared: &Shared, count: usize, what: &str, param: &str) -> Result<(), ApiError> {
+    match count > shared.config.max_batch {
+        true => Err(ApiError::too_large(format!(
+            "{count} {what} in one request; at most {}",
+            shared.config.max_batch
+        ))
+        .param(param)),
+        false => Ok(()),
+    }
+}
+
 /// Reads a JSON body, with the body limit's rejection as a 413 and bad JSON as a 400.
 fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
@@ -354,14 +366,7 @@ pub(crate) async fn embeddings(
         }
     };
     let texts = texts_of(body.input)?;
-    if texts.len() > shared.config.max_batch {
-        return Err(ApiError::too_large(format!(
-            "{} texts in one request; at most {}",
-            texts.len(),
-            shared.config.max_batch
-        ))
-        .param("input"));
-    }
+    within_batch(&shared, texts.len(), "texts", "input")?;
     if let Some(i) = texts.iter().position(String::is_empty) {
         return Err(ApiError::invalid(format!("input[{i}] is empty")).param("input"));
     }
@@ -627,14 +632,7 @@ pub(crate) async fn run_pipeline(
     };
     match body.messages {
         Some(messages) => {
-            if messages.len() > shared.config.max_batch {
-                return Err(ApiError::too_large(format!(
-                    "{} messages in one request; at most {}",
-                    messages.len(),
-                    shared.config.max_batch
-                ))
-                .param("messages"));
-            }
+            within_batch(&shared, messages.len(), "messages", "messages")?;
             let messages = messages
                 .into_iter()
                 .enumerate()

@@ -317,7 +317,7 @@ fn co_batcher(
 }
 
 /// The embedding store's settings: the host config's `[embeddings]` over the defaults.
-fn store_config(
+pub fn store_config(
     file: Option<&headstream_pipeline::StoreSettings>,
 ) -> headstream_store::StoreConfig {
     let d = headstream_store::StoreConfig::default();

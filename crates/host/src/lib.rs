@@ -18,7 +18,7 @@ mod serve;
 mod service;
 
 pub use connect::{ConnectError, DEFAULT_URL, connect, connect_once, nats_url, redact};
-pub use host::{Host, HostSettings, Overrides, PLUGIN_INSTANCES};
+pub use host::{Host, HostSettings, Overrides, PLUGIN_INSTANCES, store_config};
 pub use metrics_http::serve_metrics;
 pub use serve::{JetStreamOptions, RunnerSlot, ServeOptions, serve};
 

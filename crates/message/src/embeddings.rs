@@ -1,7 +1,7 @@
 //! The embeddings service on the bus: what a gateway (or any client) sends to
 //! [`EMBEDDINGS_SUBJECT`] and what a host answers, and the discovery reply on
 //! [`DISCOVER_SUBJECT`]. Vectors travel as base64 of little-endian f32 (OpenAI's
-//! `encoding_format = "base64"`), a third of the bytes of JSON floats and exact.
+//! `encoding_format = "base64"`), about half the bytes of JSON floats and exact.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
