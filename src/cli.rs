@@ -38,7 +38,7 @@ pub enum Command {
     Publish(PublishArgs),
     /// Send texts as requests and print the replies (one JSON line each).
     Request(RequestArgs),
-    /// Scaffold a new task-head plugin crate from plugins/template.
+    /// Scaffold a new task head (Rust, Python or JavaScript) from plugins/template*.
     NewHead(NewHeadArgs),
     /// Check what this machine has and lacks (model, components, cache, NATS and JetStream,
     /// auth, CPU, threads), with the command that fixes each missing piece.
@@ -372,9 +372,23 @@ pub struct RequestArgs {
 pub struct NewHeadArgs {
     /// The head's crate name (lowercase letters, digits, '-').
     pub name: String,
-    /// The plugins workspace to add it to.
+    /// The plugins folder to create it in (for Rust, the Cargo workspace it joins).
     #[arg(long, default_value = "plugins")]
     pub dir: PathBuf,
+    /// The language of the head's source.
+    #[arg(long, value_enum, default_value_t = HeadLang::Rust)]
+    pub lang: HeadLang,
+}
+
+/// The languages a head can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeadLang {
+    /// A crate on the Rust SDK (`plugins/sdk`), built with `cargo plugins`.
+    Rust,
+    /// An `app.py` on the Python SDK (`plugins/sdk-python`), built by componentize-py.
+    Python,
+    /// A `head.js` on the JavaScript SDK (`plugins/sdk-js`), built by componentize-js.
+    Js,
 }
 
 /// What a head is trained to do.

@@ -1,15 +1,19 @@
-//! `headstream new-head NAME`: scaffold a task-head plugin from `plugins/template`.
+//! `headstream new-head NAME [--lang rust|python|js]`: scaffold a task head from
+//! `plugins/template` (Rust), `plugins/template-python` or `plugins/template-js`.
 
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
-use crate::cli::NewHeadArgs;
+use crate::cli::{HeadLang, NewHeadArgs};
 
 const TEMPLATE_MANIFEST: &str = include_str!("../../plugins/template/Cargo.toml");
 const TEMPLATE_LIB: &str = include_str!("../../plugins/template/src/lib.rs");
+const TEMPLATE_PY: &str = include_str!("../../plugins/template-python/app.py");
+const TEMPLATE_JS: &str = include_str!("../../plugins/template-js/head.js");
 
-/// Writes `DIR/NAME/{Cargo.toml,src/lib.rs}` and adds the crate to `DIR/Cargo.toml`'s members.
+/// Writes `DIR/NAME/` from the language's template; a Rust crate also joins `DIR/Cargo.toml`'s
+/// members.
 pub fn run(args: &NewHeadArgs) -> anyhow::Result<()> {
     let name = args.name.as_str();
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
@@ -25,6 +29,11 @@ pub fn run(args: &NewHeadArgs) -> anyhow::Result<()> {
     let dir = args.dir.join(name);
     if dir.exists() {
         bail!("{} already exists", dir.display());
+    }
+    match args.lang {
+        HeadLang::Rust => {}
+        HeadLang::Python => return scaffold_python(args, &dir),
+        HeadLang::Js => return scaffold_js(args, &dir),
     }
     let manifest = TEMPLATE_MANIFEST.replace("name = \"template\"", &format!("name = \"{name}\""));
     let lib = TEMPLATE_LIB
@@ -54,6 +63,67 @@ pub fn run(args: &NewHeadArgs) -> anyhow::Result<()> {
         file = name.replace('-', "_")
     );
     Ok(())
+}
+
+fn scaffold_python(args: &NewHeadArgs, dir: &Path) -> anyhow::Result<()> {
+    let name = args.name.as_str();
+    let app = TEMPLATE_PY
+        .replace("\"template\", \"0.1.0\"", &format!("\"{name}\", \"0.1.0\""))
+        .replace("class Template(", &format!("class {}(", class_name(name)))
+        .replace("hs.export(Template)", &format!("hs.export({})", class_name(name)))
+        .replace(
+            "`template`: the starting point for a new Python head (`headstream new-head NAME --lang python`\ncopies it).",
+            &format!("`{name}`: a headstream task head in Python (scaffolded from plugins/template-python)."),
+        );
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write(&dir.join("app.py"), &app)?;
+    done(args, dir)
+}
+
+fn scaffold_js(args: &NewHeadArgs, dir: &Path) -> anyhow::Result<()> {
+    let name = args.name.as_str();
+    // The head imports the SDK by a relative path, as the Rust template names its crate.
+    if !args.dir.join("sdk-js/headstream.js").is_file() {
+        bail!(
+            "{} has no sdk-js/headstream.js: run new-head from a headstream checkout (--dir plugins)",
+            args.dir.display()
+        );
+    }
+    let head = TEMPLATE_JS
+        .replace("\"template\", \"0.1.0\"", &format!("\"{name}\", \"0.1.0\""))
+        .replace("class Template ", &format!("class {} ", class_name(name)))
+        .replace("hs.exportHead(Template)", &format!("hs.exportHead({})", class_name(name)))
+        .replace(
+            "// `template`: the starting point for a new JavaScript head (`headstream new-head NAME --lang js`\n// copies it).",
+            &format!("// `{name}`: a headstream task head in JavaScript (scaffolded from plugins/template-js)."),
+        );
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write(&dir.join("head.js"), &head)?;
+    done(args, dir)
+}
+
+fn done(args: &NewHeadArgs, dir: &Path) -> anyhow::Result<()> {
+    let build = args.dir.join("build.sh");
+    eprintln!(
+        "created {dir}; build it with `{build} {dir}`: the component is target/heads/{name}.wasm",
+        dir = dir.display(),
+        build = build.display(),
+        name = args.name
+    );
+    Ok(())
+}
+
+/// `support-triage` -> `SupportTriage`.
+fn class_name(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

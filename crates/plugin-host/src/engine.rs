@@ -15,12 +15,19 @@ use crate::PluginError;
 use crate::bindings::{TaskHead, host, types};
 use crate::budget::{EmbedCache, EmbedLimits, EmbedMeter, LogMeter, Refusal};
 use crate::head::{Embedder, Head, HeadConfig, Limiter, Limits};
+use crate::runtime::Runtime;
 
 /// How often the epoch advances; CPU deadlines are multiples of it.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Imports a plugin may not have, even though WASI is linked (prefixes of import names).
-const DENIED_IMPORTS: &[&str] = &["wasi:sockets/", "wasi:http/", "wasi:filesystem/preopens"];
+/// Imports no plugin may have, even though WASI is linked (prefixes of import names).
+const DENIED_IMPORTS: &[&str] = &["wasi:http/"];
+
+/// Imports that grant nothing here (no directories are preopened, every socket operation is
+/// denied): refused at load for native heads, which import them only to reach for them, and
+/// linked deny-all for interpreters, whose standard library imports them whether or not the
+/// head uses them.
+const DENIED_UNLESS_INTERPRETER: &[&str] = &["wasi:sockets/", "wasi:filesystem/preopens"];
 
 /// Settings for a [`PluginHost`].
 #[derive(Debug, Clone)]
@@ -71,6 +78,8 @@ pub(crate) struct State {
 pub(crate) struct HeadShared {
     pub(crate) cache: EmbedCache,
     pub(crate) log: LogMeter,
+    /// The largest linear memory any instance reached.
+    pub(crate) memory_peak: std::sync::atomic::AtomicUsize,
 }
 
 impl HeadShared {
@@ -78,6 +87,7 @@ impl HeadShared {
         Self {
             cache: EmbedCache::default(),
             log: LogMeter::new(limits.log),
+            memory_peak: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -108,7 +118,11 @@ impl State {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter::new(limits.memory_bytes),
+            limiter: Limiter::new(
+                limits
+                    .memory_bytes
+                    .unwrap_or(Runtime::Native.default_memory_bytes()),
+            ),
             head,
             embed: EmbedMeter::default(),
             embed_limits: limits.embed,
@@ -351,8 +365,14 @@ impl PluginHost {
                 actual: digest,
             });
         }
+        let runtime = Runtime::detect(bytes);
+        let mut config = config;
+        config
+            .limits
+            .memory_bytes
+            .get_or_insert(runtime.default_memory_bytes());
         let component = self.compile(path, bytes, &digest)?;
-        self.check_imports(path, &component)?;
+        self.check_imports(path, &component, runtime)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -368,6 +388,7 @@ impl PluginHost {
             path,
             pre,
             digest,
+            runtime,
             config,
             self.config.encoder.as_ref(),
             self.config.embedder.clone(),
@@ -447,9 +468,17 @@ impl PluginHost {
         }
     }
 
-    fn check_imports(&self, path: &Path, component: &Component) -> Result<(), PluginError> {
+    fn check_imports(
+        &self,
+        path: &Path,
+        component: &Component,
+        runtime: Runtime,
+    ) -> Result<(), PluginError> {
         for (name, _) in component.component_type().imports(&self.engine) {
-            if DENIED_IMPORTS.iter().any(|denied| name.starts_with(denied)) {
+            let denied = |list: &[&str]| list.iter().any(|d| name.starts_with(d));
+            if denied(DENIED_IMPORTS)
+                || (!runtime.links_denied_wasi() && denied(DENIED_UNLESS_INTERPRETER))
+            {
                 return Err(PluginError::DisallowedImport {
                     path: path.to_owned(),
                     import: name.to_owned(),

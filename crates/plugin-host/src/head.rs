@@ -16,6 +16,7 @@ use crate::PluginError;
 use crate::bindings::{TaskHead, TaskHeadPre, types};
 use crate::budget::{EmbedLimits, LogLimits, Refusal};
 use crate::engine::{EPOCH_TICK, HeadShared, State};
+use crate::runtime::Runtime;
 
 /// Serves the `embed` host import (implemented by the runtime over the shared encoder), in two
 /// steps so the host can check a head's budget between them without tokenizing twice.
@@ -44,8 +45,9 @@ impl Embedder for headstream_encoder::Encoder {
 /// Per-head resource limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Cap on the head's linear memory.
-    pub memory_bytes: usize,
+    /// Cap on the head's linear memory; `None`: its runtime's default
+    /// ([`crate::Runtime::default_memory_bytes`]: 64 MiB for Rust, 128 MiB for Python and JS).
+    pub memory_bytes: Option<usize>,
     /// CPU deadline for one `run` call.
     pub deadline: Duration,
     /// CPU deadline for instantiation, `describe` and `configure` together.
@@ -63,7 +65,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            memory_bytes: 64 << 20,
+            memory_bytes: None,
             deadline: Duration::from_millis(100),
             setup_deadline: Duration::from_secs(5),
             max_output_bytes: 64 << 10,
@@ -225,10 +227,12 @@ impl Failure {
     }
 }
 
-/// Memory cap that remembers when it refused growth, so the failure can be named.
+/// Memory cap that remembers when it refused growth, so the failure can be named, and the
+/// largest linear memory it granted.
 pub(crate) struct Limiter {
     inner: StoreLimits,
     pub(crate) memory_denied: bool,
+    pub(crate) memory_peak: usize,
 }
 
 impl Limiter {
@@ -243,6 +247,7 @@ impl Limiter {
         Self {
             inner,
             memory_denied: false,
+            memory_peak: 0,
         }
     }
 }
@@ -256,6 +261,9 @@ impl ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         let ok = self.inner.memory_growing(current, desired, maximum)?;
         self.memory_denied |= !ok;
+        if ok {
+            self.memory_peak = self.memory_peak.max(desired);
+        }
         Ok(ok)
     }
     fn table_growing(
@@ -288,6 +296,7 @@ struct Instance {
 pub struct Head {
     path: PathBuf,
     digest: String,
+    runtime: Runtime,
     description: Description,
     pre: TaskHeadPre<State>,
     config_json: String,
@@ -318,6 +327,7 @@ impl Head {
         path: &Path,
         pre: TaskHeadPre<State>,
         digest: String,
+        runtime: Runtime,
         config: HeadConfig,
         encoder: Option<&headstream_encoder::Fingerprint>,
         embedder: Option<Arc<dyn Embedder>>,
@@ -369,6 +379,7 @@ impl Head {
         let head = Self {
             path: path.to_owned(),
             digest,
+            runtime,
             description,
             pre,
             config_json,
@@ -395,6 +406,11 @@ impl Head {
         &self.digest
     }
 
+    /// The language runtime the component carries (Rust heads are [`Runtime::Native`]).
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
+    }
+
     /// `name@version`, as results name the head that produced them.
     pub fn id(&self) -> String {
         format!("{}@{}", self.description.name, self.description.version)
@@ -410,6 +426,17 @@ impl Head {
     /// the last call of this: what a metrics counter adds.
     pub fn take_log_lines_dropped(&self) -> u64 {
         self.shared.log.take_unmetered()
+    }
+
+    /// The largest linear memory any instance of the head has reached, in bytes (what its
+    /// memory cap must allow).
+    pub fn memory_peak(&self) -> usize {
+        self.shared.memory_peak.load(Ordering::Relaxed)
+    }
+
+    fn note_memory(&self, instance: &Instance) {
+        let peak = instance.store.data().limiter.memory_peak;
+        self.shared.memory_peak.fetch_max(peak, Ordering::Relaxed);
     }
 
     /// Whether the circuit breaker has switched the head off.
@@ -449,6 +476,7 @@ impl Head {
             tracing::debug!(head = %self.description.name, texts = meter.texts, tokens = meter.tokens, host_ms = meter.host_time.as_millis() as u64, "embedded for configure");
         }
         self.report_dropped_lines();
+        self.note_memory(instance);
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failure::new(FailureKind::Config, config_error(e))),
@@ -512,6 +540,7 @@ impl Head {
             .headstream_plugin_head()
             .call_run(&mut instance.store, &batch);
         self.report_dropped_lines();
+        self.note_memory(instance);
         let outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
@@ -521,6 +550,20 @@ impl Head {
                 return Err(failure);
             }
         };
+        if instance.store.data().limiter.memory_denied {
+            // The head was refused memory and carried on (an interpreter raises MemoryError
+            // and its SDK turns it into an answer): the batch fails as a memory-cap failure
+            // whatever it answered, and the instance, in whatever state it was left, is
+            // replaced.
+            *slot = None;
+            return Err(Failure::new(
+                FailureKind::MemoryLimit,
+                format!(
+                    "exceeded its memory cap of {} MiB",
+                    self.config.limits.memory_bytes.unwrap_or_default() >> 20
+                ),
+            ));
+        }
         drop(slot);
         if outputs.len() != items.len() {
             return Err(Failure::new(

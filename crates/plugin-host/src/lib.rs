@@ -22,9 +22,13 @@
 //!
 //! Capabilities: a plugin gets only the `headstream:plugin/host` imports (log; embed while
 //! configuring). Rust guests on `wasm32-wasip2` import WASI through std, so WASI is linked, but
-//! with deny-all state: no preopened directories, no environment or arguments, no sockets
-//! (imports of `wasi:sockets`, `wasi:http` or `wasi:filesystem/preopens` are refused at load),
-//! stdin empty, stdout/stderr discarded, and clocks frozen at zero.
+//! with deny-all state: no preopened directories, no environment or arguments, no sockets,
+//! stdin empty, stdout/stderr discarded, clocks frozen at zero and randomness a fixed cycle.
+//! Imports of `wasi:http` are refused at load; so are `wasi:sockets` and
+//! `wasi:filesystem/preopens` for native heads. Python and JavaScript heads carry an
+//! interpreter whose standard library imports those whether or not the head uses them
+//! ([`Runtime`]): for them they are linked to the same deny-all state (no directories to
+//! open, every socket operation denied).
 //!
 //! ```no_run
 //! use headstream_plugin_host::{HeadConfig, PluginHost, HostConfig};
@@ -39,6 +43,7 @@ mod bindings;
 mod budget;
 mod engine;
 mod head;
+mod runtime;
 
 pub use budget::{EmbedLimits, LogLimits};
 pub use engine::{HostConfig, PluginHost};
@@ -46,6 +51,7 @@ pub use head::{
     Asset, Description, Embedder, Failure, FailureKind, Head, HeadConfig, Item, Limits, TaskKind,
     TokenStates,
 };
+pub use runtime::Runtime;
 
 use std::path::PathBuf;
 

@@ -169,7 +169,7 @@ fn contained(mode: &str, kind: FailureKind, message: &str) {
         // Short for the infinite loop; generous otherwise, so that on a loaded machine the other
         // behaviours hit their own limit before the CPU deadline.
         deadline: Duration::from_millis(if mode == "loop" { 50 } else { 2_000 }),
-        memory_bytes: 32 << 20,
+        memory_bytes: Some(32 << 20),
         ..Limits::default()
     };
     let bad = hostile(&host, mode, limits);

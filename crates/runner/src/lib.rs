@@ -233,9 +233,7 @@ fn head_limits(set: &headstream_pipeline::Limits) -> Limits {
     let d = Limits::default();
     let or = |v: Option<u32>, default: usize| v.map_or(default, |v| v as usize);
     Limits {
-        memory_bytes: set
-            .memory_mb
-            .map_or(d.memory_bytes, |mb| mb as usize * (1 << 20)),
+        memory_bytes: set.memory_mb.map(|mb| mb as usize * (1 << 20)),
         deadline: set
             .deadline_ms
             .map_or(d.deadline, std::time::Duration::from_millis),

@@ -112,6 +112,60 @@ pub fn plugin_path(name: &str) -> PathBuf {
     file
 }
 
+/// The component for the Python or JavaScript head in `plugins/<name>` (e.g. `hostile-python`),
+/// built by `plugins/build.sh` into `target/heads/<name>.wasm` (componentize-py from PyPI,
+/// componentize-js from npm, pinned, installed on first use) unless it is newer than every
+/// source it is built from (the head's folder, its SDK, the WIT).
+pub fn script_head(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let root = workspace_root();
+    let dir = root.join("plugins").join(name);
+    let out = root.join("target/heads").join(format!("{name}.wasm"));
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.iter().any(|b| b == name) {
+        return out;
+    }
+    let sdk = if dir.join("app.py").is_file() {
+        "plugins/sdk-python/headstream_sdk"
+    } else {
+        "plugins/sdk-js/headstream.js"
+    };
+    let sources = [dir.clone(), root.join(sdk), root.join("wit")];
+    let fresh = std::fs::metadata(&out)
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| sources.iter().all(|s| newest(s).is_none_or(|t| t <= at)));
+    if !fresh {
+        let run = std::process::Command::new(root.join("plugins/build.sh"))
+            .arg(&dir)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run plugins/build.sh: {e}"));
+        if !run.status.success() {
+            panic!(
+                "plugins/build.sh {name} failed (Python heads need python3 with venv and PyPI, JavaScript heads Node.js with npm and the npm registry):\n{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+        }
+    }
+    built.push(name.to_owned());
+    out
+}
+
+/// The latest modification time of a file or of any file under a folder.
+fn newest(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name() != "__pycache__" && e.file_name() != "node_modules")
+        .filter_map(|e| newest(&e.path()))
+        .max()
+}
+
 /// A safetensors file holding the given f32 tensors: `(name, shape, values)`.
 pub fn safetensors_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
     let bytes: Vec<Vec<u8>> = tensors
