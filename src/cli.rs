@@ -47,6 +47,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a plugin package on labelled data; prints its metrics as JSON.
     Eval(EvalArgs),
+    /// Package a component (Rust, Python or JavaScript) with its assets and configuration, as
+    /// `deploy plugin` and `plugin = "name@version"` take it (trained heads: `train`).
+    Package(PackageArgs),
     /// Inspect the plugin packages in the local registry or the cluster's.
     Plugins {
         #[command(subcommand)]
@@ -418,6 +421,31 @@ pub struct CacheArgs {
     /// Encode everything afresh; neither read nor write the cache.
     #[arg(long)]
     pub no_cache: bool,
+}
+
+/// `headstream package`
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The WebAssembly component (from `cargo plugins` or `plugins/build.sh`).
+    pub component: PathBuf,
+    /// The package directory to write.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// The package's name (default: the name the head describes itself by).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The package's semver version (default: the version the head describes).
+    #[arg(long = "package-version")]
+    pub package_version: Option<String>,
+    /// Configuration passed to the head's `configure` (a JSON object; a pipeline's
+    /// `[heads.config]` keys override it).
+    #[arg(long, default_value = "{}")]
+    pub config: String,
+    /// An asset for `configure`, as NAME=FILE (repeatable).
+    #[arg(long = "asset", value_name = "NAME=FILE")]
+    pub assets: Vec<String>,
 }
 
 /// `headstream train`

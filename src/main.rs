@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::NewHead(args) => cmd::new_head::run(&args),
         Command::Doctor(args) => cmd::doctor::run(&args, threads),
         Command::Train(args) => cmd::train::train(&args),
+        Command::Package(args) => cmd::package::run(&args),
         Command::Eval(args) => cmd::train::eval(&args),
         Command::Plugins {
             command:

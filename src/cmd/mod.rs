@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod jsonl;
 pub mod model;
 pub mod new_head;
+pub mod package;
 pub mod replay;
 pub mod run;
 pub mod serve;

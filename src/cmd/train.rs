@@ -59,9 +59,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let component = match &args.component {
         Some(path) => std::fs::read(path)
             .with_context(|| format!("cannot read the component {}", path.display()))?,
-        None => match kind {
-            Kind::Classify => headstream_components::LINEAR_CLASSIFIER.bytes,
-            Kind::Tokens => headstream_components::TOKEN_CLASSIFIER.bytes,
+        None => match args.kind {
+            TrainKind::Classify => headstream_components::LINEAR_CLASSIFIER.bytes,
+            TrainKind::Tokens => headstream_components::TOKEN_CLASSIFIER.bytes,
         }
         .to_vec(),
     };
@@ -91,8 +91,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut cache = open_cache(&args.cache, &encoder)?;
 
     let started = std::time::Instant::now();
-    let (trained, examples) = match kind {
-        Kind::Classify => {
+    let (trained, examples) = match args.kind {
+        TrainKind::Classify => {
             let mut examples = data::read_examples(&args.data)?;
             if let Some(shots) = args.shots {
                 examples = data::sample_shots(&examples, shots as usize, args.seed);
@@ -116,7 +116,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 headstream_train::train_classifier(&encoder, &examples, &options, cache.as_mut())?;
             (trained, n)
         }
-        Kind::Tokens => {
+        TrainKind::Tokens => {
             if args.shots.is_some() || args.hidden.is_some() {
                 anyhow::bail!("--shots and --hidden apply to --kind classify only");
             }
@@ -142,9 +142,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(shots) = args.shots {
         hyperparameters["shots"] = json!({ "per_label": shots, "seed": args.seed });
     }
-    let config = match kind {
-        Kind::Classify => json!({ "labels": trained.labels }),
-        Kind::Tokens => json!({
+    let config = match args.kind {
+        TrainKind::Classify => json!({ "labels": trained.labels }),
+        TrainKind::Tokens => json!({
             "tags": trained.labels,
             "window": args.window,
             "shape": !args.no_shape,
@@ -156,7 +156,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         version: args.package_version.clone(),
         kind,
         labels: trained.labels.clone(),
-        encoder: encoder.fingerprint().to_string(),
+        encoder: Some(encoder.fingerprint().to_string()),
         component: FileRef {
             file: String::new(),
             sha256: String::new(),
@@ -277,7 +277,12 @@ fn approve(
     metrics: &Value,
 ) -> anyhow::Result<Value> {
     let manifest = &mut package.manifest;
-    let trained_on = headstream_encoder::Fingerprint::parse(&manifest.encoder);
+    let Some(trained_on) = manifest.encoder.as_deref() else {
+        anyhow::bail!(
+            "--approve: the package works on any encoder (its manifest names none); there is nothing to approve"
+        );
+    };
+    let trained_on = headstream_encoder::Fingerprint::parse(trained_on);
     let running_print = headstream_encoder::Fingerprint::parse(running);
     if let (Some(trained), Some(now)) = (&trained_on, &running_print)
         && trained.is_compatible(now)

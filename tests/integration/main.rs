@@ -23,6 +23,9 @@
 //!   past `max_deliver` to the error subject.
 //! - `nats_security`: user/password, token, NKey and TLS (custom CA, client certificates) in
 //!   every command that connects; refusals without credentials; no secrets in logs or --help.
+//! - `polyglot`: Python and JavaScript heads from the command line: `new-head --lang`,
+//!   `plugins/build.sh`, `train --component`, `package`, one pipeline with heads in three
+//!   languages.
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
 //!   default; `.ci/run` runs them with `--ignored`, since a user's clone has no `../shared`).
 //! - `soak`: a mixed workload with hot swaps for 20 s (`scripts/soak.sh` runs it for 30 min).
@@ -47,6 +50,7 @@ mod nats_jetstream;
 mod nats_security;
 mod nats_serve;
 mod nats_store;
+mod polyglot;
 mod replay;
 mod shared_datasets;
 mod shared_reference;

@@ -1,15 +1,16 @@
 //! Plugin packages: what `headstream train` writes and what the runtime loads like any plugin.
 //!
-//! A package is a directory holding a WebAssembly component, its assets (trained weights as
-//! safetensors) and `manifest.json` ([`Manifest`]): name, version, task kind, labels, the
-//! configuration to pass to the component, the fingerprint of the encoder the weights were
-//! trained on, where the training data came from, the hyper-parameters and the metrics reached.
+//! A package is a directory holding a WebAssembly component (in Rust, Python or JavaScript),
+//! its assets (trained weights as safetensors) and `manifest.json` ([`Manifest`]): name,
+//! version, task kind, labels, the configuration to pass to the component, the fingerprint of
+//! the encoder the weights were trained on (none for a head that works on any encoder), where
+//! the training data came from, the hyper-parameters and the metrics reached.
 //! [`Package::load`] reads a package and verifies every file against the sha256 digests the
 //! manifest records, so a package that was altered after it was written is refused.
 //!
 //! ```no_run
 //! let package = headstream_package::Package::load("heads/sentiment".as_ref())?;
-//! println!("{} {} trained on {}", package.manifest.name, package.manifest.version, package.manifest.encoder);
+//! println!("{} {} trained on {:?}", package.manifest.name, package.manifest.version, package.manifest.encoder);
 //! # Ok::<(), headstream_package::PackageError>(())
 //! ```
 #![deny(missing_docs)]
@@ -92,6 +93,8 @@ pub enum Kind {
     Classify,
     /// Entity spans from per-token tags.
     Tokens,
+    /// Anything else (a JSON result), or a head that was written rather than trained.
+    Other,
 }
 
 impl Kind {
@@ -100,6 +103,7 @@ impl Kind {
         match self {
             Kind::Classify => "classify",
             Kind::Tokens => "tokens",
+            Kind::Other => "other",
         }
     }
 }
@@ -147,8 +151,10 @@ pub struct Manifest {
     /// Labels (classify) or tags (tokens), in the order of the weight rows.
     pub labels: Vec<String>,
     /// Fingerprint (`name@sha256:<hex>`) of the encoder the weights were trained on; hosts
-    /// running another encoder refuse the package.
-    pub encoder: String,
+    /// running another encoder refuse the package. `None` for a head that works on any encoder
+    /// (rules, say): written by `headstream package`, never by `train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
     /// The WebAssembly component.
     pub component: FileRef,
     /// Assets passed to the component's `configure`, by asset name.
@@ -186,7 +192,9 @@ impl Manifest {
     /// Every encoder fingerprint the package may run on: the one it was trained on, then the
     /// approved ones.
     pub fn encoders(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.encoder.as_str())
+        self.encoder
+            .as_deref()
+            .into_iter()
             .chain(self.approved_encoders.iter().map(|a| a.encoder.as_str()))
     }
 

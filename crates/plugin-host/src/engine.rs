@@ -414,7 +414,7 @@ impl PluginHost {
             config: package.config_with(overrides),
             assets,
             limits,
-            encoder: Some(package.manifest.encoder.clone()),
+            encoder: package.manifest.encoder.clone(),
             approved_encoders: package
                 .manifest
                 .approved_encoders

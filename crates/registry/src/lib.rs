@@ -91,8 +91,9 @@ pub struct PackageRecord {
     pub kind: &'static str,
     /// Labels or tags.
     pub labels: Vec<String>,
-    /// Encoder fingerprint the weights were trained on.
-    pub encoder: String,
+    /// Encoder fingerprint the weights were trained on; `None` for a head that works on any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
     /// Component sha256 (what `name@sha256:<hex>` pins).
     pub component_sha256: String,
     /// The headline metric recorded in the manifest.

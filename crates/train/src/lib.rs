@@ -391,6 +391,10 @@ pub fn evaluate(
     cache: Option<&mut EmbeddingCache>,
 ) -> Result<Value, TrainError> {
     match package.manifest.kind {
+        Kind::Other => Err(TrainError::Invalid(format!(
+            "{} is an `other` head: there is no metric to evaluate it by (classify and tokens heads have)",
+            package.manifest.name
+        ))),
         Kind::Classify => {
             let examples = data::read_examples(data)?;
             let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
