@@ -13,7 +13,9 @@
 //!   and rejects a broken edit while the old version keeps serving.
 //!
 //! The heads are copies of the shipped `heads/sentiment` package under new versions (v2 of
-//! the canary test predicts the opposite label, so its outputs are told apart).
+//! the canary test predicts the opposite label, so its outputs are told apart), and, for the
+//! hot swap of script heads, the Python and JavaScript example packages
+//! (`crate::polyglot::script_packages`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -213,16 +215,82 @@ const WORDS: [&str; 8] = [
 
 #[test]
 fn a_new_head_version_takes_over_both_hosts_under_load_with_nothing_lost() {
-    let server = NatsServer::start();
-    let url = server.url();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let empty = dir.path().join("local");
-    std::fs::create_dir_all(&empty).unwrap_or_else(|e| panic!("{e}"));
     let v1 = sentiment_package(dir.path(), "1.0.0", |_| {});
     let v2 = sentiment_package(dir.path(), "1.1.0", |_| {});
+    swap_under_load(
+        dir.path(),
+        ONE_HEAD,
+        &[v1],
+        &[v2],
+        &[("sentiment", "sentiment@1.0.0", "sentiment@1.1.0")],
+    );
+}
+
+#[test]
+fn python_and_javascript_heads_take_over_both_hosts_under_load_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (rules, pii) = crate::polyglot::script_packages(dir.path());
+    let v2 = [
+        package_version(&rules, dir.path(), "1.1.0"),
+        package_version(&pii, dir.path(), "1.1.0"),
+    ];
+    let heads = "[[heads]]\nname = \"topic\"\nplugin = \"support-rules@^1\"\n\
+                 [[heads]]\nname = \"pii\"\nplugin = \"pii-flags@^1\"\n";
+    swap_under_load(
+        dir.path(),
+        heads,
+        &[rules, pii],
+        &v2,
+        &[
+            ("topic", "support-rules@1.0.0", "support-rules@1.1.0"),
+            ("pii", "pii-flags@1.0.0", "pii-flags@1.1.0"),
+        ],
+    );
+}
+
+/// A copy of the package at `source` as `version` (the component and assets unchanged).
+fn package_version(source: &Path, dir: &Path, version: &str) -> PathBuf {
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out = dir.join(format!("{name}-{version}"));
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(source).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if let Some(file) = path.file_name() {
+            std::fs::copy(&path, out.join(file)).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let text = std::fs::read_to_string(out.join("manifest.json")).unwrap_or_else(|e| panic!("{e}"));
+    let mut manifest: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    manifest["version"] = json!(version);
+    std::fs::write(out.join("manifest.json"), manifest.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+/// Two `serve --deployed` hosts serve a JetStream pipeline of `heads` (packages `v1`); under
+/// steady load the `v2` packages are deployed. Every message gets exactly one result, with no
+/// errors, and per host each head `(result key, v1 id, v2 id)` answers v1 until its swap and
+/// v2 after it; the swap time per host is printed.
+fn swap_under_load(
+    dir: &Path,
+    heads: &str,
+    v1: &[PathBuf],
+    v2: &[PathBuf],
+    ids: &[(&str, &str, &str)],
+) {
+    let server = NatsServer::start();
+    let url = server.url();
+    let empty = dir.join("local");
+    std::fs::create_dir_all(&empty).unwrap_or_else(|e| panic!("{e}"));
     let delivery = "mode = \"jetstream\"\nstream = \"MOOD\"\nconsumer = \"mood\"";
-    let file = write(dir.path(), "mood.toml", &pipeline_text(delivery, ONE_HEAD));
-    deploy_plugin(&v1, &url);
+    let file = write(dir, "mood.toml", &pipeline_text(delivery, heads));
+    for package in v1 {
+        deploy_plugin(package, &url);
+    }
     deploy_pipeline(&file, &url);
     let total = 2000;
     let swap_at = 700;
@@ -275,10 +343,12 @@ fn a_new_head_version_takes_over_both_hosts_under_load_with_nothing_lost() {
             ));
             if received.len() == swap_at && deployed_at.is_none() {
                 let started = now_ms();
-                let v2 = v2.clone();
+                let v2 = v2.to_vec();
                 let url = url.clone();
                 tokio::task::spawn_blocking(move || {
-                    deploy_plugin(&v2, &url)
+                    for package in &v2 {
+                        deploy_plugin(package, &url);
+                    }
                 });
                 deployed_at = Some((started, Instant::now()));
             }
@@ -289,54 +359,56 @@ fn a_new_head_version_takes_over_both_hosts_under_load_with_nothing_lost() {
         };
         let swaps = events
             .wait_hosts(2, "v2 activation", |e| {
-                is(e, "activated", "pipeline") && e["heads"]["sentiment"] == "sentiment@1.1.0"
+                is(e, "activated", "pipeline")
+                    && ids.iter().all(|(key, _, v2)| e["heads"][*key] == *v2)
             })
             .await;
 
         // Nothing lost, nothing doubled, no errors.
-        let mut ids = HashSet::new();
+        let mut seen = HashSet::new();
         for (_, r) in &received {
-            assert!(ids.insert(r["id"].as_str().unwrap_or_default().to_owned()), "duplicate {r}");
+            assert!(seen.insert(r["id"].as_str().unwrap_or_default().to_owned()), "duplicate {r}");
             assert_eq!(r["errors"], json!({}), "{r}");
-            assert!(r["results"]["sentiment"]["label"].is_string(), "{r}");
+            for (key, _, _) in ids {
+                assert!(r["results"][*key].is_object(), "{key}: {r}");
+            }
         }
-        assert_eq!(ids.len(), total);
+        assert_eq!(seen.len(), total);
         let stray = tokio::time::timeout(Duration::from_millis(500), errors.next()).await;
         assert!(stray.is_err(), "error record: {stray:?}");
 
-        // Each result names its version; per host, v1 until the swap and v2 after it.
-        let mut by_host: BTreeMap<String, Vec<(Instant, &str)>> = BTreeMap::new();
-        for (at, r) in &received {
-            let version = r["heads"]["sentiment"].as_str().unwrap_or_default();
-            assert!(
-                version == "sentiment@1.0.0" || version == "sentiment@1.1.0",
-                "{r}"
-            );
-            by_host
-                .entry(r["host"].as_str().unwrap_or_default().to_owned())
-                .or_default()
-                .push((*at, version));
-        }
-        assert_eq!(by_host.len(), 2, "both hosts served: {:?}", by_host.keys());
-        for (host, served) in &by_host {
-            let first_v2 = served
-                .iter()
-                .position(|(_, v)| *v == "sentiment@1.1.0")
-                .unwrap_or_else(|| panic!("{host} never served v2"));
-            assert!(first_v2 > 0, "{host} served v2 before the deploy");
-            assert!(
-                served[first_v2..].iter().all(|(_, v)| *v == "sentiment@1.1.0"),
-                "{host} went back to v1 after serving v2"
-            );
-            let event_ms = swaps[host]["at_ms"].as_u64().unwrap_or_default();
-            let first_result = served[first_v2].0.saturating_duration_since(deploy_instant);
-            println!(
-                "{host}: swapped {} ms after the deploy started; first v2 result {} ms after it; {} of {} results v1",
-                event_ms.saturating_sub(deploy_ms),
-                first_result.as_millis(),
-                first_v2,
-                served.len()
-            );
+        // Each result names its versions; per host and head, v1 until the swap and v2 after.
+        for (key, old, new) in ids {
+            let mut by_host: BTreeMap<String, Vec<(Instant, &str)>> = BTreeMap::new();
+            for (at, r) in &received {
+                let version = r["heads"][*key].as_str().unwrap_or_default();
+                assert!(version == *old || version == *new, "{r}");
+                by_host
+                    .entry(r["host"].as_str().unwrap_or_default().to_owned())
+                    .or_default()
+                    .push((*at, version));
+            }
+            assert_eq!(by_host.len(), 2, "both hosts served: {:?}", by_host.keys());
+            for (host, served) in &by_host {
+                let first_v2 = served
+                    .iter()
+                    .position(|(_, v)| v == new)
+                    .unwrap_or_else(|| panic!("{host} never served {new}"));
+                assert!(first_v2 > 0, "{host} served {new} before the deploy");
+                assert!(
+                    served[first_v2..].iter().all(|(_, v)| v == new),
+                    "{host} went back to {old} after serving {new}"
+                );
+                let event_ms = swaps[host]["at_ms"].as_u64().unwrap_or_default();
+                let first_result = served[first_v2].0.saturating_duration_since(deploy_instant);
+                println!(
+                    "{host} {key}: swapped {} ms after the deploy started; first {new} result {} ms after it; {} of {} results {old}",
+                    event_ms.saturating_sub(deploy_ms),
+                    first_result.as_millis(),
+                    first_v2,
+                    served.len()
+                );
+            }
         }
     });
 }
