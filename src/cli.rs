@@ -670,7 +670,9 @@ pub struct BenchHeadsArgs {
     /// JSONL file with a "text" field per line (the first batch is used).
     #[arg(long, short)]
     pub input: PathBuf,
-    /// A linear-classifier component to run (default: the one inside this binary).
+    /// A linear-classifier component to run: any head taking `labels` and a `weights` asset
+    /// (plugins/rules-classifier in Python, plugins/linear-classifier-js; default: the Rust one
+    /// inside this binary).
     #[arg(long)]
     pub plugin: Option<PathBuf>,
     /// How many copies of the head run on each batch.

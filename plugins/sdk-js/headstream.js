@@ -210,12 +210,12 @@ export class Dense {
   }
   /** `W x + b`, or null when `x` has the wrong width. */
   forward(x) {
-    if (x.length !== this.inputs) return null;
-    const y = new Array(this.outputs);
-    for (let o = 0; o < this.outputs; o++) {
-      let acc = this.bias[o];
-      const row = o * this.inputs;
-      for (let i = 0; i < this.inputs; i++) acc += this.weight[row + i] * x[i];
+    const { weight, bias, inputs, outputs } = this;
+    if (x.length !== inputs) return null;
+    const y = new Array(outputs);
+    for (let o = 0; o < outputs; o++) {
+      let acc = bias[o];
+      for (let i = 0, r = o * inputs; i < inputs; i++, r++) acc += weight[r] * x[i];
       y[o] = acc;
     }
     return y;

@@ -121,6 +121,8 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
     let result = json!({
         "bench": "heads",
         "plugin": origin.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "runtime": heads[0].runtime().to_string(),
+        "component_bytes": bytes.len(),
         "batch_size": batch,
         "heads": heads.len(),
         "compile_ms": round(compile_s * 1e3, 2),
@@ -130,6 +132,7 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
         "one_head_us_per_message": round(per_msg(one_s), 2),
         "all_heads_us_per_message": round(per_msg(all_s), 2),
         "all_heads_share_of_encoder": round(all_s / encode_s, 4),
+        "memory_peak_mib": round(heads[0].memory_peak() as f64 / f64::from(1 << 20), 1),
     });
     println!("{result}");
     Ok(())

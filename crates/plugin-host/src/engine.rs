@@ -286,8 +286,10 @@ impl PluginHost {
     pub fn new(config: HostConfig) -> Result<Self, PluginError> {
         let engine_err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::default();
+        // An interpreter component links a dozen core modules (CPython: libc, libpython, the
+        // WASI emulation libraries, its runtime, the app); a Rust one three.
         pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances * 8)
+            .total_core_instances(config.max_instances * 16)
             .total_memories(config.max_instances * 2)
             .total_tables(config.max_instances * 4)
             .max_memory_size(config.max_memory_bytes)

@@ -42,7 +42,8 @@ class Dense:
     """A dense layer `y = W x + b`, `W` of shape `[outputs, inputs]`, f32."""
 
     def __init__(self, weight: Sequence[Sequence[float]], bias: Sequence[float]):
-        rows = [array("f", r) for r in weight]
+        # Python floats, not array('f'): the products then need no unboxing per element.
+        rows = [[float(v) for v in r] for r in weight]
         if not rows or len(rows) != len(bias):
             raise ValueError(f"{len(rows)} weight rows for {len(bias)} biases")
         width = len(rows[0])
@@ -82,7 +83,11 @@ class Dense:
         """`W x + b`, or `None` when `x` has the wrong width."""
         if len(x) != self.inputs:
             return None
-        return [sum(map(operator.mul, row, x)) + b for row, b in zip(self.rows, self.bias)]
+        return [_dot(row, x) + b for row, b in zip(self.rows, self.bias)]
+
+
+# math.sumprod (Python 3.12+) is one C loop over two sequences of floats.
+_dot = getattr(math, "sumprod", None) or (lambda a, b: sum(map(operator.mul, a, b)))
 
 
 def read_safetensors(data: bytes) -> Dict[str, Tuple[List[int], array]]:
