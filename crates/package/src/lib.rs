@@ -496,7 +496,7 @@ mod tests {
             version: "1.0.0".into(),
             kind: Kind::Classify,
             labels: vec!["negative".into(), "positive".into()],
-            encoder: "test@sha256:00".into(),
+            encoder: Some("test@sha256:00".into()),
             component: FileRef {
                 file: String::new(),
                 sha256: String::new(),

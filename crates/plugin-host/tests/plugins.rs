@@ -546,7 +546,7 @@ fn write_package(
         version: "1.0.0".into(),
         kind: headstream_package::Kind::Classify,
         labels: vec!["negative".into(), "neutral".into(), "positive".into()],
-        encoder: fingerprint.into(),
+        encoder: Some(fingerprint.into()),
         component: headstream_package::FileRef {
             file: String::new(),
             sha256: String::new(),
