@@ -34,6 +34,9 @@ pub enum Command {
     /// Run a pipeline over messages a JetStream stream retains, reading vectors from the
     /// embedding store (the encoder runs only on misses).
     Replay(ReplayArgs),
+    /// Print what a pipeline's heads wrote through `log` (kept by the hosts for an hour), and
+    /// with --follow what they write next.
+    Logs(LogsArgs),
     /// Publish texts (or JSONL messages) to a subject.
     Publish(PublishArgs),
     /// Send texts as requests and print the replies (one JSON line each).
@@ -368,6 +371,26 @@ pub struct RequestArgs {
     /// How long to wait for each reply.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+}
+
+/// `headstream logs`
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The pipeline.
+    pub pipeline: String,
+    /// One head of it (its name in the pipeline); default every head.
+    pub head: Option<String>,
+    /// Keep printing new lines as hosts publish them.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// From when: an RFC 3339 time or a duration back from now (`90s`, `15m`, `1h`).
+    #[arg(long, default_value = "15m")]
+    pub since: String,
+    /// Print each record as JSON (host, pipeline, head, version, level, message, at_ms).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `headstream new-head`

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cmd::serve::serve(&args),
         Command::Gateway(args) => cmd::gateway::run(&args),
         Command::Replay(args) => cmd::replay::run(&args),
+        Command::Logs(args) => cmd::logs::run(&args),
         Command::Publish(args) => cmd::serve::publish(&args),
         Command::Request(args) => cmd::serve::request(&args),
         Command::NewHead(args) => cmd::new_head::run(&args),

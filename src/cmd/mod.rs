@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod embed;
 pub mod gateway;
 pub mod jsonl;
+pub mod logs;
 pub mod model;
 pub mod new_head;
 pub mod package;

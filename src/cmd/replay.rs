@@ -469,7 +469,7 @@ fn write_checkpoint(path: &Path, c: &Checkpoint) -> anyhow::Result<()> {
 }
 
 /// `--since`: an RFC 3339 time, or a duration back from now (`90s`, `15m`, `2h`, `7d`).
-fn since_time(text: &str) -> anyhow::Result<time::OffsetDateTime> {
+pub(crate) fn since_time(text: &str) -> anyhow::Result<time::OffsetDateTime> {
     if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
     {
         return Ok(t);

@@ -21,6 +21,8 @@
 //!   answer; a JetStream burst far above capacity with the host's memory bounded.
 //! - `nats_jetstream`: JetStream delivery: nothing lost across a nats-server restart, messages
 //!   past `max_deliver` to the error subject.
+//! - `nats_logs`: heads' log lines on `headstream.logs.<pipeline>.<head>`: `headstream logs
+//!   --follow` within a second and within the head's budget, read back from the stream.
 //! - `nats_security`: user/password, token, NKey and TLS (custom CA, client certificates) in
 //!   every command that connects; refusals without credentials; no secrets in logs or --help.
 //! - `polyglot`: Python and JavaScript heads from the command line: `new-head --lang`,
@@ -47,6 +49,7 @@ mod host_budgets;
 mod nats_deploy;
 mod nats_faults;
 mod nats_jetstream;
+mod nats_logs;
 mod nats_security;
 mod nats_serve;
 mod nats_store;

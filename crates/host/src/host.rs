@@ -193,6 +193,7 @@ impl Host {
             registry,
             store: settings.store.clone(),
             store_writer: Arc::default(),
+            head_logs: crate::HeadLogs::spawn(client.clone(), host_id.clone()).await,
         });
         for (file, text, _) in &settings.pipelines {
             live.apply_at_start(file, text)

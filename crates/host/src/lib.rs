@@ -13,12 +13,14 @@ mod connect;
 mod embeddings;
 mod host;
 pub mod live;
+mod logs;
 mod metrics_http;
 mod serve;
 mod service;
 
 pub use connect::{ConnectError, DEFAULT_URL, connect, connect_once, nats_url, redact};
 pub use host::{Host, HostSettings, Overrides, PLUGIN_INSTANCES, store_config};
+pub use logs::HeadLogs;
 pub use metrics_http::serve_metrics;
 pub use serve::{JetStreamOptions, RunnerSlot, ServeOptions, serve};
 

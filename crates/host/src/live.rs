@@ -95,6 +95,8 @@ pub struct HostContext {
     pub store: headstream_store::StoreConfig,
     /// The store's writer, once opened (shared by every pipeline that stores).
     pub store_writer: Arc<tokio::sync::OnceCell<headstream_store::Writer>>,
+    /// Where heads' log lines go on the bus.
+    pub head_logs: crate::HeadLogs,
 }
 
 impl HostContext {
@@ -156,7 +158,7 @@ impl std::fmt::Debug for LiveHost {
 }
 
 /// Milliseconds since the Unix epoch, for events.
-fn now_ms() -> u128 {
+pub(crate) fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
@@ -303,9 +305,12 @@ impl LiveHost {
         tokio::task::spawn_blocking(move || {
             let resolved = headstream_runner::resolved_versions(&pipeline, &cx.registry)?;
             let digest = cx.encoder.fingerprint().digest().to_owned();
+            let name = pipeline.name.get_ref().clone();
+            let logs = cx.head_logs.clone();
             let mut runner = Runner::new(&pipeline, &cx.plugins, cx.encoder, &cx.registry)?
                 .with_metrics(cx.metrics)
-                .with_co_batcher(cx.batcher);
+                .with_co_batcher(cx.batcher)
+                .with_log_sinks(|head, version| logs.sink(&name, head, version));
             if let Some(writer) = writer {
                 runner = runner.with_embedding_sink(Arc::new(move |text: &str, e| {
                     let value = headstream_store::encode(&e.embedding, e.truncated, e.n_tokens());

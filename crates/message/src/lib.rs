@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod embeddings;
+pub mod logs;
 mod record;
 
 pub use record::{ErrorReason, ErrorRecord, ResultRecord, RouteMatch, ShadowRecord, ShadowSide};

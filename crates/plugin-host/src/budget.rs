@@ -43,6 +43,42 @@ impl Default for EmbedLimits {
     }
 }
 
+/// Severity of a head's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Finest detail.
+    Trace,
+    /// Diagnostic detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected the head handled.
+    Warn,
+    /// Something the head could not handle.
+    Error,
+}
+
+impl LogLevel {
+    /// Lower-case name, as log records carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Where a head's log lines go besides the host's own log (the bus, say). It hears only the
+/// lines within the head's [`LogLimits`], already cut and escaped, so it never carries more than
+/// the budget; it is called on the head's thread and must not block.
+pub trait LogSink: Send + Sync + std::fmt::Debug {
+    /// One admitted line.
+    fn line(&self, level: LogLevel, message: &str);
+}
+
 /// How much a head may write to the host's log. Lines over the budget are dropped, counted
 /// and summarised once per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

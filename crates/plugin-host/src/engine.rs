@@ -13,7 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::PluginError;
 use crate::bindings::{TaskHead, host, types};
-use crate::budget::{EmbedCache, EmbedLimits, EmbedMeter, LogMeter, Refusal};
+use crate::budget::{EmbedCache, EmbedLimits, EmbedMeter, LogLevel, LogMeter, LogSink, Refusal};
 use crate::head::{Embedder, Head, HeadConfig, Limiter, Limits};
 use crate::runtime::Runtime;
 
@@ -80,6 +80,8 @@ pub(crate) struct HeadShared {
     pub(crate) log: LogMeter,
     /// The largest linear memory any instance reached.
     pub(crate) memory_peak: std::sync::atomic::AtomicUsize,
+    /// Where admitted log lines also go ([`crate::Head::set_log_sink`]).
+    pub(crate) log_sink: std::sync::OnceLock<Arc<dyn LogSink>>,
 }
 
 impl HeadShared {
@@ -88,6 +90,7 @@ impl HeadShared {
             cache: EmbedCache::default(),
             log: LogMeter::new(limits.log),
             memory_peak: std::sync::atomic::AtomicUsize::new(0),
+            log_sink: std::sync::OnceLock::new(),
         }
     }
 }
@@ -220,12 +223,22 @@ impl host::Host for State {
         }
         let message = crate::budget::sanitize(&message, log.limits().line_bytes);
         let head = self.head.as_str();
+        let level = match level {
+            host::Level::Trace => LogLevel::Trace,
+            host::Level::Debug => LogLevel::Debug,
+            host::Level::Info => LogLevel::Info,
+            host::Level::Warn => LogLevel::Warn,
+            host::Level::Error => LogLevel::Error,
+        };
         match level {
-            host::Level::Trace => tracing::trace!(head, "{message}"),
-            host::Level::Debug => tracing::debug!(head, "{message}"),
-            host::Level::Info => tracing::info!(head, "{message}"),
-            host::Level::Warn => tracing::warn!(head, "{message}"),
-            host::Level::Error => tracing::error!(head, "{message}"),
+            LogLevel::Trace => tracing::trace!(head, "{message}"),
+            LogLevel::Debug => tracing::debug!(head, "{message}"),
+            LogLevel::Info => tracing::info!(head, "{message}"),
+            LogLevel::Warn => tracing::warn!(head, "{message}"),
+            LogLevel::Error => tracing::error!(head, "{message}"),
+        }
+        if let Some(sink) = self.shared.log_sink.get() {
+            sink.line(level, &message);
         }
     }
 

@@ -428,6 +428,12 @@ impl Head {
         self.shared.log.take_unmetered()
     }
 
+    /// Sends the head's admitted log lines (within its budget) to `sink` as well as to the
+    /// host's log. Set once; a later call is ignored and returns false.
+    pub fn set_log_sink(&self, sink: Arc<dyn crate::LogSink>) -> bool {
+        self.shared.log_sink.set(sink).is_ok()
+    }
+
     /// The largest linear memory any instance of the head has reached, in bytes (what its
     /// memory cap must allow).
     pub fn memory_peak(&self) -> usize {

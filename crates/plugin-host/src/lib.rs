@@ -45,7 +45,7 @@ mod engine;
 mod head;
 mod runtime;
 
-pub use budget::{EmbedLimits, LogLimits};
+pub use budget::{EmbedLimits, LogLevel, LogLimits, LogSink};
 pub use engine::{HostConfig, PluginHost};
 pub use head::{
     Asset, Description, Embedder, Failure, FailureKind, Head, HeadConfig, Item, Limits, TaskKind,

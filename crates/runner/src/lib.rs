@@ -31,8 +31,8 @@ use headstream_encoder::{EncodedText, Encoder};
 use headstream_package::{Package, Registry};
 use headstream_pipeline::Pipeline;
 use headstream_plugin_host::{
-    Asset, EmbedLimits, Head, HeadConfig, HostConfig, Item, Limits, LogLimits, PluginError,
-    PluginHost, TokenStates,
+    Asset, EmbedLimits, Head, HeadConfig, HostConfig, Item, Limits, LogLimits, LogSink,
+    PluginError, PluginHost, TokenStates,
 };
 use serde_json::{Map, Value};
 
@@ -609,6 +609,19 @@ impl Runner {
             fingerprint,
             sink: None,
         })
+    }
+
+    /// Gives every head (canaries and shadows included) a log sink from `make(stage, head id)`:
+    /// the stage's name in the pipeline and the `name@version` of the head serving it. Heads
+    /// that already have one keep it.
+    pub fn with_log_sinks(self, make: impl Fn(&str, &str) -> Arc<dyn LogSink>) -> Self {
+        for stage in &self.stages {
+            stage.head.set_log_sink(make(&stage.name, &stage.id));
+            for c in stage.canary.iter().chain(&stage.shadow) {
+                c.head.set_log_sink(make(&stage.name, &c.id));
+            }
+        }
+        self
     }
 
     /// Calls `sink` with every message's text and encoding once it is encoded.

@@ -1,0 +1,113 @@
+//! Heads' own log lines on the bus: every line a head writes within its log budget is
+//! published on `headstream.logs.<pipeline>.<head>`, and a bounded JetStream stream
+//! (`HEADSTREAM_LOGS`) keeps the recent ones for `headstream logs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use headstream_message::logs::{HeadLogRecord, LOGS_STREAM, LOGS_SUBJECT, logs_subject};
+use headstream_plugin_host::{LogLevel, LogSink};
+use tokio::sync::mpsc;
+
+/// Lines waiting to be published; past it they are dropped (and counted), never waited for:
+/// a head's thread must not block on the bus.
+const QUEUE: usize = 4096;
+
+/// How long the stream keeps lines, and how many bytes at most.
+const MAX_AGE: Duration = Duration::from_secs(3600);
+const MAX_BYTES: i64 = 64 << 20;
+
+/// The host's head-log publisher: hands out a [`LogSink`] per head, publishes off the heads'
+/// threads.
+#[derive(Debug, Clone)]
+pub struct HeadLogs {
+    tx: mpsc::Sender<(String, HeadLogRecord)>,
+    host: String,
+    dropped: Arc<AtomicU64>,
+}
+
+impl HeadLogs {
+    /// Starts the publisher on the current runtime, and creates the stream that keeps recent
+    /// lines (bounded by age and bytes) unless it exists; without JetStream the lines are only
+    /// published, for `headstream logs --follow`.
+    pub async fn spawn(client: async_nats::Client, host: String) -> Self {
+        let js = async_nats::jetstream::new(client.clone());
+        let config = async_nats::jetstream::stream::Config {
+            name: LOGS_STREAM.to_owned(),
+            subjects: vec![format!("{LOGS_SUBJECT}.>")],
+            max_age: MAX_AGE,
+            max_bytes: MAX_BYTES,
+            discard: async_nats::jetstream::stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        if let Err(e) = js.get_or_create_stream(config).await {
+            tracing::info!(
+                "head logs are published but not kept (no {LOGS_STREAM} stream: {e}); `headstream logs --follow` still shows them"
+            );
+        }
+        let (tx, mut rx) = mpsc::channel::<(String, HeadLogRecord)>(QUEUE);
+        tokio::spawn(async move {
+            while let Some((subject, record)) = rx.recv().await {
+                let Ok(body) = serde_json::to_vec(&record) else {
+                    continue;
+                };
+                if let Err(e) = client.publish(subject, body.into()).await {
+                    tracing::debug!("cannot publish a head log line: {e}");
+                }
+            }
+        });
+        Self {
+            tx,
+            host,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// The sink for head `head` (its name in `pipeline`), served by `version` (`name@version`).
+    pub fn sink(&self, pipeline: &str, head: &str, version: &str) -> Arc<dyn LogSink> {
+        Arc::new(Sink {
+            logs: self.clone(),
+            subject: logs_subject(pipeline, head),
+            pipeline: pipeline.to_owned(),
+            head: head.to_owned(),
+            version: version.to_owned(),
+        })
+    }
+
+    /// Lines dropped because the publisher fell behind, since the host started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct Sink {
+    logs: HeadLogs,
+    subject: String,
+    pipeline: String,
+    head: String,
+    version: String,
+}
+
+impl LogSink for Sink {
+    fn line(&self, level: LogLevel, message: &str) {
+        let record = HeadLogRecord {
+            at_ms: crate::live::now_ms() as u64,
+            host: self.logs.host.clone(),
+            pipeline: self.pipeline.clone(),
+            head: self.head.clone(),
+            version: self.version.clone(),
+            level: level.as_str().to_owned(),
+            message: message.to_owned(),
+        };
+        if self
+            .logs
+            .tx
+            .try_send((self.subject.clone(), record))
+            .is_err()
+        {
+            self.logs.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
