@@ -338,6 +338,10 @@ pub struct ServeArgs {
     /// redelivered by JetStream; a second signal exits at once.
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub shutdown_timeout: Option<std::time::Duration>,
+    /// Export traces of each message's stages to this OTLP/HTTP collector
+    /// (`http://127.0.0.1:4318`; the host config's `otlp_endpoint`); off by default.
+    #[arg(long, env = "HEADSTREAM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// What `publish` and `request` send, and where.
@@ -354,6 +358,10 @@ pub struct SendArgs {
     /// JSONL messages, sent as they are, one per line.
     #[arg(long, short, conflicts_with = "text")]
     pub input: Option<PathBuf>,
+    /// Export a `publish` span per message to this OTLP/HTTP collector
+    /// (`http://127.0.0.1:4318`); every message carries a W3C `traceparent` header either way.
+    #[arg(long, env = "HEADSTREAM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `headstream publish`

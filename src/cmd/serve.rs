@@ -9,7 +9,7 @@ use headstream_host::{Host, HostSettings, Overrides};
 use headstream_pipeline::HostFile;
 
 use super::jsonl::read_input;
-use crate::cli::{ConnectArgs, PublishArgs, RequestArgs, ServeArgs};
+use crate::cli::{ConnectArgs, PublishArgs, RequestArgs, SendArgs, ServeArgs};
 
 /// The async runtime the NATS commands run on.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -57,6 +57,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         shutdown_timeout: args.shutdown_timeout,
         deployed: args.deployed,
         watch: args.watch,
+        otlp_endpoint: args.otlp_endpoint.clone(),
     };
     let settings = HostSettings::resolve(args.config.as_deref(), overrides)?;
     // --model, else $HEADSTREAM_MODEL, else the host config's, else the defaults.
@@ -144,12 +145,19 @@ impl Signals {
 /// Publishes `--text` or each JSONL line of the input as a message.
 pub fn publish(args: &PublishArgs) -> anyhow::Result<()> {
     let bodies = bodies(args.send.text.as_deref(), args.send.input.as_deref())?;
+    let tracer = producer_tracer(&args.send)?;
     runtime()?.block_on(async {
         let client = connect(&args.send.connect).await?;
         for body in &bodies {
+            let sent = Sent::start(&args.send.subject);
             client
-                .publish(args.send.subject.clone(), body.clone().into())
+                .publish_with_headers(
+                    args.send.subject.clone(),
+                    sent.headers(),
+                    body.clone().into(),
+                )
                 .await?;
+            sent.end(tracer.as_ref());
         }
         client.flush().await?;
         eprintln!(
@@ -158,29 +166,99 @@ pub fn publish(args: &PublishArgs) -> anyhow::Result<()> {
             args.send.subject
         );
         anyhow::Ok(())
-    })
+    })?;
+    flush(tracer);
+    Ok(())
 }
 
 /// Sends each message as a request and prints each reply (one JSON line each).
 pub fn request(args: &RequestArgs) -> anyhow::Result<()> {
     let send = &args.send;
     let bodies = bodies(send.text.as_deref(), send.input.as_deref())?;
+    let tracer = producer_tracer(send)?;
     runtime()?.block_on(async {
         let client = connect(&send.connect).await?;
         let mut stdout = std::io::stdout().lock();
         for body in bodies {
+            let sent = Sent::start(&send.subject);
+            let request = async_nats::Request::new()
+                .payload(body.into())
+                .headers(sent.headers());
             let reply = tokio::time::timeout(
                 Duration::from_millis(args.timeout_ms),
-                client.request(send.subject.clone(), body.into()),
+                client.send_request(send.subject.clone(), request),
             )
             .await
             .with_context(|| format!("no reply on {} within {} ms", send.subject, args.timeout_ms))?
             .with_context(|| format!("request to {} failed", send.subject))?;
+            sent.end(tracer.as_ref());
             stdout.write_all(&reply.payload)?;
             stdout.write_all(b"\n")?;
         }
         anyhow::Ok(())
-    })
+    })?;
+    flush(tracer);
+    Ok(())
+}
+
+/// The exporter for `--otlp-endpoint`, if given (built before the async runtime: its HTTP
+/// client blocks).
+fn producer_tracer(send: &SendArgs) -> anyhow::Result<Option<headstream_trace::Tracer>> {
+    send.otlp_endpoint
+        .as_deref()
+        .map(|endpoint| headstream_trace::Tracer::otlp(endpoint, "headstream client"))
+        .transpose()
+        .map_err(Into::into)
+}
+
+fn flush(tracer: Option<headstream_trace::Tracer>) {
+    if let Some(tracer) = tracer {
+        tracer.flush();
+    }
+}
+
+/// One message sent: the root of its trace (a `publish` span), started when it was sent.
+struct Sent {
+    ids: headstream_trace::SpanIds,
+    subject: String,
+    start: std::time::SystemTime,
+}
+
+impl Sent {
+    fn start(subject: &str) -> Self {
+        Self {
+            ids: headstream_trace::SpanIds::root(),
+            subject: subject.to_owned(),
+            start: std::time::SystemTime::now(),
+        }
+    }
+
+    /// A `traceparent` header making the message a child of this span.
+    fn headers(&self) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            headstream_trace::TRACEPARENT,
+            self.ids.traceparent().to_string().as_str(),
+        );
+        headers
+    }
+
+    fn end(self, tracer: Option<&headstream_trace::Tracer>) {
+        if let Some(tracer) = tracer {
+            tracer.record(headstream_trace::SpanRecord {
+                ids: self.ids,
+                name: format!("publish {}", self.subject).into(),
+                kind: headstream_trace::Kind::Producer,
+                start: self.start,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    ("messaging.system", "nats".to_owned()),
+                    ("messaging.destination.name", self.subject),
+                ],
+                stages: Vec::new(),
+            });
+        }
+    }
 }
 
 fn bodies(text: Option<&str>, input: Option<&std::path::Path>) -> anyhow::Result<Vec<Vec<u8>>> {

@@ -31,6 +31,8 @@
 //! - `shared_reference`: parity on all 323 sentences of `../shared/reference` (ignored by
 //!   default; `.ci/run` runs them with `--ignored`, since a user's clone has no `../shared`).
 //! - `soak`: a mixed workload with hot swaps for 20 s (`scripts/soak.sh` runs it for 30 min).
+//! - `traces`: a W3C trace from `request` through a host's stages (OTLP/HTTP to a collector in
+//!   the test), named by the result.
 //! - `shared_datasets`: shipped heads and 8-shot heads against the probe's accuracy on
 //!   ../shared/datasets (ignored by default, like `shared_reference`).
 
@@ -58,6 +60,7 @@ mod replay;
 mod shared_datasets;
 mod shared_reference;
 mod soak;
+mod traces;
 
 use std::process::{Command, Output};
 

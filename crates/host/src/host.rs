@@ -41,6 +41,8 @@ pub struct Overrides {
     pub deployed: bool,
     /// Follow edits of the pipeline files and package directories (`--watch`).
     pub watch: bool,
+    /// OTLP/HTTP collector for traces (`--otlp-endpoint`).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Everything a host needs to start, resolved once from the command line, the host config
@@ -69,6 +71,8 @@ pub struct HostSettings {
     pub shutdown_timeout: Duration,
     /// The embedding store's bucket and limits (the host config's `[embeddings]`).
     pub store: headstream_store::StoreConfig,
+    /// Where traces go (OTLP/HTTP), if anywhere.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl HostSettings {
@@ -127,6 +131,9 @@ impl HostSettings {
                 .or(file_timeout)
                 .unwrap_or(Duration::from_secs(5)),
             store: store_config(from_file.map(|h| &h.embeddings)),
+            otlp_endpoint: cli
+                .otlp_endpoint
+                .or_else(|| from_file.and_then(|h| h.otlp_endpoint.clone())),
         })
     }
 
@@ -152,6 +159,7 @@ pub struct Host {
     _service: async_nats::service::Service,
     summary: String,
     grace: Duration,
+    tracer: Option<headstream_trace::Tracer>,
 }
 
 impl Host {
@@ -183,6 +191,20 @@ impl Host {
             spawn_metrics(addr, metrics.clone());
         }
         let host_id = host_id();
+        let tracer = match settings.otlp_endpoint.clone() {
+            // The exporter's blocking HTTP client must be built off the async threads.
+            Some(endpoint) => {
+                let service = format!("headstream {host_id}");
+                let tracer = tokio::task::spawn_blocking(move || {
+                    headstream_trace::Tracer::otlp(&endpoint, &service)
+                })
+                .await
+                .map_err(HostError::Worker)?
+                .map_err(HostError::Trace)?;
+                Some(tracer)
+            }
+            None => None,
+        };
         let mut live = LiveHost::new(HostContext {
             client: client.clone(),
             encoder: encoder.clone(),
@@ -194,6 +216,7 @@ impl Host {
             store: settings.store.clone(),
             store_writer: Arc::default(),
             head_logs: crate::HeadLogs::spawn(client.clone(), host_id.clone()).await,
+            tracer: tracer.clone(),
         });
         for (file, text, _) in &settings.pipelines {
             live.apply_at_start(file, text)
@@ -231,6 +254,7 @@ impl Host {
             _service: service,
             summary: summary(&settings),
             grace: settings.shutdown_timeout,
+            tracer,
         })
     }
 
@@ -252,6 +276,9 @@ impl Host {
         )
         .await;
         let finished = tokio::time::timeout(self.grace, self.live.shutdown()).await;
+        if let Some(tracer) = self.tracer.take() {
+            let _ = tokio::task::spawn_blocking(move || tracer.flush()).await;
+        }
         outcome?;
         finished.map_err(|_| HostError::ShutdownTimeout(self.grace))?
     }

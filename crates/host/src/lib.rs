@@ -53,6 +53,9 @@ pub enum HostError {
     /// The embedding store could not be opened (JetStream off, no permission, ...).
     #[error(transparent)]
     Store(#[from] headstream_store::StoreError),
+    /// The trace exporter could not be set up.
+    #[error(transparent)]
+    Trace(headstream_trace::TraceError),
     /// The worker thread running a batch or a load panicked or was cancelled.
     #[error("the worker thread failed: {0}")]
     Worker(tokio::task::JoinError),

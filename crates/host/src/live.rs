@@ -97,6 +97,8 @@ pub struct HostContext {
     pub store_writer: Arc<tokio::sync::OnceCell<headstream_store::Writer>>,
     /// Where heads' log lines go on the bus.
     pub head_logs: crate::HeadLogs,
+    /// Where traces go, if anywhere.
+    pub tracer: Option<headstream_trace::Tracer>,
 }
 
 impl HostContext {
@@ -334,6 +336,7 @@ impl LiveHost {
         let name = pipeline.name.get_ref().clone();
         let mut options = ServeOptions::from_pipeline(&pipeline);
         options.host = Some(self.cx.host_id.clone());
+        options.tracer.clone_from(&self.cx.tracer);
         let heads = json!(runner.head_versions());
         let runner = Arc::new(runner);
         let body = json!({

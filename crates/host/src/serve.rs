@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -13,6 +13,7 @@ use headstream_pipeline::Pipeline;
 use tokio::time::Instant;
 
 use headstream_runner::{ErrorRecord, InputError, Message, Runner, parse_message_within};
+use headstream_trace::{SpanIds, SpanRecord, Stage, TraceParent};
 
 use crate::HostError;
 
@@ -35,6 +36,8 @@ pub struct ServeOptions {
     pub jetstream: Option<JetStreamOptions>,
     /// This host's id, added to every result as `host` (so consumers see who served it).
     pub host: Option<String>,
+    /// Where spans of each message's stages go (OTLP), if anywhere.
+    pub tracer: Option<headstream_trace::Tracer>,
 }
 
 /// JetStream delivery: a stream over the input subject and a durable pull consumer shared by
@@ -81,6 +84,7 @@ impl ServeOptions {
             max_wait: Duration::from_millis(pipeline.batching.max_wait_ms),
             jetstream,
             host: None,
+            tracer: None,
         }
     }
 }
@@ -99,12 +103,22 @@ struct Incoming {
     delivered: u64,
     /// The JetStream message to acknowledge once its result is out.
     ack: Option<async_nats::jetstream::Message>,
+    /// The trace it travels in (its `traceparent` header).
+    trace: Option<TraceParent>,
+    /// When this host received it.
+    received: SystemTime,
 }
 
 fn header_id(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
     headers
         .and_then(|h| h.get("Nats-Msg-Id"))
         .map(|v| v.as_str().to_owned())
+}
+
+fn header_trace(headers: Option<&async_nats::HeaderMap>) -> Option<TraceParent> {
+    headers
+        .and_then(|h| h.get(headstream_trace::TRACEPARENT))
+        .and_then(|v| TraceParent::parse(v.as_str()))
 }
 
 /// The runner a served pipeline uses: each batch takes the newest one sent on its channel, so
@@ -142,6 +156,8 @@ pub async fn serve(
             ready();
             let incoming = subscription.map(|m| Incoming {
                 header_id: header_id(m.headers.as_ref()),
+                trace: header_trace(m.headers.as_ref()),
+                received: SystemTime::now(),
                 payload: m.payload,
                 fallback_id: None,
                 reply: m.reply,
@@ -176,6 +192,8 @@ pub async fn serve(
                         .unwrap_or((1, 0));
                     Some(Incoming {
                         header_id: header_id(m.headers.as_ref()),
+                        trace: header_trace(m.headers.as_ref()),
+                        received: SystemTime::now(),
                         payload: m.payload.clone(),
                         fallback_id: Some(format!("{stream_name}-{seq}")),
                         reply: None,
@@ -295,6 +313,7 @@ async fn run_loop(
                 _ => break,
             }
         }
+        let closed = SystemTime::now();
         let runner = slot.borrow().clone();
         tracing::debug!(pipeline = runner.name(), messages = batch.len(), "batch");
         let mut outbox = Outbox {
@@ -302,7 +321,7 @@ async fn run_loop(
             confirm,
             records: Vec::new(),
         };
-        handle_batch(&mut outbox, &runner, options, batch).await?;
+        handle_batch(&mut outbox, &runner, options, batch, closed).await?;
     }
     Ok(())
 }
@@ -428,6 +447,9 @@ struct Delivery {
     reply: Option<async_nats::Subject>,
     payload: Bytes,
     delivered: u64,
+    /// This host's span for the message, when it travels in a trace or the host exports them.
+    span: Option<SpanIds>,
+    received: SystemTime,
 }
 
 /// One batch: unusable messages to the error subject, the rest through the runner and out,
@@ -437,6 +459,7 @@ async fn handle_batch(
     runner: &Arc<Runner>,
     options: &ServeOptions,
     batch: Vec<Incoming>,
+    closed: SystemTime,
 ) -> Result<(), HostError> {
     let started = std::time::Instant::now();
     if let Some(m) = runner.metrics() {
@@ -449,10 +472,16 @@ async fn handle_batch(
     for mut incoming in batch {
         acks.extend(incoming.ack.take());
         let admitted = admit(runner, options, &mut incoming);
+        let span = match incoming.trace {
+            Some(parent) => Some(SpanIds::under(parent)),
+            None => options.tracer.as_ref().map(|_| SpanIds::root()),
+        };
         let delivery = Delivery {
             reply: incoming.reply,
             payload: incoming.payload,
             delivered: incoming.delivered,
+            span,
+            received: incoming.received,
         };
         match admitted {
             Ok(message) => {
@@ -470,7 +499,7 @@ async fn handle_batch(
             .and_then(|r| r.map_err(HostError::from));
         match outcome {
             Ok(processed) => {
-                publish_results(outbox, runner, options, processed, deliveries).await?
+                publish_results(outbox, runner, options, processed, deliveries, closed).await?
             }
             // The batch as a whole failed (the encoder, a worker panic): every message gets an
             // error record with its payload, and the loop goes on.
@@ -552,8 +581,10 @@ async fn publish_results(
     options: &ServeOptions,
     processed: headstream_runner::Processed,
     deliveries: Vec<Delivery>,
+    closed: SystemTime,
 ) -> Result<(), HostError> {
     let publishing = std::time::Instant::now();
+    let batch_size = processed.records.len();
     let metrics = runner.metrics();
     for (subject, shadow) in processed.shadows {
         outbox
@@ -569,6 +600,8 @@ async fn publish_results(
     for (mut record, delivery) in processed.records.into_iter().zip(deliveries) {
         record.redelivered = (delivery.delivered > 1).then(|| delivery.delivered - 1);
         record.host.clone_from(&options.host);
+        record.trace_id = delivery.span.map(|s| s.traceparent().trace_id_hex());
+        let published = SystemTime::now();
         let body = Bytes::from(record.to_string());
         outbox
             .record(&options.output, body.clone(), Some(&record.key))
@@ -581,14 +614,82 @@ async fn publish_results(
                     .inc();
             }
         }
-        if let Some(reply) = delivery.reply {
-            outbox.core(&reply, body).await?;
+        if let Some(reply) = &delivery.reply {
+            outbox.core(reply, body).await?;
+        }
+        if let (Some(tracer), Some(ids)) = (&options.tracer, delivery.span) {
+            tracer.record(message_span(
+                runner,
+                options,
+                &record,
+                &delivery,
+                ids,
+                (closed, batch_size),
+                &processed.timings,
+                published,
+            ));
         }
     }
     if let Some(m) = metrics {
         m.observe(runner.name(), "publish", publishing.elapsed());
     }
     Ok(())
+}
+
+/// The span of one message's time in this host, with a child per stage: the wait for its
+/// batch, the encoder's pass and each head's run over the batch (shared with the batch's
+/// other messages), and the publishing of its result.
+#[allow(clippy::too_many_arguments)]
+fn message_span(
+    runner: &Runner,
+    options: &ServeOptions,
+    record: &headstream_message::ResultRecord,
+    delivery: &Delivery,
+    ids: SpanIds,
+    (closed, batch_size): (SystemTime, usize),
+    timings: &headstream_runner::Timings,
+    published: SystemTime,
+) -> SpanRecord {
+    let done = SystemTime::now();
+    let mut stages = vec![
+        Stage::new("batch", delivery.received, closed).with("headstream.batch_size", batch_size),
+    ];
+    if let Some((start, end)) = timings.encode {
+        stages.push(Stage::new("encode", start, end).with("headstream.batch_size", batch_size));
+    }
+    for (stage, id, start, end) in &timings.heads {
+        let version = record.heads.get(stage).unwrap_or(id);
+        let mut s = Stage::new(format!("head {stage}"), *start, *end)
+            .with("headstream.head", stage)
+            .with("headstream.head.version", version);
+        if let Some(error) = record.errors.get(stage) {
+            s = s.with("error.message", error);
+        }
+        stages.push(s);
+    }
+    stages.push(
+        Stage::new("publish", published, done)
+            .with("messaging.destination.name", &options.output)
+            .with("headstream.routes", record.routes.len()),
+    );
+    let mut attributes = vec![
+        ("messaging.system", "nats".to_owned()),
+        ("messaging.destination.name", options.subject.clone()),
+        ("messaging.message.id", record.id.clone()),
+        ("headstream.pipeline", runner.name().to_owned()),
+    ];
+    if let Some(host) = &options.host {
+        attributes.push(("headstream.host", host.clone()));
+    }
+    SpanRecord {
+        ids,
+        name: format!("process {}", runner.name()).into(),
+        kind: headstream_trace::Kind::Consumer,
+        start: delivery.received,
+        end: done,
+        attributes,
+        stages,
+    }
 }
 
 /// Acknowledges a batch's JetStream messages once every result and error record has reached

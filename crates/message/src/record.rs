@@ -47,6 +47,10 @@ pub struct ResultRecord {
     /// Whether the text was cut at the encoder's maximum length.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// The W3C trace the message travelled in (its `traceparent` header, or a trace the host
+    /// started for it when it exports traces): 32 hex digits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// A route a result matched.
@@ -172,6 +176,7 @@ mod tests {
             results: BTreeMap::from([("a".into(), json!({ "label": "x" }))]),
             routes: Vec::new(),
             truncated: false,
+            trace_id: None,
         };
         assert_eq!(
             record.to_string(),

@@ -902,6 +902,9 @@ pub struct HostFile {
     /// `[embeddings]`: the embedding store's bucket and limits.
     #[serde(default)]
     pub embeddings: StoreSettings,
+    /// OTLP/HTTP collector to export traces to (`otlp_endpoint = "http://127.0.0.1:4318"`);
+    /// none by default. The CLI's `--otlp-endpoint` wins.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `[nats]` in the host config.

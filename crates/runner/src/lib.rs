@@ -25,7 +25,7 @@ use routes::Routes;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use headstream_encoder::{EncodedText, Encoder};
 use headstream_package::{Package, Registry};
@@ -384,6 +384,8 @@ fn agrees(live: &Value, shadow: &Value) -> bool {
 
 /// What [`run_stages`] produced for a batch, per item.
 struct StageOutputs {
+    /// When each stage ran over the batch: `(stage, start, end)`.
+    timings: Vec<(String, SystemTime, SystemTime)>,
     results: Vec<PerHead<Value>>,
     failures: Vec<PerHead<String>>,
     /// Heads served by a canary: head name → `name@version`.
@@ -395,6 +397,7 @@ struct StageOutputs {
 /// Runs every stage in order; a head whose upstream failed for a text reports that instead.
 fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOutputs {
     let mut out = StageOutputs {
+        timings: Vec::with_capacity(stages.len()),
         results: vec![PerHead::new(); items.len()],
         failures: vec![PerHead::new(); items.len()],
         canaried: vec![PerHead::new(); items.len()],
@@ -424,6 +427,7 @@ fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOu
         if runnable.is_empty() {
             continue;
         }
+        let started = SystemTime::now();
         let outcomes = run_split(stage, &runnable);
         if let Some(shadow) = &stage.shadow {
             for ((item, live), shadowed) in runnable
@@ -451,6 +455,8 @@ fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOu
                 ));
             }
         }
+        out.timings
+            .push((stage.name.clone(), started, SystemTime::now()));
         for (i, (outcome, canary)) in positions.into_iter().zip(outcomes) {
             if let Some(id) = canary {
                 out.canaried[i].insert(stage.name.clone(), id.to_owned());
@@ -669,6 +675,7 @@ impl Runner {
         }
         let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
         let started = std::time::Instant::now();
+        let encode_start = SystemTime::now();
         let encoded = match &self.batcher {
             Some(batcher) => batcher.encode(
                 texts.iter().map(|t| (*t).to_owned()).collect(),
@@ -682,7 +689,8 @@ impl Runner {
                 sink(&m.text, e);
             }
         }
-        self.run_heads(messages, &encoded, encoded_at - started)
+        let encode = (encode_start, encode_start + (encoded_at - started));
+        self.run_heads(messages, &encoded, Some(encode))
     }
 
     /// Whether the heads read token states (a vector alone does not serve them).
@@ -703,15 +711,18 @@ impl Runner {
                 encoded: encoded.len(),
             });
         }
-        self.run_heads(messages, encoded, Duration::ZERO)
+        self.run_heads(messages, encoded, None)
     }
 
     fn run_heads(
         &self,
         messages: &[Message],
         encoded: &[EncodedText],
-        encode_time: Duration,
+        encode: Option<(SystemTime, SystemTime)>,
     ) -> Result<Processed, RunnerError> {
+        let encode_time = encode
+            .and_then(|(a, b)| b.duration_since(a).ok())
+            .unwrap_or(Duration::ZERO);
         let encoded_at = std::time::Instant::now();
         let hidden = self.encoder.hidden_size();
         let items: Vec<Item<'_>> = messages
@@ -749,6 +760,7 @@ impl Runner {
                     results,
                     routes: Vec::new(),
                     truncated: e.truncated,
+                    trace_id: None,
                 };
                 record.routes = self.routes.matching(&record, &m.text);
                 record
@@ -757,6 +769,17 @@ impl Runner {
         Ok(Processed {
             records,
             shadows: outputs.shadows,
+            timings: Timings {
+                encode,
+                heads: outputs
+                    .timings
+                    .into_iter()
+                    .map(|(stage, start, end)| {
+                        let id = self.heads_ids.get(&stage).cloned().unwrap_or_default();
+                        (stage, id, start, end)
+                    })
+                    .collect(),
+            },
         })
     }
 
@@ -800,6 +823,17 @@ pub struct Processed {
     pub records: Vec<ResultRecord>,
     /// Shadow records `(subject, record)`: live and shadow outputs side by side.
     pub shadows: Vec<(String, ShadowRecord)>,
+    /// When the batch's stages ran (for traces).
+    pub timings: Timings,
+}
+
+/// When a batch's stages ran: batch-wide, so every message of the batch shares them.
+#[derive(Debug, Default, Clone)]
+pub struct Timings {
+    /// The encoder's pass (`None` when the encodings came from elsewhere: replay).
+    pub encode: Option<(SystemTime, SystemTime)>,
+    /// Each head's run over the batch, in run order: `(stage, name@version, start, end)`.
+    pub heads: Vec<(String, String, SystemTime, SystemTime)>,
 }
 
 #[cfg(test)]

@@ -131,6 +131,7 @@ plugin = "topic@^1"
             results: serde_json::from_value(results).unwrap_or_default(),
             routes: Vec::new(),
             truncated: false,
+            trace_id: None,
         }
     }
 
