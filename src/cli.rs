@@ -99,6 +99,10 @@ pub struct GatewayArgs {
     /// Address to serve HTTP on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// Export a span per pipeline request to this OTLP/HTTP collector; requests carry a
+    /// `traceparent` to the hosts either way (the caller's trace, or a new one).
+    #[arg(long, env = "HEADSTREAM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Largest request body in bytes (413 past it).

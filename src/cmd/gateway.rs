@@ -29,6 +29,12 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
         api_keys,
         cors_origins: args.cors_origin.clone(),
         chunk_texts: args.chunk as usize,
+        // Built before the async runtime: the exporter's HTTP client blocks.
+        tracer: args
+            .otlp_endpoint
+            .as_deref()
+            .map(|e| headstream_trace::Tracer::otlp(e, "headstream gateway"))
+            .transpose()?,
     };
     super::serve::runtime()?.block_on(async {
         let client = headstream_host::connect(&url, &settings, true).await?;

@@ -271,6 +271,30 @@ fn the_openai_client_and_curl_get_what_embed_gives_and_every_error_status() {
     assert_eq!(record["id"], "g-1");
     assert_eq!(record["meta"]["from"], "http");
     assert_eq!(record["results"]["topic"]["label"], "technical", "{record}");
+    assert_eq!(
+        record["trace_id"].as_str().map(str::len),
+        Some(32),
+        "a request without a trace starts one: {record}"
+    );
+    // A caller's W3C trace reaches the host: the result names it.
+    let (status, _, traced) = gateway.curl(
+        "/v1/pipelines/support-triage",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {key}"),
+            "-H",
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"text":"where is my parcel"}"#,
+        ],
+    );
+    assert_eq!(status, 200, "{traced}");
+    assert_eq!(
+        json_of(&traced)["trace_id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
     let batch = json!({ "messages": TEXTS.iter().enumerate()
         .map(|(i, t)| json!({ "id": format!("b-{i}"), "text": t })).collect::<Vec<_>>() });
     let (status, _, records) = gateway.post(

@@ -218,9 +218,24 @@ fn chunks(texts: Vec<String>, max_texts: usize, max_bytes: usize) -> Vec<Vec<Str
 
 /// One NATS request with the gateway's deadline; no host, or none in time, is a 503.
 async fn ask(shared: &Shared, subject: String, body: Vec<u8>) -> Result<Bytes, ApiError> {
-    let request = async_nats::Request::new()
+    ask_traced(shared, subject, body, None).await
+}
+
+/// [`ask`], the request carrying `trace` as its `traceparent`.
+async fn ask_traced(
+    shared: &Shared,
+    subject: String,
+    body: Vec<u8>,
+    trace: Option<headstream_trace::TraceParent>,
+) -> Result<Bytes, ApiError> {
+    let mut request = async_nats::Request::new()
         .payload(body.into())
         .timeout(Some(shared.config.timeout));
+    if let Some(trace) = trace {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(headstream_trace::TRACEPARENT, trace.to_string().as_str());
+        request = request.headers(headers);
+    }
     match shared.client.send_request(subject.clone(), request).await {
         Ok(message) => Ok(message.payload),
         Err(e) => {
@@ -585,8 +600,14 @@ fn message_of(value: Value, i: Option<usize>) -> Result<Value, ApiError> {
 pub(crate) async fn run_pipeline(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // The caller's trace, if it sent one (W3C `traceparent`); each message is a span in it.
+    let caller = headers
+        .get(headstream_trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(headstream_trace::TraceParent::parse);
     let body: PipelineBody = json_body(body, shared.config.max_body_bytes)?;
     let find = |hosts: &[HostStatus]| {
         hosts
@@ -622,11 +643,31 @@ pub(crate) async fn run_pipeline(
     let ask_one = |message: Value| {
         let shared = &shared;
         let subject = pipeline.input.clone();
+        let name = &name;
         async move {
             let body =
                 serde_json::to_vec(&message).map_err(|e| ApiError::internal(e.to_string()))?;
-            let answer = ask(shared, subject, body).await?;
-            serde_json::from_slice::<Value>(&answer)
+            let ids = caller.map_or_else(
+                headstream_trace::SpanIds::root,
+                headstream_trace::SpanIds::under,
+            );
+            let start = std::time::SystemTime::now();
+            let answer = ask_traced(shared, subject.clone(), body, Some(ids.traceparent())).await;
+            if let Some(tracer) = &shared.config.tracer {
+                tracer.record(headstream_trace::SpanRecord {
+                    ids,
+                    name: format!("POST /v1/pipelines/{name}").into(),
+                    kind: headstream_trace::Kind::Server,
+                    start,
+                    end: std::time::SystemTime::now(),
+                    attributes: vec![
+                        ("http.route", "/v1/pipelines/{name}".to_owned()),
+                        ("messaging.destination.name", subject),
+                    ],
+                    stages: Vec::new(),
+                });
+            }
+            serde_json::from_slice::<Value>(&answer?)
                 .map_err(|e| ApiError::internal(format!("a host answered something else: {e}")))
         }
     };

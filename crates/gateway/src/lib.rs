@@ -42,6 +42,9 @@ pub struct GatewayConfig {
     pub cors_origins: Vec<String>,
     /// Most texts per request to one host: a large batch is split and spread over the hosts.
     pub chunk_texts: usize,
+    /// Where the gateway's own spans go (OTLP); requests carry a `traceparent` to the hosts
+    /// either way (the caller's, or a new trace).
+    pub tracer: Option<headstream_trace::Tracer>,
 }
 
 impl Default for GatewayConfig {
@@ -54,6 +57,7 @@ impl Default for GatewayConfig {
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
             chunk_texts: 256,
+            tracer: None,
         }
     }
 }
