@@ -31,6 +31,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// An OpenAI-compatible HTTP gateway over the bus (embeddings, pipelines); holds no model.
     Gateway(GatewayArgs),
+    /// A live dashboard of the hosts, pipelines, rates, errors, latency and deploys on the bus,
+    /// served over HTTP (one page, updated by server-sent events).
+    Dashboard(DashboardArgs),
     /// Run a pipeline over messages a JetStream stream retains, reading vectors from the
     /// embedding store (the encoder runs only on misses).
     Replay(ReplayArgs),
@@ -383,6 +386,17 @@ pub struct RequestArgs {
     /// How long to wait for each reply.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+}
+
+/// `headstream dashboard`
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to serve the page on (it shows the cluster's topology and traffic: keep it on
+    /// loopback or behind your proxy).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// `headstream logs`

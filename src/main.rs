@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run(&args),
         Command::Serve(args) => cmd::serve::serve(&args),
         Command::Gateway(args) => cmd::gateway::run(&args),
+        Command::Dashboard(args) => cmd::dashboard::run(&args),
         Command::Replay(args) => cmd::replay::run(&args),
         Command::Logs(args) => cmd::logs::run(&args),
         Command::Publish(args) => cmd::serve::publish(&args),

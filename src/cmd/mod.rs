@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_heads;
 pub mod bench_pipeline;
+pub mod dashboard;
 pub mod deploy;
 pub mod diff;
 pub mod doctor;

@@ -2,6 +2,8 @@
 //! first use into `models/`, or `$HEADSTREAM_MODEL`) and the real `headstream` binary.
 //!
 //! Module map:
+//! - `dashboard`: `headstream dashboard` in Debian's Chromium (playwright-core): a deploy made
+//!   while the page is open shows up without a reload; writes target/screenshots/dashboard.png.
 //! - `encoder_parity`: the encoder against sentence-transformers outputs for our own sentences
 //!   (`tests/fixtures/encoder`, made by `scripts/make_encoder_fixtures.py`).
 //! - `cli_embed`: `headstream embed` end to end: output schema, `--tokens`, bad input.
@@ -44,6 +46,7 @@ mod cli_new_head;
 mod cli_run;
 mod cli_train;
 mod components;
+mod dashboard;
 mod encoder_parity;
 mod gateway;
 mod heads;

@@ -450,7 +450,7 @@ pub(crate) struct DiscoveryCache(Mutex<Option<(Instant, Vec<HostStatus>)>>);
 const DISCOVERY_TTL: Duration = Duration::from_secs(2);
 
 /// Every reply to a request on `subject` within `wait` (stopping early after a quiet spell).
-async fn gather<T: serde::de::DeserializeOwned>(
+pub(crate) async fn gather<T: serde::de::DeserializeOwned>(
     client: &async_nats::Client,
     subject: &str,
     wait: Duration,

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod api;
+pub mod dashboard;
 mod error;
 mod metrics;
 

@@ -191,6 +191,12 @@ impl Host {
             spawn_metrics(addr, metrics.clone());
         }
         let host_id = host_id();
+        crate::logs::spawn_heartbeat(
+            client.clone(),
+            host_id.clone(),
+            metrics.clone(),
+            Duration::from_secs(1),
+        );
         let tracer = match settings.otlp_endpoint.clone() {
             // The exporter's blocking HTTP client must be built off the async threads.
             Some(endpoint) => {

@@ -111,3 +111,32 @@ impl LogSink for Sink {
         }
     }
 }
+
+/// Publishes the host's counters on `headstream.stats.<host>` every `every` until the
+/// connection is gone (a dashboard's source).
+pub fn spawn_heartbeat(
+    client: async_nats::Client,
+    host: String,
+    metrics: std::sync::Arc<headstream_runner::Metrics>,
+    every: Duration,
+) {
+    use headstream_message::stats::{HostStats, STATS_SUBJECT};
+    let subject = format!("{STATS_SUBJECT}.{}", headstream_message::logs::token(&host));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let stats = HostStats {
+                host: host.clone(),
+                at_ms: crate::live::now_ms() as u64,
+                pipelines: metrics.snapshot(),
+            };
+            let Ok(body) = serde_json::to_vec(&stats) else {
+                continue;
+            };
+            if client.publish(subject.clone(), body.into()).await.is_err() {
+                tracing::debug!("cannot publish the heartbeat");
+            }
+        }
+    });
+}

@@ -617,6 +617,13 @@ async fn publish_results(
         if let Some(reply) = &delivery.reply {
             outbox.core(reply, body).await?;
         }
+        if let Some(m) = metrics
+            && let Ok(took) = delivery.received.elapsed()
+        {
+            m.message_seconds
+                .with_label_values(&[runner.name()])
+                .observe(took.as_secs_f64());
+        }
         if let (Some(tracer), Some(ids)) = (&options.tracer, delivery.span) {
             tracer.record(message_span(
                 runner,

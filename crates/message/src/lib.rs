@@ -9,6 +9,7 @@
 pub mod embeddings;
 pub mod logs;
 mod record;
+pub mod stats;
 
 pub use record::{ErrorReason, ErrorRecord, ResultRecord, RouteMatch, ShadowRecord, ShadowSide};
 

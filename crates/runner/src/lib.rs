@@ -801,6 +801,11 @@ impl Runner {
                     .inc_by(dropped);
             }
         }
+        for canaried in &outputs.canaried {
+            for head in canaried.keys() {
+                m.canary.with_label_values(&[&self.name, head]).inc();
+            }
+        }
         for (_, shadow) in &outputs.shadows {
             let outcome = if shadow.agree { "agree" } else { "disagree" };
             m.shadow

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub deploys: IntCounterVec,
     /// Log lines heads wrote over their budget, dropped by the host, by pipeline and head.
     pub head_log_dropped: IntCounterVec,
+    /// Messages a canary served instead of the live head, by pipeline and head.
+    pub canary: IntCounterVec,
+    /// Seconds from a message's arrival at the host to its result's publishing, by pipeline.
+    pub message_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -74,6 +78,11 @@ impl Metrics {
             "Log lines a head wrote over its budget (log_burst, log_lines_per_s), dropped by the host.",
             &["pipeline", "head"],
         )?;
+        let canary = counter(
+            "headstream_canary_total",
+            "Messages a canary version served instead of the live head.",
+            &["pipeline", "head"],
+        )?;
         let deploys = counter(
             "headstream_deploys_total",
             "Deploys this host acted on, by kind and outcome (activated, rejected, removed).",
@@ -102,7 +111,18 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]),
         )?;
         registry.register(Box::new(pass_batches.clone()))?;
+        let message_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "headstream_message_seconds",
+                "Seconds from a message's arrival at the host to its result's publishing.",
+            )
+            .buckets(exponential_buckets(0.0005, 1.5, 28)?),
+            &["pipeline"],
+        )?;
+        registry.register(Box::new(message_seconds.clone()))?;
         Ok(Self {
+            canary,
+            message_seconds,
             pass_batches,
             registry,
             messages,
@@ -115,6 +135,61 @@ impl Metrics {
             batch_size,
             stage_seconds,
         })
+    }
+
+    /// The pipelines' counters and the latency histogram, as one JSON object keyed by
+    /// pipeline (`messages`, `errors`, `head_failures`, `canary`, `shadow`, `latency` buckets
+    /// as `[upper bound in seconds, cumulative count]`): what a host publishes every second for
+    /// dashboards. Cumulative since the host started.
+    pub fn snapshot(&self) -> serde_json::Value {
+        use serde_json::{Value, json};
+        let mut pipelines = serde_json::Map::new();
+        for family in self.registry.gather() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                let Some(pipeline) = label("pipeline") else {
+                    continue;
+                };
+                let entry = pipelines.entry(pipeline).or_insert_with(|| json!({}));
+                let count = metric.get_counter().get_value();
+                let mut set = |group: &str, key: Option<String>, value: Value| {
+                    if let Some(key) = key {
+                        entry[group][key] = value;
+                    }
+                };
+                match family.name() {
+                    "headstream_messages_total" => set("messages", label("outcome"), json!(count)),
+                    "headstream_errors_total" => set("errors", label("kind"), json!(count)),
+                    "headstream_head_failures_total" => {
+                        set("head_failures", label("head"), json!(count));
+                    }
+                    "headstream_canary_total" => set("canary", label("head"), json!(count)),
+                    "headstream_shadow_total" => {
+                        if let (Some(head), Some(outcome)) = (label("head"), label("outcome")) {
+                            entry["shadow"][head][outcome] = json!(count);
+                        }
+                    }
+                    "headstream_message_seconds" => {
+                        let h = metric.get_histogram();
+                        let buckets: Vec<Value> = h
+                            .get_bucket()
+                            .iter()
+                            .map(|b| json!([b.upper_bound(), b.cumulative_count()]))
+                            .collect();
+                        entry["latency"] =
+                            json!({ "count": h.get_sample_count(), "buckets": buckets });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Value::Object(pipelines)
     }
 
     /// Records a stage's duration.

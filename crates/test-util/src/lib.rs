@@ -166,6 +166,50 @@ fn newest(path: &Path) -> Option<std::time::SystemTime> {
         .max()
 }
 
+/// What the browser tests need: Debian's Chromium (installed with apt-get when missing and
+/// the tests run as root, as in CI) and playwright-core from `tests/browser/package-lock.json`
+/// (`npm ci`, once per lockfile). Returns the Chromium binary and the `tests/browser` folder.
+pub fn browser_tools() -> (PathBuf, PathBuf) {
+    static TOOLS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            let chromium = std::env::var_os("CHROMIUM")
+                .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+            if !chromium.is_file() {
+                let run = std::process::Command::new("apt-get")
+                    .args(["install", "-y", "--no-install-recommends", "chromium"])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .output();
+                match run {
+                    Ok(out) if out.status.success() && chromium.is_file() => {}
+                    Ok(out) => panic!(
+                        "the dashboard test needs Chromium at {} and `apt-get install chromium` failed (run it as root, or set CHROMIUM):\n{}",
+                        chromium.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                    Err(e) => panic!("the dashboard test needs Chromium at {}: {e}", chromium.display()),
+                }
+            }
+            let dir = workspace_root().join("tests/browser");
+            let lock = std::fs::read(dir.join("package-lock.json"))
+                .unwrap_or_else(|e| panic!("tests/browser/package-lock.json: {e}"));
+            let stamp = dir.join("node_modules/.headstream-lock");
+            if std::fs::read(&stamp).ok().as_deref() != Some(&lock[..]) {
+                let out = std::process::Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap_or_else(|e| panic!("the dashboard test needs Node.js with npm: {e}"));
+                if !out.status.success() {
+                    panic!("npm ci in tests/browser failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                }
+                std::fs::write(&stamp, &lock).unwrap_or_else(|e| panic!("{}: {e}", stamp.display()));
+            }
+            (chromium, dir)
+        })
+        .clone()
+}
+
 /// A safetensors file holding the given f32 tensors: `(name, shape, values)`.
 pub fn safetensors_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
     let bytes: Vec<Vec<u8>> = tensors
