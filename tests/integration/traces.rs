@@ -256,3 +256,106 @@ fn a_trace_runs_from_publish_through_every_stage_to_the_result() {
     );
     println!("process: {} µs", duration(process) / 1000);
 }
+
+#[test]
+fn a_jetstream_message_shows_its_wait_in_the_stream() {
+    use futures::StreamExt as _;
+    let server = NatsServer::start();
+    let url = server.url();
+    let collector = Collector::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("queued.toml");
+    let pipeline = r#"version = 1
+name = "queued"
+[input]
+subject = "queued.in"
+[output]
+subject = "queued.out"
+errors = "queued.errors"
+[delivery]
+mode = "jetstream"
+[[heads]]
+name = "flags"
+builtin = "keyword-flags"
+[heads.config.flags]
+refund = ["refund"]
+"#;
+    std::fs::write(&file, pipeline).unwrap_or_else(|e| panic!("{e}"));
+    let _host = Host::serve(&[
+        "--pipeline",
+        &file.to_string_lossy(),
+        "--nats",
+        &url,
+        "--otlp-endpoint",
+        &collector.url,
+    ]);
+    let rt = crate::runtime();
+    let result: Value = rt.block_on(async {
+        let client = async_nats::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut results = client
+            .subscribe("queued.out")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        // The stream exists once the host serves; publishing before that is not stored.
+        let js = async_nats::jetstream::new(client.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while js.get_stream("QUEUED").await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the host did not create its stream"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_headstream"))
+            .args([
+                "publish",
+                "--subject",
+                "queued.in",
+                "--text",
+                "a refund please",
+            ])
+            .args(["--nats", &url, "--otlp-endpoint", &collector.url])
+            .env_remove("HEADSTREAM_OTLP_ENDPOINT")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let message = tokio::time::timeout(Duration::from_secs(30), results.next())
+            .await
+            .unwrap_or_else(|_| panic!("no result within 30 s"))
+            .unwrap_or_else(|| panic!("subscription ended"));
+        serde_json::from_slice(&message.payload).unwrap_or_else(|e| panic!("{e}"))
+    });
+    let trace = result["trace_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(trace.len(), 32, "{result}");
+    let spans = collector.trace(&trace, 6);
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let get = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name:?} in {names:?}"))
+    };
+    let (sent, process, queue) = (
+        get("publish queued.in"),
+        get("process queued"),
+        get("queue"),
+    );
+    assert_eq!(process.parent_span_id, sent.span_id);
+    assert_eq!(queue.parent_span_id, process.span_id);
+    assert!(queue.end_time_unix_nano <= get("batch").start_time_unix_nano + 1_000);
+    assert_eq!(process.start_time_unix_nano, queue.start_time_unix_nano);
+    println!(
+        "queue {} µs, then batch, encode, head flags, publish",
+        queue
+            .end_time_unix_nano
+            .saturating_sub(queue.start_time_unix_nano)
+            / 1000
+    );
+}

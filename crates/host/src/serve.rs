@@ -107,6 +107,8 @@ struct Incoming {
     trace: Option<TraceParent>,
     /// When this host received it.
     received: SystemTime,
+    /// When the stream stored it (JetStream delivery): the start of its wait in the queue.
+    queued: Option<SystemTime>,
 }
 
 fn header_id(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
@@ -158,6 +160,7 @@ pub async fn serve(
                 header_id: header_id(m.headers.as_ref()),
                 trace: header_trace(m.headers.as_ref()),
                 received: SystemTime::now(),
+                queued: None,
                 payload: m.payload,
                 fallback_id: None,
                 reply: m.reply,
@@ -186,14 +189,21 @@ pub async fn serve(
                             return None;
                         }
                     };
-                    let (delivered, seq) = m
+                    let (delivered, seq, queued) = m
                         .info()
-                        .map(|i| (i.delivered.max(1) as u64, i.stream_sequence))
-                        .unwrap_or((1, 0));
+                        .map(|i| {
+                            (
+                                i.delivered.max(1) as u64,
+                                i.stream_sequence,
+                                Some(SystemTime::from(i.published)),
+                            )
+                        })
+                        .unwrap_or((1, 0, None));
                     Some(Incoming {
                         header_id: header_id(m.headers.as_ref()),
                         trace: header_trace(m.headers.as_ref()),
                         received: SystemTime::now(),
+                        queued,
                         payload: m.payload.clone(),
                         fallback_id: Some(format!("{stream_name}-{seq}")),
                         reply: None,
@@ -450,6 +460,7 @@ struct Delivery {
     /// This host's span for the message, when it travels in a trace or the host exports them.
     span: Option<SpanIds>,
     received: SystemTime,
+    queued: Option<SystemTime>,
 }
 
 /// One batch: unusable messages to the error subject, the rest through the runner and out,
@@ -482,6 +493,7 @@ async fn handle_batch(
             delivered: incoming.delivered,
             span,
             received: incoming.received,
+            queued: incoming.queued,
         };
         match admitted {
             Ok(message) => {
@@ -658,9 +670,15 @@ fn message_span(
     published: SystemTime,
 ) -> SpanRecord {
     let done = SystemTime::now();
-    let mut stages = vec![
+    // JetStream: the wait in the stream since it stored the message (server and host clocks).
+    let queued = delivery.queued.filter(|q| *q < delivery.received);
+    let mut stages = Vec::with_capacity(timings.heads.len() + 4);
+    if let Some(queued) = queued {
+        stages.push(Stage::new("queue", queued, delivery.received));
+    }
+    stages.push(
         Stage::new("batch", delivery.received, closed).with("headstream.batch_size", batch_size),
-    ];
+    );
     if let Some((start, end)) = timings.encode {
         stages.push(Stage::new("encode", start, end).with("headstream.batch_size", batch_size));
     }
@@ -692,7 +710,7 @@ fn message_span(
         ids,
         name: format!("process {}", runner.name()).into(),
         kind: headstream_trace::Kind::Consumer,
-        start: delivery.received,
+        start: queued.unwrap_or(delivery.received),
         end: done,
         attributes,
         stages,
