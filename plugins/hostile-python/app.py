@@ -5,7 +5,8 @@ Modes (on a batch with a text containing `boom`; other texts are answered `{"len
 `loop`, `memory` (allocates without bound), `recursion` (recursion limit lifted, then unbounded
 recursion), `huge-output` (a multi-megabyte JSON result), `exception` (raises out of `run`),
 `exit` (`sys.exit`, which ends the interpreter), `wrong-count` (no results for the batch),
-`probe` (what the sandbox lets it see: environment, arguments, files, sockets, the clocks,
+`sleep` (sleeps a million seconds: time is frozen, so it returns at once), `probe` (what the
+sandbox lets it see: environment, arguments, files, sockets, the clocks,
 randomness), `log-flood` (`lines` log lines of `line_bytes`, or until its deadline).
 Mode `config-fails` rejects its config; `embed-flood` asks the host to embed without end while
 configuring, ignoring refusals.
@@ -89,6 +90,10 @@ class Hostile(hs.Head):
             if mode == "recursion":
                 sys.setrecursionlimit(10_000_000)
                 return [_recurse(0)]
+            if mode == "sleep":
+                import time
+                time.sleep(1e6)
+                return [{"slept": True} for _ in batch]
             if mode == "exception":
                 raise RuntimeError("hostile head raised on purpose")
             if mode == "exit":

@@ -123,8 +123,10 @@ export class Assets {
 // --- host functions ------------------------------------------------------------------------
 
 /** Writes a line to the host's log (within the head's log budget). */
+const LEVELS = ["trace", "debug", "info", "warn", "error"];
+
 export function log(message, level = "info") {
-  hostLog(level, String(message));
+  hostLog(LEVELS.includes(level) ? level : "info", String(message));
 }
 
 /** Embeds texts with the host's encoder; only while configuring (in the constructor). */
@@ -293,6 +295,7 @@ function named(e) {
 }
 
 function result(value) {
+  if (value === undefined) return { tag: "err", val: { tag: "failed", val: "runOne returned nothing" } };
   if (value instanceof InvalidInput) return { tag: "err", val: { tag: "invalid-input", val: value.message } };
   if (value instanceof Failed) return { tag: "err", val: { tag: "failed", val: value.message } };
   if (value instanceof Error) return { tag: "err", val: { tag: "failed", val: named(value) } };
@@ -336,6 +339,9 @@ export function exportHead(Cls) {
         answers = instance.run(batch);
       } catch (e) {
         return batch.map(() => result(new Failed(named(e))));
+      }
+      if (!Array.isArray(answers)) {
+        return batch.map(() => result(new Failed(`run returned ${typeof answers}, not an array`)));
       }
       return answers.map(result);
     },

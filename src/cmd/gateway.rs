@@ -36,7 +36,8 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             .map(|e| headstream_trace::Tracer::otlp(e, "headstream gateway"))
             .transpose()?,
     };
-    super::serve::runtime()?.block_on(async {
+    let tracer = config.tracer.clone();
+    let served = super::serve::runtime()?.block_on(async {
         let client = headstream_host::connect(&url, &settings, true).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -55,6 +56,11 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             eprintln!("headstream gateway: stopping; finishing the requests in hand");
         };
         headstream_gateway::serve(listener, client, config, shutdown).await?;
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    // Outside the runtime: the exporter blocks while it sends what it holds.
+    if let Some(tracer) = tracer {
+        tracer.shutdown();
+    }
+    served
 }

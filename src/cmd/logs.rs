@@ -39,6 +39,12 @@ pub fn run(args: &LogsArgs) -> anyhow::Result<()> {
                 "no {LOGS_STREAM} stream on this server ({e}): hosts create it when JetStream is enabled; `--follow` shows new lines without it"
             ),
         };
+        // Without --follow: what the stream holds now, not what arrives while printing.
+        let last = stream
+            .get_info()
+            .await
+            .map(|i| i.state.last_sequence)
+            .unwrap_or(u64::MAX);
         let mut consumer = stream
             .create_consumer(OrderedConfig {
                 filter_subject: filter.clone(),
@@ -62,8 +68,11 @@ pub fn run(args: &LogsArgs) -> anyhow::Result<()> {
         while let Some(message) = messages.next().await {
             let message = message.context("reading the log stream")?;
             print(args, &message.payload)?;
-            pending = message.info().map_or(0, |i| i.pending);
-            if pending == 0 && !args.follow {
+            let (seq, left) = message
+                .info()
+                .map_or((u64::MAX, 0), |i| (i.stream_sequence, i.pending));
+            pending = left;
+            if !args.follow && (pending == 0 || seq >= last) {
                 break;
             }
         }
@@ -72,14 +81,18 @@ pub fn run(args: &LogsArgs) -> anyhow::Result<()> {
 }
 
 fn print(args: &LogsArgs, payload: &[u8]) -> anyhow::Result<()> {
+    let Ok(r) = serde_json::from_slice::<HeadLogRecord>(payload) else {
+        return Ok(());
+    };
+    // Subjects make names single tokens (`a.b` and `a_b` share one): the record says which.
+    if r.pipeline != args.pipeline || args.head.as_ref().is_some_and(|h| *h != r.head) {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         out.write_all(payload)?;
         out.write_all(b"\n")?;
     } else {
-        let Ok(r) = serde_json::from_slice::<HeadLogRecord>(payload) else {
-            return Ok(());
-        };
         let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.at_ms) * 1_000_000)
             .ok()
             .and_then(|t| {

@@ -32,11 +32,22 @@ pub fn run(args: &PackageArgs) -> anyhow::Result<()> {
         let path = PathBuf::from(file);
         let data =
             std::fs::read(&path).with_context(|| format!("--asset {name}: cannot read {file}"))?;
+        // The file keeps its own name unless that is taken (by another asset, the component or
+        // the manifest): then `<asset name>.bin`.
+        let taken = |n: &str| {
+            n == "head.wasm"
+                || n == headstream_package::MANIFEST
+                || assets.iter().any(|(_, stored, _)| stored == n)
+        };
         let stored = path
             .file_name()
             .and_then(|n| n.to_str())
-            .filter(|n| headstream_package::is_plain_name(n) && *n != "head.wasm")
-            .map_or_else(|| format!("{name}.bin"), str::to_owned);
+            .filter(|n| headstream_package::is_plain_name(n) && !taken(n))
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{name}.bin"));
+        if taken(&stored) {
+            bail!("--asset {spec}: two assets would be stored as {stored}");
+        }
         assets.push((name.to_owned(), stored, data));
     }
 

@@ -213,7 +213,7 @@ fn producer_tracer(send: &SendArgs) -> anyhow::Result<Option<headstream_trace::T
 
 fn flush(tracer: Option<headstream_trace::Tracer>) {
     if let Some(tracer) = tracer {
-        tracer.flush();
+        tracer.shutdown();
     }
 }
 

@@ -117,9 +117,14 @@ async fn follow(client: async_nats::Client, shared: Shared) {
     let mut recent: VecDeque<Value> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut discovery = tokio::time::interval(Duration::from_secs(2));
+    let mut rediscover = false;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if std::mem::take(&mut rediscover) {
+                    discover(&client, &mut hosts).await;
+                }
+            }
             _ = discovery.tick() => {
                 discover(&client, &mut hosts).await;
                 continue;
@@ -137,8 +142,9 @@ async fn follow(client: async_nats::Client, shared: Shared) {
                     recent.push_front(event);
                     recent.truncate(EVENTS_KEPT);
                 }
-                // What the hosts serve has changed: ask now, and show the event at once.
-                discover(&client, &mut hosts).await;
+                // What the hosts serve has changed: show the event at once, ask again on the
+                // next tick (once, however many events came).
+                rediscover = true;
             }
         }
         let text = snapshot(&hosts, &recent).to_string();
@@ -220,8 +226,10 @@ fn snapshot(hosts: &BTreeMap<String, HostView>, events: &VecDeque<Value>) -> Val
             }
         }
     }
+    // A pipeline no live host serves any more is gone, whatever counters still name it.
     let pipeline_rows: Vec<Value> = pipelines
         .into_iter()
+        .filter(|(_, view)| !view.hosts.is_empty())
         .map(|(name, view)| view.into_json(name))
         .collect();
     json!({
@@ -286,8 +294,10 @@ impl PipelineView {
                 .collect()
         };
         let (now_b, before_b) = (buckets(Some(now)), buckets(before));
-        let total =
-            num(now, &["latency", "count"]) - before.map_or(0.0, |b| num(b, &["latency", "count"]));
+        // Only over an interval: the first heartbeat's histogram covers the host's whole life.
+        let total = before.map_or(0.0, |b| {
+            num(now, &["latency", "count"]) - num(b, &["latency", "count"])
+        });
         if total > 0.0 {
             self.latency_count += total;
             for (bound, count) in now_b {

@@ -160,6 +160,8 @@ pub struct Host {
     summary: String,
     grace: Duration,
     tracer: Option<headstream_trace::Tracer>,
+    /// The heartbeat's task, stopped with the host.
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Host {
@@ -191,12 +193,6 @@ impl Host {
             spawn_metrics(addr, metrics.clone());
         }
         let host_id = host_id();
-        crate::logs::spawn_heartbeat(
-            client.clone(),
-            host_id.clone(),
-            metrics.clone(),
-            Duration::from_secs(1),
-        );
         let tracer = match settings.otlp_endpoint.clone() {
             // The exporter's blocking HTTP client must be built off the async threads.
             Some(endpoint) => {
@@ -237,7 +233,8 @@ impl Host {
             host: host_id.clone(),
         };
         let service =
-            crate::service::register(&client, embeddings, metrics, live.status_board()).await?;
+            crate::service::register(&client, embeddings, metrics.clone(), live.status_board())
+                .await?;
         let cluster = match settings.deployed {
             true => Some(
                 ClusterRegistry::open(&client)
@@ -261,6 +258,13 @@ impl Host {
             summary: summary(&settings),
             grace: settings.shutdown_timeout,
             tracer,
+            // Started once the host serves: a host that failed to start never announces itself.
+            heartbeat: crate::logs::spawn_heartbeat(
+                client.clone(),
+                host_id.clone(),
+                metrics.clone(),
+                Duration::from_secs(1),
+            ),
         })
     }
 
@@ -282,8 +286,11 @@ impl Host {
         )
         .await;
         let finished = tokio::time::timeout(self.grace, self.live.shutdown()).await;
+        self.heartbeat.abort();
         if let Some(tracer) = self.tracer.take() {
-            let _ = tokio::task::spawn_blocking(move || tracer.flush()).await;
+            // Every clone (the served pipelines' too) is done: send the rest and stop, off the
+            // async threads (the exporter blocks).
+            let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
         }
         outcome?;
         finished.map_err(|_| HostError::ShutdownTimeout(self.grace))?

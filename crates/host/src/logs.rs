@@ -113,13 +113,13 @@ impl LogSink for Sink {
 }
 
 /// Publishes the host's counters on `headstream.stats.<host>` every `every` until the
-/// connection is gone (a dashboard's source).
+/// returned task is aborted (a dashboard's source).
 pub fn spawn_heartbeat(
     client: async_nats::Client,
     host: String,
     metrics: std::sync::Arc<headstream_runner::Metrics>,
     every: Duration,
-) {
+) -> tokio::task::JoinHandle<()> {
     use headstream_message::stats::{HostStats, STATS_SUBJECT};
     let subject = format!("{STATS_SUBJECT}.{}", headstream_message::logs::token(&host));
     tokio::spawn(async move {
@@ -138,5 +138,5 @@ pub fn spawn_heartbeat(
                 tracing::debug!("cannot publish the heartbeat");
             }
         }
-    });
+    })
 }

@@ -257,6 +257,55 @@ impl host::Host for State {
     }
 }
 
+/// The monotonic clock's timers, replaced: with time frozen, every timer is due at once. WASI's
+/// own would wait for real (a `sleep` blocks the host thread in `poll`, which no epoch deadline
+/// interrupts); this way a head that sleeps returns at once, and one that sleeps in a loop
+/// spins into its CPU deadline.
+fn freeze_clock_subscriptions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: wasmtime::StoreContextMut<'_, State>, (_duration,): (u64,)| {
+            due_now(&mut store.data_mut().table).map(|p| (p,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: wasmtime::StoreContextMut<'_, State>, (_when,): (u64,)| {
+            due_now(&mut store.data_mut().table).map(|p| (p,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The `wasi:clocks/monotonic-clock` version wasmtime-wasi links (imports of other 0.2.x
+/// versions resolve to it).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A pollable that is ready at once.
+struct DueNow;
+
+impl wasmtime_wasi::p2::Pollable for DueNow {
+    fn ready<'life0, 'async_trait>(
+        &'life0 mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async {})
+    }
+}
+
+fn due_now(
+    table: &mut ResourceTable,
+) -> wasmtime::Result<wasmtime::component::Resource<wasmtime_wasi::p2::DynPollable>> {
+    let due = table.push(DueNow)?;
+    wasmtime_wasi::p2::subscribe(table, due)
+}
+
 /// Clocks for plugins: always zero, so a plugin cannot observe time.
 struct FrozenClock;
 
@@ -317,6 +366,7 @@ impl PluginHost {
         let engine = Engine::new(&wasm).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        freeze_clock_subscriptions(&mut linker).map_err(engine_err)?;
         TaskHead::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(engine_err)?;
 
         let mut hasher = DefaultHasher::new();

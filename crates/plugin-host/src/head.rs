@@ -483,6 +483,16 @@ impl Head {
         }
         self.report_dropped_lines();
         self.note_memory(instance);
+        if instance.store.data().limiter.memory_denied {
+            // Refused memory while configuring: whatever it answered, it is not fit to serve.
+            return Err(Failure::new(
+                FailureKind::MemoryLimit,
+                format!(
+                    "configure exceeded the memory cap of {} MiB",
+                    self.config.limits.memory_bytes.unwrap_or_default() >> 20
+                ),
+            ));
+        }
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failure::new(FailureKind::Config, config_error(e))),

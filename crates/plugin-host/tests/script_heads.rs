@@ -384,3 +384,25 @@ fn embed_floods_are_refused_within_the_setup_deadline() {
         eprintln!("{plugin}: refused in {:?}: {failure}", started.elapsed());
     }
 }
+
+#[test]
+fn sleeping_does_not_hold_the_host() {
+    // Time is frozen for heads: a sleep of a million seconds returns at once (WASI's own timer
+    // would block the host thread in `poll`, where no CPU deadline reaches).
+    let host = host();
+    let head = hostile(
+        &host,
+        "hostile-python",
+        json!({ "mode": "sleep" }),
+        Limits::default(),
+    );
+    let e = [0.0f32; 4];
+    let started = std::time::Instant::now();
+    let out = head.run(&[item("1", "boom", &e)]);
+    assert_eq!(out, vec![Ok(json!({ "slept": true }))]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

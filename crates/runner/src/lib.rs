@@ -429,6 +429,8 @@ fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOu
         }
         let started = SystemTime::now();
         let outcomes = run_split(stage, &runnable);
+        out.timings
+            .push((stage.name.clone(), started, SystemTime::now()));
         if let Some(shadow) = &stage.shadow {
             for ((item, live), shadowed) in runnable
                 .iter()
@@ -455,8 +457,6 @@ fn run_stages(pipeline: &str, stages: &[Stage], items: Vec<Item<'_>>) -> StageOu
                 ));
             }
         }
-        out.timings
-            .push((stage.name.clone(), started, SystemTime::now()));
         for (i, (outcome, canary)) in positions.into_iter().zip(outcomes) {
             if let Some(id) = canary {
                 out.canaried[i].insert(stage.name.clone(), id.to_owned());

@@ -130,7 +130,14 @@ pub fn script_head(name: &str) -> PathBuf {
     } else {
         "plugins/sdk-js/headstream.js"
     };
-    let sources = [dir.clone(), root.join(sdk), root.join("wit")];
+    // The toolchain pins too: plugins/build.sh (componentize-py) and the JS lockfile.
+    let sources = [
+        dir.clone(),
+        root.join(sdk),
+        root.join("wit"),
+        root.join("plugins/build.sh"),
+        root.join("plugins/sdk-js/package-lock.json"),
+    ];
     let fresh = std::fs::metadata(&out)
         .and_then(|m| m.modified())
         .is_ok_and(|at| sources.iter().all(|s| newest(s).is_none_or(|t| t <= at)));
@@ -176,10 +183,18 @@ pub fn browser_tools() -> (PathBuf, PathBuf) {
             let chromium = std::env::var_os("CHROMIUM")
                 .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
             if !chromium.is_file() {
-                let run = std::process::Command::new("apt-get")
-                    .args(["install", "-y", "--no-install-recommends", "chromium"])
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .output();
+                let apt = |args: &[&str]| {
+                    std::process::Command::new("apt-get")
+                        .args(args)
+                        .env("DEBIAN_FRONTEND", "noninteractive")
+                        .output()
+                };
+                let install = ["install", "-y", "--no-install-recommends", "chromium"];
+                // A fresh machine may have no package lists yet: update once, then retry.
+                let run = match apt(&install) {
+                    Ok(out) if out.status.success() => Ok(out),
+                    _ => apt(&["update"]).and_then(|_| apt(&install)),
+                };
                 match run {
                     Ok(out) if out.status.success() && chromium.is_file() => {}
                     Ok(out) => panic!(

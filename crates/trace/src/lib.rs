@@ -7,6 +7,7 @@
 //! encode, each head, publish — as children of the publisher's span, with the times measured
 //! (batch-wide stages share the batch's times). Without one nothing is built or sent: the cost
 //! is reading one header.
+#![deny(missing_docs)]
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -18,6 +19,9 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+
+/// Spans waiting to be exported; past it they are dropped (and the SDK counts them).
+const SPAN_QUEUE: usize = 65_536;
 
 /// The NATS header (and HTTP header) that carries a message's trace.
 pub const TRACEPARENT: &str = "traceparent";
@@ -62,6 +66,13 @@ impl TraceParent {
         let mut parts = text.trim().split('-');
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !(hex(version) && hex(trace) && hex(span) && hex(flags)) {
+            return None;
+        }
         if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
             return None;
         }
@@ -234,9 +245,20 @@ impl Tracer {
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(service.to_owned())
             .build();
+        // Every message of a busy host makes several spans: a queue sized for seconds of them,
+        // sent every second (the SDK's defaults, 2,048 spans every 5 s, drop most of them).
+        let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+            .with_batch_config(
+                opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                    .with_max_queue_size(SPAN_QUEUE)
+                    .with_max_export_batch_size(4096)
+                    .with_scheduled_delay(Duration::from_secs(1))
+                    .build(),
+            )
+            .build();
         let provider = SdkTracerProvider::builder()
             .with_id_generator(PresetIds)
-            .with_batch_exporter(exporter)
+            .with_span_processor(batch)
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("headstream");
@@ -299,6 +321,14 @@ impl Tracer {
         root.end_with_timestamp(span.end);
     }
 
+    /// Sends what is buffered and stops exporting (what a process does before it exits);
+    /// blocking, so call it off the async threads. Later clones record nothing.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::debug!("shutting the trace exporter down: {e}");
+        }
+    }
+
     /// Sends what is buffered now (before a process exits, say).
     pub fn flush(&self) {
         if let Err(e) = self.provider.force_flush() {
@@ -307,6 +337,7 @@ impl Tracer {
     }
 }
 
+/// What side of an exchange a span is (producer, consumer, server, internal).
 pub use opentelemetry::trace::SpanKind as Kind;
 
 thread_local! {
@@ -353,6 +384,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-xyz92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }

@@ -267,7 +267,7 @@ def _result(value: Any):
         return Err(_t.HeadError_Failed(_name(value) if not isinstance(value, Failed) else str(value)))
     try:
         return Ok(_output(value))
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - an answer that cannot be sent fails its text
         return Err(_t.HeadError_Failed(_name(e)))
 
 
@@ -304,7 +304,7 @@ def export(cls: type) -> type:
             if head is None:
                 return [Err(_t.HeadError_Failed("the head is not configured")) for _ in batch]
             try:
-                answers = head.run(batch)
+                answers = list(head.run(batch))
             except Exception as e:  # noqa: BLE001 - the batch fails, named
                 return [Err(_t.HeadError_Failed(_name(e))) for _ in batch]
             return [_result(a) for a in answers]
