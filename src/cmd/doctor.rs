@@ -63,6 +63,7 @@ pub fn run(args: &DoctorArgs, threads: Option<usize>) -> anyhow::Result<()> {
     let checks = vec![
         model(args.model.as_deref(), host.as_ref()),
         python(),
+        script_heads(),
         components(),
         cache(),
         registry(&args.registry, host.as_ref()),
@@ -147,7 +148,7 @@ fn python() -> Check {
             check(
                 "python",
                 Status::Ok,
-                format!("{python} with {version} (used by `model fetch` only)"),
+                format!("{python} with {version} (used by `model fetch`)"),
             )
         }
         _ => check(
@@ -158,6 +159,46 @@ fn python() -> Check {
         .fix(
             "install Python 3 with pip (Debian: apt install python3-pip), or set HEADSTREAM_PYTHON",
         ),
+    }
+}
+
+/// What building Python and JavaScript heads needs (`plugins/build.sh` installs the pinned
+/// componentize-py and componentize-js itself): Python's venv module, Node.js and npm.
+fn script_heads() -> Check {
+    let version = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let python = std::env::var("HEADSTREAM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let venv = version(&python, &["-c", "import venv, ensurepip; print('venv')"]).is_some();
+    let node = version("node", &["--version"]);
+    let npm = version("npm", &["--version"]);
+    let mut missing = Vec::new();
+    if !venv {
+        missing.push(format!("{python} has no venv/ensurepip (Python heads)"));
+    }
+    match (&node, &npm) {
+        (Some(_), Some(_)) => {}
+        _ => missing.push("no node and npm (JavaScript heads)".to_owned()),
+    }
+    if missing.is_empty() {
+        check(
+            "heads",
+            Status::Ok,
+            format!(
+                "Python heads: {python} with venv; JavaScript heads: node {}, npm {} (plugins/build.sh installs the pinned toolchains)",
+                node.unwrap_or_default(),
+                npm.unwrap_or_default()
+            ),
+        )
+    } else {
+        check("heads", Status::Warn, missing.join("; ")).fix(
+            "only to build Python or JavaScript heads: Debian: apt install python3-venv nodejs npm",
+        )
     }
 }
 

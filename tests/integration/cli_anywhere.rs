@@ -319,6 +319,12 @@ fn the_installed_binary_works_from_anywhere_with_a_fresh_home() {
     assert!(screen.contains("  ok  model"), "{screen}");
     assert!(screen.contains("JetStream on"), "{screen}");
     assert!(screen.contains("keyword-flags"), "{screen}");
+    // What Python and JavaScript heads need to build is reported either way (ok, or a warning
+    // with the packages to install).
+    assert!(
+        screen.contains("  ok  heads") || screen.contains("warn  heads"),
+        "{screen}"
+    );
 
     // Nothing was written where the user stood but what the user asked for; compiled
     // components went to the per-user cache.
