@@ -8,7 +8,7 @@ recursion), `huge-output` (a multi-megabyte JSON result), `exception` (raises ou
 `sleep` (sleeps a million seconds: time is frozen, so it returns at once), `probe` (what the
 sandbox lets it see: environment, arguments, files, sockets, the clocks,
 randomness), `log-flood` (`lines` log lines of `line_bytes`, or until its deadline).
-Mode `config-fails` rejects its config; `embed-flood` asks the host to embed without end while
+With `say`, it logs that line while configuring. Mode `config-fails` rejects its config; `embed-flood` asks the host to embed without end while
 configuring, ignoring refusals.
 """
 
@@ -66,6 +66,8 @@ class Hostile(hs.Head):
         self.mode = config.require("mode", str)
         self.lines = config.get("lines", None, int)
         self.line_bytes = config.get("line_bytes", 64 << 10, int)
+        if config.get("say"):
+            hs.log(config.get("say", "", str), "info")
         if self.mode == "config-fails":
             raise hs.ConfigInvalid("this head always rejects its config")
         if self.mode == "embed-flood":

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use headstream_test_util::{NatsServer, model_dir, plugin_path};
+use headstream_test_util::{NatsServer, model_dir, plugin_path, script_head};
 use serde_json::Value;
 
 use crate::nats_serve::Host;
@@ -38,6 +38,12 @@ name = "quiet"
 builtin = "keyword-flags"
 [heads.config.flags]
 refund = ["refund"]
+[[heads]]
+name = "py"
+component = "PYTHON"
+[heads.config]
+mode = "none"
+say = "configured: ready for floods"
 "#;
 
 fn logs(url: &str, args: &[&str]) -> Command {
@@ -57,7 +63,9 @@ fn head_logs_follow_within_a_second_and_never_past_the_budget() {
     let url = server.url();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let file = dir.path().join("flood.toml");
-    let text = PIPELINE.replace("HOSTILE", &plugin_path("hostile").to_string_lossy());
+    let text = PIPELINE
+        .replace("HOSTILE", &plugin_path("hostile").to_string_lossy())
+        .replace("PYTHON", &script_head("hostile-python").to_string_lossy());
     std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
     let _host = Host::serve(&["--pipeline", &file.to_string_lossy(), "--nats", &url]);
     let rt = runtime();
@@ -77,7 +85,7 @@ fn head_logs_follow_within_a_second_and_never_past_the_budget() {
     });
 
     // Follow first, then make the head flood its log.
-    let mut follower = logs(&url, &["flood", "--follow"])
+    let mut follower = logs(&url, &["flood", "noisy", "--follow"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -169,6 +177,22 @@ fn head_logs_follow_within_a_second_and_never_past_the_budget() {
         "{}",
         String::from_utf8_lossy(&quiet.stdout)
     );
+    // What a head logs while it first configures reaches the bus too, under the version it
+    // describes itself by (a component, not a package).
+    let said = logs(&url, &["flood", "py", "--json"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let said: Vec<Value> = String::from_utf8_lossy(&said.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!said.is_empty(), "the configure line is on the bus");
+    assert_eq!(
+        said[0]["message"], "configured: ready for floods",
+        "{said:?}"
+    );
+    assert_eq!(said[0]["version"], "hostile-python@0.1.0", "{said:?}");
+    assert_eq!(said[0]["level"], "info");
     let later = logs(&url, &["flood", "--since", "1s"])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -217,7 +217,7 @@ impl Host {
             registry,
             store: settings.store.clone(),
             store_writer: Arc::default(),
-            head_logs: crate::HeadLogs::spawn(client.clone(), host_id.clone()).await,
+            head_logs: crate::HeadLogs::spawn(client.clone(), host_id.clone(), &metrics).await,
             tracer: tracer.clone(),
         });
         for (file, text, _) in &settings.pipelines {

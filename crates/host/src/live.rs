@@ -309,10 +309,16 @@ impl LiveHost {
             let digest = cx.encoder.fingerprint().digest().to_owned();
             let name = pipeline.name.get_ref().clone();
             let logs = cx.head_logs.clone();
-            let mut runner = Runner::new(&pipeline, &cx.plugins, cx.encoder, &cx.registry)?
-                .with_metrics(cx.metrics)
-                .with_co_batcher(cx.batcher)
-                .with_log_sinks(|head, version| logs.sink(&name, head, version));
+            let sinks = move |head: &str, version: Option<&str>| logs.sink(&name, head, version);
+            let mut runner = Runner::with_logs(
+                &pipeline,
+                &cx.plugins,
+                cx.encoder,
+                &cx.registry,
+                Some(&sinks),
+            )?
+            .with_metrics(cx.metrics)
+            .with_co_batcher(cx.batcher);
             if let Some(writer) = writer {
                 runner = runner.with_embedding_sink(Arc::new(move |text: &str, e| {
                     let value = headstream_store::encode(&e.embedding, e.truncated, e.n_tokens());

@@ -3,7 +3,6 @@
 //! (`HEADSTREAM_LOGS`) keeps the recent ones for `headstream logs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use headstream_message::logs::{HeadLogRecord, LOGS_STREAM, LOGS_SUBJECT, logs_subject};
@@ -24,14 +23,18 @@ const MAX_BYTES: i64 = 64 << 20;
 pub struct HeadLogs {
     tx: mpsc::Sender<(String, HeadLogRecord)>,
     host: String,
-    dropped: Arc<AtomicU64>,
+    lost: prometheus::IntCounter,
 }
 
 impl HeadLogs {
     /// Starts the publisher on the current runtime, and creates the stream that keeps recent
     /// lines (bounded by age and bytes) unless it exists; without JetStream the lines are only
     /// published, for `headstream logs --follow`.
-    pub async fn spawn(client: async_nats::Client, host: String) -> Self {
+    pub async fn spawn(
+        client: async_nats::Client,
+        host: String,
+        metrics: &headstream_runner::Metrics,
+    ) -> Self {
         let js = async_nats::jetstream::new(client.clone());
         let config = async_nats::jetstream::stream::Config {
             name: LOGS_STREAM.to_owned(),
@@ -60,24 +63,20 @@ impl HeadLogs {
         Self {
             tx,
             host,
-            dropped: Arc::default(),
+            lost: metrics.head_log_lost.clone(),
         }
     }
 
-    /// The sink for head `head` (its name in `pipeline`), served by `version` (`name@version`).
-    pub fn sink(&self, pipeline: &str, head: &str, version: &str) -> Arc<dyn LogSink> {
+    /// The sink for head `head` (its name in `pipeline`), served by `version` (`name@version`;
+    /// `None`: the version the head describes itself by).
+    pub fn sink(&self, pipeline: &str, head: &str, version: Option<&str>) -> Arc<dyn LogSink> {
         Arc::new(Sink {
             logs: self.clone(),
             subject: logs_subject(pipeline, head),
             pipeline: pipeline.to_owned(),
             head: head.to_owned(),
-            version: version.to_owned(),
+            version: version.map(str::to_owned),
         })
-    }
-
-    /// Lines dropped because the publisher fell behind, since the host started.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -87,17 +86,17 @@ struct Sink {
     subject: String,
     pipeline: String,
     head: String,
-    version: String,
+    version: Option<String>,
 }
 
 impl LogSink for Sink {
-    fn line(&self, level: LogLevel, message: &str) {
+    fn line(&self, described: &str, level: LogLevel, message: &str) {
         let record = HeadLogRecord {
             at_ms: crate::live::now_ms() as u64,
             host: self.logs.host.clone(),
             pipeline: self.pipeline.clone(),
             head: self.head.clone(),
-            version: self.version.clone(),
+            version: self.version.clone().unwrap_or_else(|| described.to_owned()),
             level: level.as_str().to_owned(),
             message: message.to_owned(),
         };
@@ -107,7 +106,7 @@ impl LogSink for Sink {
             .try_send((self.subject.clone(), record))
             .is_err()
         {
-            self.logs.dropped.fetch_add(1, Ordering::Relaxed);
+            self.logs.lost.inc();
         }
     }
 }

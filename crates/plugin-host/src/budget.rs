@@ -75,8 +75,8 @@ impl LogLevel {
 /// lines within the head's [`LogLimits`], already cut and escaped, so it never carries more than
 /// the budget; it is called on the head's thread and must not block.
 pub trait LogSink: Send + Sync + std::fmt::Debug {
-    /// One admitted line.
-    fn line(&self, level: LogLevel, message: &str);
+    /// One admitted line from head `head` (`name@version` as the head describes itself).
+    fn line(&self, head: &str, level: LogLevel, message: &str);
 }
 
 /// How much a head may write to the host's log. Lines over the budget are dropped, counted

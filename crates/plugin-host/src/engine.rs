@@ -80,8 +80,10 @@ pub(crate) struct HeadShared {
     pub(crate) log: LogMeter,
     /// The largest linear memory any instance reached.
     pub(crate) memory_peak: std::sync::atomic::AtomicUsize,
-    /// Where admitted log lines also go ([`crate::Head::set_log_sink`]).
+    /// Where admitted log lines also go ([`HeadConfig::log_sink`]).
     pub(crate) log_sink: std::sync::OnceLock<Arc<dyn LogSink>>,
+    /// `name@version` as the head described itself (set before its first `configure`).
+    pub(crate) described: std::sync::OnceLock<String>,
 }
 
 impl HeadShared {
@@ -91,6 +93,7 @@ impl HeadShared {
             log: LogMeter::new(limits.log),
             memory_peak: std::sync::atomic::AtomicUsize::new(0),
             log_sink: std::sync::OnceLock::new(),
+            described: std::sync::OnceLock::new(),
         }
     }
 }
@@ -238,7 +241,8 @@ impl host::Host for State {
             LogLevel::Error => tracing::error!(head, "{message}"),
         }
         if let Some(sink) = self.shared.log_sink.get() {
-            sink.line(level, &message);
+            let described = self.shared.described.get().map_or(head, String::as_str);
+            sink.line(described, level, &message);
         }
     }
 
@@ -469,6 +473,18 @@ impl PluginHost {
         overrides: &serde_json::Value,
         limits: crate::Limits,
     ) -> Result<Head, PluginError> {
+        self.load_package_with(package, overrides, limits, None)
+    }
+
+    /// [`load_package`](Self::load_package), the head's log lines also going to `log_sink`
+    /// from its first `configure` on.
+    pub fn load_package_with(
+        &self,
+        package: &headstream_package::Package,
+        overrides: &serde_json::Value,
+        limits: crate::Limits,
+        log_sink: Option<Arc<dyn LogSink>>,
+    ) -> Result<Head, PluginError> {
         let assets = package
             .read_assets()?
             .into_iter()
@@ -486,6 +502,7 @@ impl PluginHost {
                 .iter()
                 .map(|a| a.encoder.clone())
                 .collect(),
+            log_sink,
         };
         self.load(&package.component_path(), config)
     }

@@ -103,6 +103,8 @@ pub struct HeadConfig {
     /// `approved_encoders`): a host running one of them accepts the head although `encoder`
     /// (and the head's own declaration) name another.
     pub approved_encoders: Vec<String>,
+    /// Where the head's admitted log lines also go (the bus, say), from its first `configure`.
+    pub log_sink: Option<Arc<dyn crate::LogSink>>,
 }
 
 /// What a task head does.
@@ -338,6 +340,9 @@ impl Head {
             failure,
         };
         let shared = Arc::new(HeadShared::new(&config.limits));
+        if let Some(sink) = &config.log_sink {
+            let _ = shared.log_sink.set(sink.clone());
+        }
         let mut instance = instantiate(
             &pre,
             &file_name,
@@ -376,6 +381,9 @@ impl Head {
         }
         let config_json = config.config.to_string();
         instance.store.data_mut().head = description.name.clone();
+        let _ = shared
+            .described
+            .set(format!("{}@{}", description.name, description.version));
         let head = Self {
             path: path.to_owned(),
             digest,
@@ -426,12 +434,6 @@ impl Head {
     /// the last call of this: what a metrics counter adds.
     pub fn take_log_lines_dropped(&self) -> u64 {
         self.shared.log.take_unmetered()
-    }
-
-    /// Sends the head's admitted log lines (within its budget) to `sink` as well as to the
-    /// host's log. Set once; a later call is ignored and returns false.
-    pub fn set_log_sink(&self, sink: Arc<dyn crate::LogSink>) -> bool {
-        self.shared.log_sink.set(sink).is_ok()
     }
 
     /// The largest linear memory any instance of the head has reached, in bytes (what its

@@ -135,10 +135,12 @@ fn load_stages(
     host: &PluginHost,
     pipeline: &Pipeline,
     registry: &Registry,
+    logs: Option<&LogSinks>,
 ) -> Result<Vec<Stage>, RunnerError> {
     let mut stages = Vec::new();
     for spec in pipeline.heads() {
         let name = spec.name.get_ref().clone();
+        let sink = |version: Option<&str>| logs.map(|make| make(&name, version));
         let mut assets = Vec::new();
         for (asset, path) in &spec.assets {
             let data = std::fs::read(path).map_err(|source| RunnerError::Asset {
@@ -159,7 +161,7 @@ fn load_stages(
         };
         let candidate = |reference: &str, percent: f64, subject: &str| {
             let package = resolve(registry, &name, reference)?;
-            load_package(host, &package.dir, None, &spec.config, limits)
+            load_package(host, &package.dir, None, &spec.config, limits, &sink)
                 .map(|(head, id)| Candidate {
                     head,
                     id,
@@ -186,6 +188,8 @@ fn load_stages(
             config: spec.config.clone(),
             assets,
             limits,
+            // A component names its version when it describes itself.
+            log_sink: sink(None),
             ..HeadConfig::default()
         };
         // `Pipeline::load` guarantees exactly one source, and that a builtin exists.
@@ -198,9 +202,14 @@ fn load_stages(
             (head, id)
         };
         let loaded = match (&resolved, builtin, &spec.component) {
-            (Some(dir), _, _) => {
-                load_package(host, dir, spec.sha256.as_deref(), &spec.config, limits)
-            }
+            (Some(dir), _, _) => load_package(
+                host,
+                dir,
+                spec.sha256.as_deref(),
+                &spec.config,
+                limits,
+                &sink,
+            ),
             (None, Some(builtin), _) => host
                 .load_bytes(builtin.origin().as_ref(), builtin.bytes, config)
                 .map(with_id),
@@ -333,6 +342,7 @@ fn load_package(
     pin: Option<&str>,
     config: &Value,
     limits: Limits,
+    sink: &StageSink<'_>,
 ) -> Result<(Head, String), PluginError> {
     let package = Package::load(dir)?;
     if let Some(pin) = pin.filter(|p| !p.eq_ignore_ascii_case(&package.manifest.component.sha256)) {
@@ -343,7 +353,8 @@ fn load_package(
         });
     }
     let id = format!("{}@{}", package.manifest.name, package.manifest.version);
-    Ok((host.load_package(&package, config, limits)?, id))
+    let head = host.load_package_with(&package, config, limits, sink(Some(&id)))?;
+    Ok((head, id))
 }
 
 /// Whether message `id` goes to `head`'s canary serving `percent` of messages: a stable hash
@@ -567,6 +578,13 @@ pub struct Runner {
     sink: Option<Arc<EmbeddingSink>>,
 }
 
+/// Makes a head's log sink from its stage name in the pipeline and, when known before it loads
+/// (packages), its `name@version`; otherwise the sink takes the version the head describes.
+pub type LogSinks = dyn Fn(&str, Option<&str>) -> Arc<dyn LogSink> + Send + Sync;
+
+/// One stage's sink maker: from the head's `name@version` when known before it loads.
+type StageSink<'a> = dyn Fn(Option<&str>) -> Option<Arc<dyn LogSink>> + 'a;
+
 /// Hears every message's text and encoding once it is encoded (the host's embedding store).
 pub type EmbeddingSink = dyn Fn(&str, &EncodedText) + Send + Sync;
 
@@ -588,7 +606,19 @@ impl Runner {
         encoder: Arc<Encoder>,
         registry: &Registry,
     ) -> Result<Self, RunnerError> {
-        let stages = load_stages(plugins, pipeline, registry)?;
+        Self::with_logs(pipeline, plugins, encoder, registry, None)
+    }
+
+    /// [`Runner::new`], every head's log lines (canaries' and shadows' too) also going to a
+    /// sink from `logs(stage, version)` from its first `configure` on.
+    pub fn with_logs(
+        pipeline: &Pipeline,
+        plugins: &PluginHost,
+        encoder: Arc<Encoder>,
+        registry: &Registry,
+        logs: Option<&LogSinks>,
+    ) -> Result<Self, RunnerError> {
+        let stages = load_stages(plugins, pipeline, registry, logs)?;
         let needs_tokens = stages
             .iter()
             .any(|s| s.head.description().needs_token_states);
@@ -615,19 +645,6 @@ impl Runner {
             fingerprint,
             sink: None,
         })
-    }
-
-    /// Gives every head (canaries and shadows included) a log sink from `make(stage, head id)`:
-    /// the stage's name in the pipeline and the `name@version` of the head serving it. Heads
-    /// that already have one keep it.
-    pub fn with_log_sinks(self, make: impl Fn(&str, &str) -> Arc<dyn LogSink>) -> Self {
-        for stage in &self.stages {
-            stage.head.set_log_sink(make(&stage.name, &stage.id));
-            for c in stage.canary.iter().chain(&stage.shadow) {
-                c.head.set_log_sink(make(&stage.name, &c.id));
-            }
-        }
-        self
     }
 
     /// Calls `sink` with every message's text and encoding once it is encoded.

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub head_log_dropped: IntCounterVec,
     /// Messages a canary served instead of the live head, by pipeline and head.
     pub canary: IntCounterVec,
+    /// Head log lines (within budget) lost because the bus publisher fell behind.
+    pub head_log_lost: prometheus::IntCounter,
     /// Seconds from a message's arrival at the host to its result's publishing, by pipeline.
     pub message_seconds: HistogramVec,
 }
@@ -120,7 +122,13 @@ impl Metrics {
             &["pipeline"],
         )?;
         registry.register(Box::new(message_seconds.clone()))?;
+        let head_log_lost = prometheus::IntCounter::new(
+            "headstream_head_log_lines_lost_total",
+            "Head log lines within their budget that never reached the bus (the publisher fell behind).",
+        )?;
+        registry.register(Box::new(head_log_lost.clone()))?;
         Ok(Self {
+            head_log_lost,
             canary,
             message_seconds,
             pass_batches,
