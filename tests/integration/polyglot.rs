@@ -293,3 +293,17 @@ package = "{}"
     assert!(said.contains("`kinds` must be a list of"), "{said}");
     assert!(!dir.path().join("bad/manifest.json").exists());
 }
+
+#[test]
+fn the_python_sdk_unit_tests_pass() {
+    // Natively, against bindings the pinned componentize-py generates (plugins/sdk-python/test.sh).
+    let run = std::process::Command::new(workspace_root().join("plugins/sdk-python/test.sh"))
+        .output()
+        .unwrap_or_else(|e| panic!("plugins/sdk-python/test.sh: {e}"));
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{said}");
+    assert!(
+        said.contains("Ran 5 tests") && said.contains("OK"),
+        "{said}"
+    );
+}
