@@ -307,3 +307,24 @@ fn the_python_sdk_unit_tests_pass() {
         "{said}"
     );
 }
+
+#[test]
+fn the_javascript_sdk_unit_tests_pass() {
+    // Natively in Node (`npm test` in plugins/sdk-js; the host import resolves to a module that
+    // refuses to be called: only a component has a host).
+    let run = std::process::Command::new("npm")
+        .args(["test", "--silent"])
+        .current_dir(workspace_root().join("plugins/sdk-js"))
+        .output()
+        .unwrap_or_else(|e| panic!("npm test: {e}"));
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        said.contains("# pass 5") && said.contains("# fail 0"),
+        "{said}"
+    );
+}
