@@ -1,5 +1,5 @@
-// `template`: the starting point for a new JavaScript head (`headstream new-head NAME --lang js`
-// copies it).
+// `template`: a headstream task head in JavaScript (`headstream new-head NAME --lang js` starts
+// from plugins/template-js).
 //
 // It labels a text `question` when it ends with a question mark and `statement` otherwise, and
 // rejects an empty embedding: replace `runOne` with your head's logic, the constructor with its

@@ -1,5 +1,5 @@
-"""`template`: the starting point for a new Python head (`headstream new-head NAME --lang python`
-copies it).
+"""`template`: a headstream task head in Python (`headstream new-head NAME --lang python` starts
+from plugins/template-python).
 
 It labels a text `question` when it ends with a question mark and `statement` otherwise, and
 rejects an empty embedding: replace `run_one` with your head's logic, `__init__` with its

@@ -6,18 +6,10 @@ use crate::cli::DashboardArgs;
 
 /// Serves the dashboard until Ctrl-C / SIGTERM.
 pub fn run(args: &DashboardArgs) -> anyhow::Result<()> {
-    let host = super::serve::host_file(&args.connect)?;
-    let (url, settings) = super::serve::nats_settings(host.as_ref(), &args.connect);
     super::serve::runtime()?.block_on(async {
-        let client = headstream_host::connect(&url, &settings, true).await?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let addr = listener.local_addr().context("no local address")?;
-        eprintln!(
-            "headstream dashboard on http://{addr}/dashboard (NATS {})",
-            headstream_host::redact(&url)
-        );
+        let (client, listener, addr, url) =
+            super::serve::connect_and_listen(&args.connect, args.listen).await?;
+        eprintln!("headstream dashboard on http://{addr}/dashboard (NATS {url})");
         let shutdown = async {
             super::serve::Signals::new().next().await;
         };

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use headstream_gateway::GatewayConfig;
 
 use crate::cli::GatewayArgs;
@@ -12,8 +11,6 @@ const API_KEYS_ENV: &str = "HEADSTREAM_GATEWAY_API_KEYS";
 
 /// Serves the gateway until Ctrl-C / SIGTERM, then finishes the requests in hand.
 pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
-    let host = super::serve::host_file(&args.connect)?;
-    let (url, settings) = super::serve::nats_settings(host.as_ref(), &args.connect);
     let api_keys: Vec<String> = std::env::var(API_KEYS_ENV)
         .unwrap_or_default()
         .split(',')
@@ -38,14 +35,10 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     };
     let tracer = config.tracer.clone();
     let served = super::serve::runtime()?.block_on(async {
-        let client = headstream_host::connect(&url, &settings, true).await?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let addr = listener.local_addr().context("no local address")?;
+        let (client, listener, addr, url) =
+            super::serve::connect_and_listen(&args.connect, args.listen).await?;
         eprintln!(
-            "headstream gateway on http://{addr} (NATS {}, {})",
-            headstream_host::redact(&url),
+            "headstream gateway on http://{addr} (NATS {url}, {})",
             match config.api_keys.len() {
                 0 => "no API keys: open to anyone who can reach it".to_owned(),
                 n => format!("{n} API key(s)"),

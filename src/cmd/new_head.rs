@@ -32,8 +32,17 @@ pub fn run(args: &NewHeadArgs) -> anyhow::Result<()> {
     }
     match args.lang {
         HeadLang::Rust => {}
-        HeadLang::Python => return scaffold_python(args, &dir),
-        HeadLang::Js => return scaffold_js(args, &dir),
+        HeadLang::Python => return scaffold_script(args, &dir, TEMPLATE_PY, "app.py"),
+        HeadLang::Js => {
+            // The head imports the SDK by a relative path, as the Rust template names its crate.
+            if !args.dir.join("sdk-js/headstream.js").is_file() {
+                bail!(
+                    "{} has no sdk-js/headstream.js: run new-head from a headstream checkout (--dir plugins)",
+                    args.dir.display()
+                );
+            }
+            return scaffold_script(args, &dir, TEMPLATE_JS, "head.js");
+        }
     }
     let manifest = TEMPLATE_MANIFEST.replace("name = \"template\"", &format!("name = \"{name}\""));
     let lib = TEMPLATE_LIB
@@ -65,50 +74,26 @@ pub fn run(args: &NewHeadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn scaffold_python(args: &NewHeadArgs, dir: &Path) -> anyhow::Result<()> {
+/// Writes `DIR/NAME/<file>` from a script template: the head's name in its description and
+/// first line, its class named after it.
+fn scaffold_script(
+    args: &NewHeadArgs,
+    dir: &Path,
+    template: &str,
+    file: &str,
+) -> anyhow::Result<()> {
     let name = args.name.as_str();
-    let app = TEMPLATE_PY
+    let text = template
         .replace("\"template\", \"0.1.0\"", &format!("\"{name}\", \"0.1.0\""))
-        .replace("class Template(", &format!("class {}(", class_name(name)))
-        .replace("hs.export(Template)", &format!("hs.export({})", class_name(name)))
-        .replace(
-            "`template`: the starting point for a new Python head (`headstream new-head NAME --lang python`\ncopies it).",
-            &format!("`{name}`: a headstream task head in Python (scaffolded from plugins/template-python)."),
-        );
+        .replace("`template`:", &format!("`{name}`:"))
+        .replace("Template", &class_name(name));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write(&dir.join("app.py"), &app)?;
-    done(args, dir)
-}
-
-fn scaffold_js(args: &NewHeadArgs, dir: &Path) -> anyhow::Result<()> {
-    let name = args.name.as_str();
-    // The head imports the SDK by a relative path, as the Rust template names its crate.
-    if !args.dir.join("sdk-js/headstream.js").is_file() {
-        bail!(
-            "{} has no sdk-js/headstream.js: run new-head from a headstream checkout (--dir plugins)",
-            args.dir.display()
-        );
-    }
-    let head = TEMPLATE_JS
-        .replace("\"template\", \"0.1.0\"", &format!("\"{name}\", \"0.1.0\""))
-        .replace("class Template ", &format!("class {} ", class_name(name)))
-        .replace("hs.exportHead(Template)", &format!("hs.exportHead({})", class_name(name)))
-        .replace(
-            "// `template`: the starting point for a new JavaScript head (`headstream new-head NAME --lang js`\n// copies it).",
-            &format!("// `{name}`: a headstream task head in JavaScript (scaffolded from plugins/template-js)."),
-        );
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write(&dir.join("head.js"), &head)?;
-    done(args, dir)
-}
-
-fn done(args: &NewHeadArgs, dir: &Path) -> anyhow::Result<()> {
+    write(&dir.join(file), &text)?;
     let build = args.dir.join("build.sh");
     eprintln!(
         "created {dir}; build it with `{build} {dir}`: the component is target/heads/{name}.wasm",
         dir = dir.display(),
         build = build.display(),
-        name = args.name
     );
     Ok(())
 }

@@ -28,6 +28,28 @@ pub async fn connect(connect: &ConnectArgs) -> anyhow::Result<async_nats::Client
     Ok(headstream_host::connect_once(&url, &settings).await?)
 }
 
+/// For an HTTP front door (gateway, dashboard): the NATS connection `connect` says (waiting
+/// for the server, reconnecting after), the socket bound on `listen` and its address, and the
+/// URL (credentials redacted) for the start-up line.
+pub async fn connect_and_listen(
+    connect: &ConnectArgs,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<(
+    async_nats::Client,
+    tokio::net::TcpListener,
+    std::net::SocketAddr,
+    String,
+)> {
+    let host = host_file(connect)?;
+    let (url, settings) = nats_settings(host.as_ref(), connect);
+    let client = headstream_host::connect(&url, &settings, true).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr().context("no local address")?;
+    Ok((client, listener, addr, headstream_host::redact(&url)))
+}
+
 /// The host config `--config` names, loaded and validated, if any.
 pub fn host_file(connect: &ConnectArgs) -> anyhow::Result<Option<HostFile>> {
     Ok(connect.config.as_deref().map(HostFile::load).transpose()?)

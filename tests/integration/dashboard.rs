@@ -9,23 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use headstream_test_util::{NatsServer, browser_tools, free_port, model_dir, workspace_root};
+use headstream_test_util::{NatsServer, browser_tools, free_port, workspace_root};
 
 use crate::nats_serve::Host;
 
-const MOOD: &str = r#"version = 1
-name = "mood"
-[input]
-subject = "mood.in"
-[output]
-subject = "mood.out"
-errors = "mood.errors"
-[[heads]]
-name = "flags"
-builtin = "keyword-flags"
-[heads.config.flags]
-angry = ["terrible", "awful"]
-"#;
+/// The pipeline deployed while the page is open (`mood`, core delivery).
+const MOOD_HEADS: &str = "[[heads]]\nname = \"flags\"\nbuiltin = \"keyword-flags\"\n[heads.config.flags]\nangry = [\"terrible\"]\n";
 
 #[test]
 fn a_deploy_shows_up_live_in_the_browser() {
@@ -44,19 +33,12 @@ fn a_deploy_shows_up_live_in_the_browser() {
         &dir.path().to_string_lossy(),
     ]);
     let port = free_port();
-    let mut dashboard = Command::new(env!("CARGO_BIN_EXE_headstream"))
-        .args([
-            "dashboard",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--nats",
-            &url,
-        ])
-        .env("HEADSTREAM_MODEL", model_dir())
-        .env_remove("HEADSTREAM_NATS")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let listen = format!("127.0.0.1:{port}");
+    let mut dashboard =
+        crate::headstream_command(&["dashboard", "--listen", &listen, "--nats", &url])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
     let shots = workspace_root().join("target/screenshots");
     std::fs::create_dir_all(&shots).unwrap_or_else(|e| panic!("{e}"));
     let shot = shots.join("dashboard.png");
@@ -78,7 +60,11 @@ fn a_deploy_shows_up_live_in_the_browser() {
     // While the page is open: deploy a pipeline, then send it traffic until the page has seen
     // it (the browser exits).
     let file = dir.path().join("mood.toml");
-    std::fs::write(&file, MOOD).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &file,
+        crate::nats_deploy::pipeline_text("mode = \"core\"", MOOD_HEADS),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let deployed = crate::headstream(
         &[
             "deploy",
@@ -95,34 +81,28 @@ fn a_deploy_shows_up_live_in_the_browser() {
         String::from_utf8_lossy(&deployed.stderr)
     );
     let stop = Arc::new(AtomicBool::new(false));
+    // Traffic from one client, every 100 ms, until the page has seen it.
+    let rt = crate::runtime();
     let traffic = {
-        let (stop, url) = (stop.clone(), url.clone());
-        std::thread::spawn(move || {
+        let stop = stop.clone();
+        let client = rt
+            .block_on(async_nats::connect(&url))
+            .unwrap_or_else(|e| panic!("{e}"));
+        rt.spawn(async move {
             for i in 0..600 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let text = format!("message {i}: this is terrible");
-                let _ = Command::new(env!("CARGO_BIN_EXE_headstream"))
-                    .args([
-                        "publish",
-                        "--subject",
-                        "mood.in",
-                        "--text",
-                        &text,
-                        "--nats",
-                        &url,
-                    ])
-                    .stderr(Stdio::null())
-                    .status();
-                std::thread::sleep(Duration::from_millis(100));
+                let body = format!(r#"{{"text":"message {i}: this is terrible"}}"#);
+                let _ = client.publish("mood.in", body.into()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     };
     let rest: Vec<String> = lines.collect();
     let status = browser.wait().unwrap_or_else(|e| panic!("{e}"));
     stop.store(true, Ordering::Relaxed);
-    let _ = traffic.join();
+    let _ = rt.block_on(traffic);
     let _ = dashboard.kill();
     let _ = dashboard.wait();
     println!("browser: {rest:?}; screenshot {}", shot.display());

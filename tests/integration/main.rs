@@ -72,15 +72,24 @@ pub fn headstream(args: &[&str], stdin: &[u8]) -> Output {
     headstream_env(args, &[], stdin)
 }
 
-/// Runs the `headstream` binary with `args` and extra environment variables, feeding `stdin`
-/// (no inherited `HEADSTREAM_NATS`).
-pub fn headstream_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_headstream"))
+/// The `headstream` binary with `args`, the test model, and none of the caller's
+/// `HEADSTREAM_NATS` or `HEADSTREAM_OTLP_ENDPOINT`: for a child the test drives itself.
+pub fn headstream_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_headstream"));
+    command
         .args(args)
         .env_remove("HEADSTREAM_NATS")
+        .env_remove("HEADSTREAM_OTLP_ENDPOINT")
+        .env("HEADSTREAM_MODEL", headstream_test_util::model_dir());
+    command
+}
+
+/// Runs the `headstream` binary with `args` and extra environment variables, feeding `stdin`
+/// (as [`headstream_command`] sets it up).
+pub fn headstream_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = headstream_command(args)
         .envs(env.iter().copied())
-        .env("HEADSTREAM_MODEL", headstream_test_util::model_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -94,6 +103,18 @@ pub fn headstream_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Outp
     child
         .wait_with_output()
         .unwrap_or_else(|e| panic!("headstream did not finish: {e}"))
+}
+
+/// Runs `headstream ARGS` on `stdin`, asserting it succeeds (its stderr in the failure);
+/// returns its stdout.
+pub fn headstream_ok(args: &[&str], stdin: &[u8]) -> String {
+    let out = headstream(args, stdin);
+    assert!(
+        out.status.success(),
+        "headstream {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A multi-threaded async runtime for a test's NATS client.

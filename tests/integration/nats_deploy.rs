@@ -58,34 +58,30 @@ fn inverted(manifest: &mut Value) {
     manifest["labels"] = json!(["positive", "negative"]);
 }
 
-/// Runs `headstream ARGS`, asserting success; returns stdout.
-fn cli(args: &[&str]) -> String {
-    let out = crate::headstream(args, b"");
-    assert!(
-        out.status.success(),
-        "headstream {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `headstream deploy plugin PACKAGE --nats URL`, asserting success.
 pub(crate) fn deploy_plugin(package: &Path, url: &str) {
-    cli(&[
-        "deploy",
-        "plugin",
-        &package.to_string_lossy(),
-        "--nats",
-        url,
-    ]);
+    crate::headstream_ok(
+        &[
+            "deploy",
+            "plugin",
+            &package.to_string_lossy(),
+            "--nats",
+            url,
+        ],
+        b"",
+    );
 }
 
 /// `headstream deploy pipeline FILE --nats URL`, asserting success.
 pub(crate) fn deploy_pipeline(file: &Path, url: &str) {
-    cli(&["deploy", "pipeline", &file.to_string_lossy(), "--nats", url]);
+    crate::headstream_ok(
+        &["deploy", "pipeline", &file.to_string_lossy(), "--nats", url],
+        b"",
+    );
 }
 
-fn pipeline_text(delivery: &str, heads: &str) -> String {
+/// A pipeline `mood` (input `mood.in`) with `delivery` settings and `heads`.
+pub(crate) fn pipeline_text(delivery: &str, heads: &str) -> String {
     format!(
         r#"version = 1
 name = "mood"
@@ -567,9 +563,10 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
                 "revision B: {reply}"
             );
         }
-        let rolled: Value =
-            serde_json::from_str(cli(&["rollback", "pipeline", "mood", "--nats", &url]).trim())
-                .unwrap_or_else(|e| panic!("{e}"));
+        let rolled: Value = serde_json::from_str(
+            crate::headstream_ok(&["rollback", "pipeline", "mood", "--nats", &url], b"").trim(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rolled["restored"], 1, "revision A was the first: {rolled}");
         events
             .wait_hosts(2, "rollback to revision A", |e| {
@@ -604,16 +601,16 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
         let hosts: HashSet<&str> = replies.iter().filter_map(|r| r["host"].as_str()).collect();
         assert_eq!(hosts.len(), 2, "both hosts answered");
 
-        let listed = cli(&["pipelines", "ls", "--nats", &url]);
+        let listed = crate::headstream_ok(&["pipelines", "ls", "--nats", &url], b"");
         let listed: Value =
             serde_json::from_str(listed.trim()).unwrap_or_else(|e| panic!("{listed}: {e}"));
         assert_eq!(listed["name"], "mood");
         assert_eq!(listed["revision"], rolled["revision"]);
-        let history = cli(&["pipelines", "history", "mood", "--nats", &url]);
+        let history = crate::headstream_ok(&["pipelines", "history", "mood", "--nats", &url], b"");
         assert_eq!(history.lines().count(), 4, "{history}");
 
         // Removal stops the pipeline on both hosts; a rollback brings it back.
-        cli(&["pipelines", "rm", "mood", "--nats", &url]);
+        crate::headstream_ok(&["pipelines", "rm", "mood", "--nats", &url], b"");
         events
             .wait_hosts(2, "removal", |e| is(e, "removed", "pipeline"))
             .await;
@@ -624,8 +621,11 @@ fn bad_deploys_are_rejected_while_traffic_continues_and_rollback_restores() {
             unanswered.is_err(),
             "no host serves a removed pipeline: {unanswered:?}"
         );
-        assert_eq!(cli(&["pipelines", "ls", "--nats", &url]), "");
-        cli(&["rollback", "pipeline", "mood", "--nats", &url]);
+        assert_eq!(
+            crate::headstream_ok(&["pipelines", "ls", "--nats", &url], b""),
+            ""
+        );
+        crate::headstream_ok(&["rollback", "pipeline", "mood", "--nats", &url], b"");
         events
             .wait_hosts(2, "restoration", |e| is(e, "activated", "pipeline"))
             .await;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use headstream_test_util::{NatsServer, model_dir, plugin_path, script_head};
+use headstream_test_util::{NatsServer, plugin_path, script_head};
 use serde_json::Value;
 
 use crate::nats_serve::Host;
@@ -47,13 +47,8 @@ say = "configured: ready for floods"
 "#;
 
 fn logs(url: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_headstream"));
-    command
-        .arg("logs")
-        .args(args)
-        .args(["--nats", url])
-        .env("HEADSTREAM_MODEL", model_dir())
-        .env_remove("HEADSTREAM_NATS");
+    let mut command = crate::headstream_command(&["logs"]);
+    command.args(args).args(["--nats", url]);
     command
 }
 
@@ -74,14 +69,8 @@ fn head_logs_follow_within_a_second_and_never_past_the_budget() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         // Ready: the host answers (the text carries no `boom`: nothing is logged).
-        for _ in 0..120 {
-            let ask = client.request("flood.in", r#"{"text":"calm"}"#.into());
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), ask).await {
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        panic!("the host did not answer within 60 s");
+        crate::nats_serve::wait_answering(&client, "flood.in").await;
+        client
     });
 
     // Follow first, then make the head flood its log.

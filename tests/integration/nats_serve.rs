@@ -109,10 +109,16 @@ impl Drop for Host {
     }
 }
 
-/// Waits until a host answers a request (it loads the model and plugins first).
+/// Waits until a host answers a request on support-triage's input (it loads the model and
+/// plugins first).
 async fn wait_ready(client: &async_nats::Client) {
+    wait_answering(client, "support.in").await;
+}
+
+/// Waits (up to 60 s) until a host answers a request on `subject`.
+pub(crate) async fn wait_answering(client: &async_nats::Client, subject: &str) {
     for _ in 0..120 {
-        let request = client.request("support.in", r#"{"id":"ready","text":"ping"}"#.into());
+        let request = client.request(subject.to_owned(), r#"{"id":"ready","text":"ping"}"#.into());
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), request).await {
             return;
         }

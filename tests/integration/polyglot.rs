@@ -10,16 +10,6 @@ use serde_json::{Value, json};
 
 use crate::headstream;
 
-fn ok(args: &[&str], stdin: &[u8]) -> String {
-    let out = headstream(args, stdin);
-    assert!(
-        out.status.success(),
-        "headstream {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn build(dir: &Path, out: &Path) {
     let run = std::process::Command::new(workspace_root().join("plugins/build.sh"))
         .arg(dir)
@@ -74,6 +64,16 @@ fn new_head_scaffolds_python_and_javascript_heads_that_build_and_run() {
             String::from_utf8_lossy(&out.stderr).contains("build.sh"),
             "says how to build it"
         );
+        let file = plugins
+            .join(name)
+            .join(if lang == "js" { "head.js" } else { "app.py" });
+        let source = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+        let class = if lang == "js" { "AskerJs" } else { "AskerPy" };
+        assert!(
+            source.contains(&format!("`{name}`:")) && source.contains(&format!("class {class}")),
+            "the head is named for itself: {source}"
+        );
+        assert!(!source.contains("Template"), "{source}");
         let wasm = dir.path().join(format!("{name}.wasm"));
         build(&plugins.join(name), &wasm);
         let file = pipeline(
@@ -85,7 +85,10 @@ fn new_head_scaffolds_python_and_javascript_heads_that_build_and_run() {
         );
         let input =
             b"{\"id\":\"1\",\"text\":\"Is it open?\"}\n{\"id\":\"2\",\"text\":\"It is open.\"}\n";
-        let out = records(&ok(&["run", "--pipeline", &file.to_string_lossy()], input));
+        let out = records(&crate::headstream_ok(
+            &["run", "--pipeline", &file.to_string_lossy()],
+            input,
+        ));
         assert_eq!(out.len(), 2, "{lang}");
         assert_eq!(out[0]["heads"]["q"], format!("{name}@0.1.0"), "{lang}");
         assert_eq!(
@@ -123,7 +126,7 @@ fn new_head_scaffolds_python_and_javascript_heads_that_build_and_run() {
 pub(crate) fn script_packages(dir: &Path) -> (PathBuf, PathBuf) {
     let root = workspace_root();
     let rules = dir.join("support-rules");
-    let summary: Value = serde_json::from_str(&ok(
+    let summary: Value = serde_json::from_str(&crate::headstream_ok(
         &[
             "train",
             "--kind",
@@ -149,7 +152,7 @@ pub(crate) fn script_packages(dir: &Path) -> (PathBuf, PathBuf) {
     let accuracy = summary["metrics"]["accuracy"].as_f64().unwrap_or_default();
     assert!(accuracy >= 0.85, "the Python head evaluates: {summary}");
     let pii = dir.join("pii-flags");
-    let summary: Value = serde_json::from_str(&ok(
+    let summary: Value = serde_json::from_str(&crate::headstream_ok(
         &[
             "package",
             &script_head("pii-flags").to_string_lossy(),
@@ -205,7 +208,7 @@ package = "{}"
         .enumerate()
         .map(|(i, t)| json!({ "id": i.to_string(), "text": t }).to_string() + "\n")
         .collect();
-    let out = records(&ok(
+    let out = records(&crate::headstream_ok(
         &["run", "--pipeline", &file.to_string_lossy()],
         input.as_bytes(),
     ));

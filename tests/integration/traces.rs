@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use headstream_test_util::{NatsServer, model_dir, workspace_root};
+use headstream_test_util::{NatsServer, workspace_root};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
@@ -140,20 +140,27 @@ package = "SENTIMENT"
 "#;
 
 fn request(url: &str, collector: &str, text: &str) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_headstream"))
-        .args(["request", "--subject", "traced.in", "--text", text])
-        .args(["--nats", url, "--otlp-endpoint", collector])
-        .env("HEADSTREAM_MODEL", model_dir())
-        .env_remove("HEADSTREAM_NATS")
-        .env_remove("HEADSTREAM_OTLP_ENDPOINT")
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let args = ["request", "--subject", "traced.in", "--text", text];
+    let out = crate::headstream(
+        &[&args[..], &["--nats", url, "--otlp-endpoint", collector]].concat(),
+        b"",
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits (up to 60 s) until a host answers on `subject`.
+fn wait_answering(url: &str, subject: &str) {
+    crate::runtime().block_on(async {
+        let client = async_nats::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        crate::nats_serve::wait_answering(&client, subject).await;
+    });
 }
 
 #[test]
@@ -177,32 +184,8 @@ fn a_trace_runs_from_publish_through_every_stage_to_the_result() {
         "--otlp-endpoint",
         &collector.url,
     ]);
-    // Ready once it answers.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let result = loop {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_headstream"))
-            .args([
-                "request",
-                "--subject",
-                "traced.in",
-                "--text",
-                "ping",
-                "--timeout-ms",
-                "1000",
-            ])
-            .args(["--nats", &url])
-            .env_remove("HEADSTREAM_OTLP_ENDPOINT")
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
-        if out.status.success() {
-            break request(&url, &collector.url, "I want a refund, this is terrible");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the host did not answer within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    wait_answering(&url, "traced.in");
+    let result = request(&url, &collector.url, "I want a refund, this is terrible");
     let trace = result["trace_id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(trace.len(), 32, "the result names its trace: {result}");
     assert_eq!(result["results"]["flags"]["flags"][0], "refund", "{result}");
@@ -309,18 +292,20 @@ refund = ["refund"]
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_headstream"))
-            .args([
+        let out = crate::headstream(
+            &[
                 "publish",
                 "--subject",
                 "queued.in",
                 "--text",
                 "a refund please",
-            ])
-            .args(["--nats", &url, "--otlp-endpoint", &collector.url])
-            .env_remove("HEADSTREAM_OTLP_ENDPOINT")
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+                "--nats",
+                &url,
+                "--otlp-endpoint",
+                &collector.url,
+            ],
+            b"",
+        );
         assert!(
             out.status.success(),
             "{}",

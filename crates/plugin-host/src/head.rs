@@ -442,6 +442,18 @@ impl Head {
         self.shared.memory_peak.load(Ordering::Relaxed)
     }
 
+    /// A memory-cap failure if `call` was refused memory, even though it returned.
+    fn refused_memory(&self, instance: &Instance, call: &str) -> Option<Failure> {
+        instance.store.data().limiter.memory_denied.then(|| {
+            // `load_bytes` resolved the cap to the runtime's default when none was set.
+            let cap = self.config.limits.memory_bytes.unwrap_or_default();
+            Failure::new(
+                FailureKind::MemoryLimit,
+                format!("{call} exceeded its memory cap of {} MiB", cap >> 20),
+            )
+        })
+    }
+
     fn note_memory(&self, instance: &Instance) {
         let peak = instance.store.data().limiter.memory_peak;
         self.shared.memory_peak.fetch_max(peak, Ordering::Relaxed);
@@ -485,15 +497,9 @@ impl Head {
         }
         self.report_dropped_lines();
         self.note_memory(instance);
-        if instance.store.data().limiter.memory_denied {
-            // Refused memory while configuring: whatever it answered, it is not fit to serve.
-            return Err(Failure::new(
-                FailureKind::MemoryLimit,
-                format!(
-                    "configure exceeded the memory cap of {} MiB",
-                    self.config.limits.memory_bytes.unwrap_or_default() >> 20
-                ),
-            ));
+        // Refused memory while configuring: whatever it answered, it is not fit to serve.
+        if let Some(failure) = self.refused_memory(instance, "configure") {
+            return Err(failure);
         }
         match result {
             Ok(Ok(())) => Ok(()),
@@ -568,19 +574,12 @@ impl Head {
                 return Err(failure);
             }
         };
-        if instance.store.data().limiter.memory_denied {
-            // The head was refused memory and carried on (an interpreter raises MemoryError
-            // and its SDK turns it into an answer): the batch fails as a memory-cap failure
-            // whatever it answered, and the instance, in whatever state it was left, is
-            // replaced.
+        // Refused memory and carried on (an interpreter raises MemoryError and its SDK turns
+        // it into an answer): the batch fails as a memory-cap failure whatever it answered,
+        // and the instance, in whatever state it was left, is replaced.
+        if let Some(failure) = self.refused_memory(instance, "run") {
             *slot = None;
-            return Err(Failure::new(
-                FailureKind::MemoryLimit,
-                format!(
-                    "exceeded its memory cap of {} MiB",
-                    self.config.limits.memory_bytes.unwrap_or_default() >> 20
-                ),
-            ));
+            return Err(failure);
         }
         drop(slot);
         if outputs.len() != items.len() {
