@@ -296,11 +296,12 @@ impl PackedBert {
         let inter = self.layers.first().map_or(0, |l| l.up.outputs());
         let mut qkv = vec![0.0f32; rows * 3 * h];
         let mut context = vec![0.0f32; rows * h];
+        let mut by_head = vec![0.0f32; rows * h];
         let mut attended = vec![0.0f32; rows * h];
         let mut up = vec![0.0f32; rows * inter];
         for layer in &self.layers {
             layer.qkv.forward(&x, rows, &mut qkv, None);
-            self.attention(&qkv, &starts, &mut context);
+            self.attention(&qkv, &starts, &mut by_head, &mut context);
             layer
                 .attention_out
                 .forward(&context, rows, &mut attended, Some(&x));
@@ -314,24 +315,42 @@ impl PackedBert {
     }
 
     /// Scaled dot-product attention of every head of every sequence (no mask: only real
-    /// tokens are present), into `context` (`rows × hidden`).
-    fn attention(&self, qkv: &[f32], starts: &[usize], context: &mut [f32]) {
+    /// tokens are present), into `context` (`rows × hidden`). Each (head, sequence) is a task
+    /// of its own, so that a single text spreads over the threads too; the tasks write
+    /// head-major into `by_head` (`heads × rows × d`), then the rows are gathered.
+    fn attention(&self, qkv: &[f32], starts: &[usize], by_head: &mut [f32], context: &mut [f32]) {
         let h = self.hidden;
         let d = h / self.heads;
+        let rows = context.len() / h;
         let scale = 1.0 / (d as f32).sqrt();
-        // One task per sequence; each writes only its own rows of `context`.
-        let mut pieces: Vec<(usize, &mut [f32])> = Vec::with_capacity(starts.len());
-        let mut rest = context;
-        for w in starts.windows(2) {
-            let (mine, tail) = rest.split_at_mut((w[1] - w[0]) * h);
-            pieces.push((w[0], mine));
-            rest = tail;
-        }
-        pieces.into_par_iter().for_each(|(start, out)| {
-            let len = out.len() / h;
-            let rows = &qkv[start * 3 * h..(start + len) * 3 * h];
-            kernels::attend(rows, len, h, self.heads, d, scale, out);
-        });
+        by_head[..rows * h]
+            .par_chunks_mut(rows * d)
+            .enumerate()
+            .for_each(|(head, block)| {
+                let mut pieces: Vec<(usize, &mut [f32])> = Vec::with_capacity(starts.len());
+                let mut rest = block;
+                for w in starts.windows(2) {
+                    let (mine, tail) = rest.split_at_mut((w[1] - w[0]) * d);
+                    pieces.push((w[0], mine));
+                    rest = tail;
+                }
+                pieces.into_par_iter().for_each(|(start, out)| {
+                    let len = out.len() / d;
+                    let rows = &qkv[start * 3 * h..(start + len) * 3 * h];
+                    kernels::attend(rows, len, h, head, d, scale, out);
+                });
+            });
+        context
+            .par_chunks_mut(h * 64)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                for (i, row) in out.chunks_exact_mut(h).enumerate() {
+                    let r = chunk * 64 + i;
+                    for (head, part) in row.chunks_exact_mut(d).enumerate() {
+                        part.copy_from_slice(&by_head[(head * rows + r) * d..][..d]);
+                    }
+                }
+            });
     }
 }
 
@@ -547,30 +566,28 @@ mod kernels {
     }
 
     dispatch! {
-        /// Attention of one sequence: `qkv` is its `len × 3h` rows (`[q | k | v]`), `out` its
-        /// `len × h` context rows.
+        /// Attention of one head of one sequence: `qkv` is the sequence's `len × 3h` rows
+        /// (`[q | k | v]`), `out` the head's `len × d` context rows.
         fn attend(
             qkv: &[f32],
             len: usize,
             h: usize,
-            heads: usize,
+            head: usize,
             d: usize,
             scale: f32,
             out: &mut [f32]
         ) {
             let mut scratch = Scratch::default();
-            for head in 0..heads {
-                let at = Head { qkv, len, h, q: head * d, k: h + head * d, v: 2 * h + head * d, scale };
-                match d {
-                    32 => at.attend::<32>(&mut scratch, out),
-                    64 => at.attend::<64>(&mut scratch, out),
-                    _ => at.attend_any(d, &mut scratch, out),
-                }
+            let at = Head { qkv, len, h, q: head * d, k: h + head * d, v: 2 * h + head * d, scale };
+            match d {
+                32 => at.attend::<32>(&mut scratch, out),
+                64 => at.attend::<64>(&mut scratch, out),
+                _ => at.attend_any(d, &mut scratch, out),
             }
         }
     }
 
-    /// Buffers reused across the heads of a sequence.
+    /// Buffers of one head's attention.
     #[derive(Default)]
     struct Scratch {
         /// One head's keys transposed, `d × len8` (keys padded with zeros to a multiple of 8).
@@ -663,7 +680,7 @@ mod kernels {
                     }
                 }
                 let o = [o0, o1];
-                let row = &mut out[i * self.h + self.q..i * self.h + self.q + D];
+                let row = &mut out[i * D..(i + 1) * D];
                 for ((r, a), b) in row.iter_mut().zip(&o[0]).zip(&o[1]) {
                     *r = (a + b) * inv;
                 }
@@ -683,7 +700,7 @@ mod kernels {
                 }
                 let scores = &mut scratch.scores[..len];
                 let inv = Self::softmax(scores);
-                let row = &mut out[i * self.h + self.q..i * self.h + self.q + d];
+                let row = &mut out[i * d..(i + 1) * d];
                 row.fill(0.0);
                 for (j, s) in scores.iter().enumerate() {
                     for (r, v) in row.iter_mut().zip(self.row(j, self.v, d)) {
@@ -748,5 +765,66 @@ mod tests {
         // 2 outputs × 3 inputs.
         let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         assert_eq!(super::transposed(&w, 2, 3), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::panels::tests::matrix;
+
+    /// Time of the dense products of a whole MiniLM-L6 forward pass (six layers' weights, 42 MB
+    /// in f32: more than the L3, as in a real pass), per precision and number of rows
+    /// (`cargo test --release -p headstream-encoder packed::speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn dense_layer_stack() {
+        let (h, inter) = (384, 1536);
+        for precision in [Precision::F32, Precision::Int8] {
+            let dense = |k: usize, n: usize, seed: u64| {
+                let linear = Linear {
+                    weight: matrix(k * n, seed).iter().map(|v| v * 0.05).collect(),
+                    bias: matrix(n, seed + 1),
+                    inputs: k,
+                    outputs: n,
+                };
+                Dense::new(linear, precision)
+            };
+            let layers: Vec<[Dense; 4]> = (0..6)
+                .map(|l| {
+                    [
+                        dense(h, 3 * h, 10 * l),
+                        dense(h, h, 10 * l + 2),
+                        dense(h, inter, 10 * l + 4),
+                        dense(inter, h, 10 * l + 6),
+                    ]
+                })
+                .collect();
+            for rows in [22, 55, 704] {
+                let x = matrix(rows * inter, 99);
+                let mut out = vec![0.0f32; rows * inter];
+                let reps = (2000 / rows).max(3);
+                let mut times = Vec::new();
+                for _ in 0..5 {
+                    let started = std::time::Instant::now();
+                    for _ in 0..reps {
+                        for layer in &layers {
+                            for d in layer {
+                                d.forward(std::hint::black_box(&x), rows, &mut out, None);
+                            }
+                        }
+                    }
+                    times.push(started.elapsed().as_secs_f64() / reps as f64);
+                }
+                times.sort_by(f64::total_cmp);
+                let flops =
+                    2.0 * rows as f64 * 6.0 * (4.0 * (h * h) as f64 + 2.0 * (h * inter) as f64);
+                eprintln!(
+                    "{precision} {rows} rows: {:.0} µs a pass (median of 5), {:.1} GFLOP/s",
+                    times[2] * 1e6,
+                    flops / times[2] / 1e9
+                );
+            }
+        }
     }
 }
