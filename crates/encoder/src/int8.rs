@@ -84,12 +84,13 @@ impl QLinear {
             n,
             2 * rows * k * n,
             panels::TILE_ROWS,
-            |first, panel, out| {
+            |first, panel, out, lead| {
                 let count = out.len() / n;
                 let a = &quantized[first * k2..(first + count) * k2];
                 let b = &self.packed[panel * k2 * PANEL..(panel + 1) * k2 * PANEL];
+                let next = self.packed.get((panel + 1) * k2 * PANEL..(panel + 2) * k2 * PANEL);
                 let mut acc = [[0i32; PANEL]; TILE_ROWS];
-                panels::tile_i16(a, k2, b, &mut acc[..count]);
+                panels::tile_i16(a, k2, b, next.filter(|_| lead).unwrap_or(b), &mut acc[..count]);
                 let cols = panel * PANEL..(panel * PANEL + PANEL).min(n);
                 dequantize(
                     &acc[..count],
@@ -232,7 +233,7 @@ mod tests {
         quantize_rows(&x, k, layer.k2, &mut quantized, &mut scales);
         let b = &layer.packed[..layer.k2 * PANEL];
         let mut fast = [[0i32; PANEL]; TILE_ROWS];
-        panels::tile_i16(&quantized, layer.k2, b, &mut fast);
+        panels::tile_i16(&quantized, layer.k2, b, b, &mut fast);
         for (r, fast) in fast.iter().enumerate() {
             for (c, got) in fast.iter().enumerate() {
                 let want: i32 = (0..layer.k2)

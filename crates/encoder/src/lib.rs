@@ -426,7 +426,9 @@ impl Encoder {
     ) -> Result<Vec<Forwarded>, EncoderError> {
         let h = self.hidden_size();
         let sequences: Vec<&[u32]> = items.iter().map(|t| t.ids.as_slice()).collect();
-        let packed = model.forward(&sequences)?;
+        // On a worker of the pool: the pass's many parallel steps then fork from a worker
+        // (work stealing) instead of each being injected from outside and waited on.
+        let packed = rayon::scope(|_| model.forward(&sequences))?;
         let mut out = Vec::with_capacity(items.len());
         for w in packed.starts.windows(2) {
             let rows = &packed.states[w[0] * h..w[1] * h];

@@ -32,9 +32,11 @@ pub(crate) fn init_rows(out: &mut [f32], n: usize, bias: &[f32], residual: Optio
     }
 }
 
-/// Calls `tile(first_row, panel, rows)` for every tile of the `rows × n` output `out`, where
-/// `rows` is the tile's (up to [`TILE_ROWS`]) full-width output rows. Within a block of rows
-/// each panel is read once for all the block's tiles. In parallel when the product's `flops`
+/// Calls `tile(first_row, panel, rows, lead)` for every tile of the `rows × n` output `out`,
+/// where `rows` is the tile's (up to [`TILE_ROWS`]) full-width output rows and `lead` says
+/// that the tile is the first of its panel in a block (the one that may pull the next panel
+/// into cache while the others reuse this one). Within a block of rows each panel is read
+/// once for all the block's tiles. In parallel when the product's `flops`
 /// make it worth it: by balanced blocks of rows, or, for at most `share_panels_up_to` rows,
 /// by shares of the panels.
 pub(crate) fn for_each_tile(
@@ -42,14 +44,14 @@ pub(crate) fn for_each_tile(
     n: usize,
     flops: usize,
     share_panels_up_to: usize,
-    tile: impl Fn(usize, usize, &mut [f32]) + Sync,
+    tile: impl Fn(usize, usize, &mut [f32], bool) + Sync,
 ) {
     let rows = out.len() / n;
     let panels = n.div_ceil(PANEL);
     let block = |first: usize, out: &mut [f32], panels: std::ops::Range<usize>| {
         for panel in panels {
             for (t, rows) in out.chunks_mut(TILE_ROWS * n).enumerate() {
-                tile(first + t * TILE_ROWS, panel, rows);
+                tile(first + t * TILE_ROWS, panel, rows, t == 0);
             }
         }
     };
@@ -135,12 +137,13 @@ impl PackedF32 {
             n,
             flops,
             F32_SHARE_PANELS_UP_TO,
-            |first, panel, rows| {
+            |first, panel, rows, lead| {
                 let count = rows.len() / n;
                 let a = &input[first * k..(first + count) * k];
                 let b = &self.packed[panel * k * PANEL..(panel + 1) * k * PANEL];
+                let next = self.packed.get((panel + 1) * k * PANEL..(panel + 2) * k * PANEL);
                 let mut acc = [[0.0f32; PANEL]; TILE_ROWS];
-                tile_f32(a, k, b, &mut acc[..count]);
+                tile_f32(a, k, b, next.filter(|_| lead).unwrap_or(b), &mut acc[..count]);
                 let cols = (n - panel * PANEL).min(PANEL);
                 for (row, acc) in rows.chunks_exact_mut(n).zip(&acc) {
                     for (o, a) in row[panel * PANEL..panel * PANEL + cols].iter_mut().zip(acc) {
@@ -153,15 +156,16 @@ impl PackedF32 {
 }
 
 /// `acc[r][c] = Σ_k a[r][k] · b[k][c]` over one panel, for up to [`TILE_ROWS`] rows (`acc`
-/// is overwritten).
-fn tile_f32(a: &[f32], k: usize, b: &[f32], acc: &mut [[f32; PANEL]]) {
+/// is overwritten), pulling `next` (as long as `b`: the next panel, or `b` itself) towards
+/// the cache meanwhile.
+fn tile_f32(a: &[f32], k: usize, b: &[f32], next: &[f32], acc: &mut [[f32; PANEL]]) {
     assert!(acc.len() <= TILE_ROWS, "a tile of {} rows", acc.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features `avx2::tile_f32` is compiled for.
         #[allow(unsafe_code)]
         unsafe {
-            return avx2::tile_f32(a, k, b, acc);
+            return avx2::tile_f32(a, k, b, next, acc);
         }
     }
     for (r, acc) in acc.iter_mut().enumerate() {
@@ -176,15 +180,15 @@ fn tile_f32(a: &[f32], k: usize, b: &[f32], acc: &mut [[f32; PANEL]]) {
 
 /// `acc[r][c] = Σ_k a[r][k] · b[k][c]` over one int8 panel: `a` rows are `k2` `i16` (pairs
 /// of activations), `b` is `[k2 / 2][16][2]` 8-bit weights (widened to 16 bits as they load);
-/// up to [`TILE_ROWS`] rows, `acc` overwritten.
-pub(crate) fn tile_i16(a: &[i16], k2: usize, b: &[i8], acc: &mut [[i32; PANEL]]) {
+/// up to [`TILE_ROWS`] rows, `acc` overwritten; `next` as for [`tile_f32`].
+pub(crate) fn tile_i16(a: &[i16], k2: usize, b: &[i8], next: &[i8], acc: &mut [[i32; PANEL]]) {
     assert!(acc.len() <= TILE_ROWS, "a tile of {} rows", acc.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, which `avx2::tile_i16` is compiled for.
         #[allow(unsafe_code)]
         unsafe {
-            return avx2::tile_i16(a, k2, b, acc);
+            return avx2::tile_i16(a, k2, b, next, acc);
         }
     }
     for (r, acc) in acc.iter_mut().enumerate() {
@@ -206,42 +210,67 @@ mod avx2 {
     use super::PANEL;
 
     macro_rules! by_rows {
-        ($kernel:ident, $a:expr, $k:expr, $b:expr, $acc:expr) => {
+        ($kernel:ident, $a:expr, $k:expr, $b:expr, $next:expr, $acc:expr) => {
             match $acc.len() {
-                6 => $kernel::<6>($a, $k, $b, $acc),
-                5 => $kernel::<5>($a, $k, $b, $acc),
-                4 => $kernel::<4>($a, $k, $b, $acc),
-                3 => $kernel::<3>($a, $k, $b, $acc),
-                2 => $kernel::<2>($a, $k, $b, $acc),
-                1 => $kernel::<1>($a, $k, $b, $acc),
+                6 => $kernel::<6>($a, $k, $b, $next, $acc),
+                5 => $kernel::<5>($a, $k, $b, $next, $acc),
+                4 => $kernel::<4>($a, $k, $b, $next, $acc),
+                3 => $kernel::<3>($a, $k, $b, $next, $acc),
+                2 => $kernel::<2>($a, $k, $b, $next, $acc),
+                1 => $kernel::<1>($a, $k, $b, $next, $acc),
                 _ => {}
             }
         };
     }
 
+    /// Which cache level the next panel is pulled into.
+    const HINT: i32 = _MM_HINT_T0;
+
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn tile_f32(a: &[f32], k: usize, b: &[f32], acc: &mut [[f32; PANEL]]) {
-        by_rows!(rows_f32, a, k, b, acc)
+    pub(super) fn tile_f32(
+        a: &[f32],
+        k: usize,
+        b: &[f32],
+        next: &[f32],
+        acc: &mut [[f32; PANEL]],
+    ) {
+        by_rows!(rows_f32, a, k, b, next, acc)
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) fn tile_i16(a: &[i16], k2: usize, b: &[i8], acc: &mut [[i32; PANEL]]) {
-        by_rows!(rows_i16, a, k2, b, acc)
+    pub(super) fn tile_i16(
+        a: &[i16],
+        k2: usize,
+        b: &[i8],
+        next: &[i8],
+        acc: &mut [[i32; PANEL]],
+    ) {
+        by_rows!(rows_i16, a, k2, b, next, acc)
     }
 
     /// `R` rows × 16 columns in `2R` f32 registers, one FMA per register per input.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn rows_f32<const R: usize>(a: &[f32], k: usize, b: &[f32], acc: &mut [[f32; PANEL]]) {
-        assert!(a.len() >= R * k && b.len() >= k * PANEL && acc.len() >= R);
+    fn rows_f32<const R: usize>(
+        a: &[f32],
+        k: usize,
+        b: &[f32],
+        next: &[f32],
+        acc: &mut [[f32; PANEL]],
+    ) {
+        assert!(
+            a.len() >= R * k && b.len() >= k * PANEL && next.len() >= k * PANEL && acc.len() >= R
+        );
         let mut lo = [_mm256_setzero_ps(); R];
         let mut hi = [_mm256_setzero_ps(); R];
-        let (a, b) = (a.as_ptr(), b.as_ptr());
+        let (a, b, next) = (a.as_ptr(), b.as_ptr(), next.as_ptr());
         for i in 0..k {
-            // SAFETY: `i < k`: the panel's 16 values of input `i` lie inside `b` (`k × 16`)
-            // and each row's value `i` inside its `k` of `a` (asserted above).
+            // SAFETY: `i < k`: the panel's 16 values of input `i` lie inside `b` and `next`
+            // (`k × 16`) and each row's value `i` inside its `k` of `a` (asserted above).
             #[allow(unsafe_code)]
             unsafe {
+                // One step of a panel is one cache line.
+                _mm_prefetch::<HINT>(next.add(i * PANEL).cast());
                 let b0 = _mm256_loadu_ps(b.add(i * PANEL));
                 let b1 = _mm256_loadu_ps(b.add(i * PANEL + 8));
                 for r in 0..R {
@@ -266,19 +295,31 @@ mod avx2 {
     /// products summed per lane) and one add per register.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn rows_i16<const R: usize>(a: &[i16], k2: usize, b: &[i8], acc: &mut [[i32; PANEL]]) {
+    fn rows_i16<const R: usize>(
+        a: &[i16],
+        k2: usize,
+        b: &[i8],
+        next: &[i8],
+        acc: &mut [[i32; PANEL]],
+    ) {
         assert!(
-            a.len() >= R * k2 && b.len() >= k2 * PANEL && acc.len() >= R && k2.is_multiple_of(2)
+            a.len() >= R * k2
+                && b.len() >= k2 * PANEL
+                && next.len() >= k2 * PANEL
+                && acc.len() >= R
+                && k2.is_multiple_of(2)
         );
         let mut lo = [_mm256_setzero_si256(); R];
         let mut hi = [_mm256_setzero_si256(); R];
-        let (a, b) = (a.as_ptr(), b.as_ptr());
+        let (a, b, next) = (a.as_ptr(), b.as_ptr(), next.as_ptr());
         for pair in 0..k2 / 2 {
             // SAFETY: `pair < k2 / 2`, so the 32 bytes of the panel's step `pair` lie inside
-            // `b` (`k2 × 16` long) and each row's pair `2 · pair` inside its `k2` of `a`
-            // (asserted above); unaligned loads are allowed.
+            // `b` and `next` (`k2 × 16` long) and each row's pair `2 · pair` inside its `k2`
+            // of `a` (asserted above); unaligned loads are allowed.
             #[allow(unsafe_code)]
             unsafe {
+                // Two steps of a panel are one cache line.
+                _mm_prefetch::<HINT>(next.add(pair * 2 * PANEL).cast());
                 let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(pair * 2 * PANEL).cast()));
                 let b1 =
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(pair * 2 * PANEL + PANEL).cast()));
@@ -386,13 +427,13 @@ mod speed {
         let mut acc32 = [[0.0f32; PANEL]; TILE_ROWS];
         let started = std::time::Instant::now();
         for _ in 0..reps {
-            tile_f32(std::hint::black_box(&a32), k, &b32, &mut acc32);
+            tile_f32(std::hint::black_box(&a32), k, &b32, &b32, &mut acc32);
         }
         let f32_rate = (reps * 6 * 16 * k) as f64 / started.elapsed().as_secs_f64() / 1e9;
         let mut acc16 = [[0i32; PANEL]; TILE_ROWS];
         let started = std::time::Instant::now();
         for _ in 0..reps {
-            tile_i16(std::hint::black_box(&a16), k, &b16, &mut acc16);
+            tile_i16(std::hint::black_box(&a16), k, &b16, &b16, &mut acc16);
         }
         let i16_rate = (reps * 6 * 16 * k) as f64 / started.elapsed().as_secs_f64() / 1e9;
         let a8: Vec<u8> = a32.iter().map(|v| ((v + 1.0) * 60.0) as u8).collect();
