@@ -32,66 +32,85 @@ pub(crate) fn init_rows(out: &mut [f32], n: usize, bias: &[f32], residual: Optio
     }
 }
 
-/// Calls `tile(first_row, panel, rows, lead)` for every tile of the `rows × n` output `out`,
-/// where `rows` is the tile's (up to [`TILE_ROWS`]) full-width output rows and `lead` says
-/// that the tile is the first of its panel in a block (the one that may pull the next panel
-/// into cache while the others reuse this one). Within a block of rows each panel is read
-/// once for all the block's tiles. In parallel when the product's `flops`
-/// make it worth it: by balanced blocks of rows, or, for at most `share_panels_up_to` rows,
-/// by shares of the panels.
+/// One tile's output: up to [`TILE_ROWS`] consecutive rows, each a slice of its output row
+/// that starts at column `col0` and covers (at least) the tile's panel.
+pub(crate) struct TileOut<'a, 'b> {
+    /// The rows' slices.
+    pub(crate) rows: &'a mut [&'b mut [f32]],
+    /// The output column each slice starts at.
+    pub(crate) col0: usize,
+}
+
+/// Calls `tile(first_row, panel, out, lead)` for every tile of the `rows × n` output `out`,
+/// where `out` holds the tile's (up to [`TILE_ROWS`]) output rows and `lead` says that the
+/// tile is the first of its panel in a block (the one that may pull the next panel into
+/// cache while the others reuse this one). Within a block of rows each panel is read once
+/// for all the block's tiles. In parallel when the product's `flops` make it worth it: by
+/// balanced blocks of rows, or, for at most `share_panels_up_to` rows, by shares of the
+/// panels (each thread writing its own columns of every row).
 pub(crate) fn for_each_tile(
     out: &mut [f32],
     n: usize,
     flops: usize,
     share_panels_up_to: usize,
-    tile: impl Fn(usize, usize, &mut [f32], bool) + Sync,
+    tile: impl Fn(usize, usize, TileOut<'_, '_>, bool) + Sync,
 ) {
     let rows = out.len() / n;
     let panels = n.div_ceil(PANEL);
-    let block = |first: usize, out: &mut [f32], panels: std::ops::Range<usize>| {
-        for panel in panels {
-            for (t, rows) in out.chunks_mut(TILE_ROWS * n).enumerate() {
-                tile(first + t * TILE_ROWS, panel, rows, t == 0);
+    let block =
+        |first: usize, segments: &mut [&mut [f32]], col0: usize, panels: std::ops::Range<usize>| {
+            for panel in panels {
+                for (t, rows) in segments.chunks_mut(TILE_ROWS).enumerate() {
+                    tile(first + t * TILE_ROWS, panel, TileOut { rows, col0 }, t == 0);
+                }
             }
-        }
-    };
+        };
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && flops > super::packed::PARALLEL_FLOPS;
     if !parallel {
-        for (b, out) in out.chunks_mut(BLOCK_ROWS * n).enumerate() {
-            block(b * BLOCK_ROWS, out, 0..panels);
+        let mut segments: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
+        for (b, segments) in segments.chunks_mut(BLOCK_ROWS).enumerate() {
+            block(b * BLOCK_ROWS, segments, 0, 0..panels);
         }
     } else if rows > share_panels_up_to.max(TILE_ROWS) {
         // Blocks of at most `BLOCK_ROWS` rows (whole tiles), as many as a multiple of the
         // threads so that none is left with a stub (a 55-row text in blocks of 48 left one
-        // thread 7 rows). Each block reads every panel: measured faster for a small batch than
-        // sharing out the panels, whose copies of the rows cost more than a second read of the
-        // weights (which stay in L3).
+        // thread 7 rows).
         let blocks = rows.div_ceil(BLOCK_ROWS).next_multiple_of(threads);
         let share = rows.div_ceil(blocks).next_multiple_of(TILE_ROWS);
         out.par_chunks_mut(share * n)
             .enumerate()
-            .for_each(|(b, out)| block(b * share, out, 0..panels));
+            .for_each(|(b, out)| {
+                let mut segments: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
+                block(b * share, &mut segments, 0, 0..panels);
+            });
     } else {
-        // Few rows: each thread takes a share of the panels on its own copy of the rows, then
-        // the shares are copied back; every weight is read once, by one thread.
+        // Few rows: each thread takes a share of the panels, and so of the columns of every
+        // row; every weight is read once, by one thread.
         let share = panels.div_ceil(threads);
-        let parts: Vec<(usize, Vec<f32>)> = (0..panels)
-            .step_by(share)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|first| {
-                let mut part = out.to_vec();
-                block(0, &mut part, first..(first + share).min(panels));
-                (first, part)
-            })
+        let mut parts: Vec<Vec<&mut [f32]>> = (0..panels.div_ceil(share))
+            .map(|_| Vec::with_capacity(rows))
             .collect();
-        for (first, part) in parts {
-            let cols = first * PANEL..((first + share) * PANEL).min(n);
-            for (o, p) in out.chunks_exact_mut(n).zip(part.chunks_exact(n)) {
-                o[cols.clone()].copy_from_slice(&p[cols.clone()]);
+        for row in out.chunks_exact_mut(n) {
+            let mut rest = row;
+            for part in &mut parts {
+                let (mine, tail) = rest.split_at_mut((share * PANEL).min(rest.len()));
+                part.push(mine);
+                rest = tail;
             }
         }
+        parts
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(p, mut segments)| {
+                let first = p * share;
+                block(
+                    0,
+                    &mut segments,
+                    first * PANEL,
+                    first..(first + share).min(panels),
+                );
+            });
     }
 }
 
@@ -99,8 +118,8 @@ pub(crate) fn for_each_tile(
 /// threads rather than the rows: the weights then stream from memory once instead of once per
 /// thread, which is what a batch of one is bound by. Measured at batch 1, 2 threads, alternated
 /// runs: SST-2 sentences (~22 tokens) 111.7 → 125 texts/s (median of 4), AG News (~50 tokens)
-/// 59.7 → 63.0 (median of 6). The int8 product, whose weights are a quarter of the bytes, was
-/// slower this way (164 → 153) and keeps sharing rows.
+/// 59.7 → 63.0 (median of 6); writing each thread's columns in place instead of on a copy of
+/// the rows: AG News 99.6 → 101.9 (medians of 3).
 const F32_SHARE_PANELS_UP_TO: usize = 64;
 
 /// f32 weights packed in panels: `[panel][k][16 columns]`.
@@ -137,16 +156,24 @@ impl PackedF32 {
             n,
             flops,
             F32_SHARE_PANELS_UP_TO,
-            |first, panel, rows, lead| {
-                let count = rows.len() / n;
+            |first, panel, out, lead| {
+                let count = out.rows.len();
                 let a = &input[first * k..(first + count) * k];
                 let b = &self.packed[panel * k * PANEL..(panel + 1) * k * PANEL];
-                let next = self.packed.get((panel + 1) * k * PANEL..(panel + 2) * k * PANEL);
+                let next = self
+                    .packed
+                    .get((panel + 1) * k * PANEL..(panel + 2) * k * PANEL);
                 let mut acc = [[0.0f32; PANEL]; TILE_ROWS];
-                tile_f32(a, k, b, next.filter(|_| lead).unwrap_or(b), &mut acc[..count]);
-                let cols = (n - panel * PANEL).min(PANEL);
-                for (row, acc) in rows.chunks_exact_mut(n).zip(&acc) {
-                    for (o, a) in row[panel * PANEL..panel * PANEL + cols].iter_mut().zip(acc) {
+                tile_f32(
+                    a,
+                    k,
+                    b,
+                    next.filter(|_| lead).unwrap_or(b),
+                    &mut acc[..count],
+                );
+                let (at, cols) = (panel * PANEL - out.col0, (n - panel * PANEL).min(PANEL));
+                for (row, acc) in out.rows.iter_mut().zip(&acc) {
+                    for (o, a) in row[at..at + cols].iter_mut().zip(acc) {
                         *o += a;
                     }
                 }
@@ -227,24 +254,12 @@ mod avx2 {
     const HINT: i32 = _MM_HINT_T0;
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn tile_f32(
-        a: &[f32],
-        k: usize,
-        b: &[f32],
-        next: &[f32],
-        acc: &mut [[f32; PANEL]],
-    ) {
+    pub(super) fn tile_f32(a: &[f32], k: usize, b: &[f32], next: &[f32], acc: &mut [[f32; PANEL]]) {
         by_rows!(rows_f32, a, k, b, next, acc)
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) fn tile_i16(
-        a: &[i16],
-        k2: usize,
-        b: &[i8],
-        next: &[i8],
-        acc: &mut [[i32; PANEL]],
-    ) {
+    pub(super) fn tile_i16(a: &[i16], k2: usize, b: &[i8], next: &[i8], acc: &mut [[i32; PANEL]]) {
         by_rows!(rows_i16, a, k2, b, next, acc)
     }
 
@@ -377,14 +392,16 @@ pub(crate) mod tests {
         out
     }
 
-    /// Odd widths, partial panels and partial tiles; one row, a few, and several blocks.
-    pub(crate) const SHAPES: [(usize, usize, usize); 6] = [
+    /// Odd widths, partial panels and partial tiles; one row, a few, and several blocks; on
+    /// one thread, by shares of the panels (≤ 64 rows) and by blocks of rows.
+    pub(crate) const SHAPES: [(usize, usize, usize); 7] = [
         (1, 384, 384),
         (3, 384, 1152),
         (7, 33, 20),
         (13, 384, 1152),
         (61, 1536, 48),
         (100, 64, 16),
+        (100, 384, 400),
     ];
 
     #[test]
