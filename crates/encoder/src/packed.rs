@@ -440,6 +440,7 @@ mod kernels {
     use rayon::prelude::*;
 
     use super::Norm;
+    use crate::panels::{PANEL, TILE_ROWS, tile_f32};
 
     /// `e^x` for f32, branch-free so that loops over it vectorize (Cephes' polynomial,
     /// within 2 ulp of `f32::exp` on the range that does not underflow).
@@ -567,7 +568,9 @@ mod kernels {
 
     dispatch! {
         /// Attention of one head of one sequence: `qkv` is the sequence's `len × 3h` rows
-        /// (`[q | k | v]`), `out` the head's `len × d` context rows.
+        /// (`[q | k | v]`), `out` the head's `len × d` context rows. Both products (queries ·
+        /// keys, probabilities · values) run on the f32 tiles, keys and values packed into
+        /// panels first (zeros past the sequence's end, so they add nothing).
         fn attend(
             qkv: &[f32],
             len: usize,
@@ -577,138 +580,60 @@ mod kernels {
             scale: f32,
             out: &mut [f32]
         ) {
-            let mut scratch = Scratch::default();
-            let at = Head { qkv, len, h, q: head * d, k: h + head * d, v: 2 * h + head * d, scale };
-            match d {
-                32 => at.attend::<32>(&mut scratch, out),
-                64 => at.attend::<64>(&mut scratch, out),
-                _ => at.attend_any(d, &mut scratch, out),
-            }
-        }
-    }
-
-    /// Buffers of one head's attention.
-    #[derive(Default)]
-    struct Scratch {
-        /// One head's keys transposed, `d × len8` (keys padded with zeros to a multiple of 8).
-        keys: Vec<f32>,
-        scores: Vec<f32>,
-    }
-
-    /// One head of one sequence: column offsets of its query, key and value in `qkv`'s rows.
-    struct Head<'a> {
-        qkv: &'a [f32],
-        len: usize,
-        h: usize,
-        q: usize,
-        k: usize,
-        v: usize,
-        scale: f32,
-    }
-
-    impl Head<'_> {
-        fn row(&self, i: usize, offset: usize, d: usize) -> &[f32] {
-            let start = i * 3 * self.h + offset;
-            &self.qkv[start..start + d]
-        }
-
-        /// Softmax of `scores[..len]` in place; returns 1 / the sum of the exponentials.
-        #[inline(always)]
-        fn softmax(scores: &mut [f32]) -> f32 {
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
-            for s in scores.iter_mut() {
-                *s = exp(*s - max);
-            }
-            1.0 / sum(scores)
-        }
-
-        /// Head width known at compile time: a query and a context row stay in registers, and
-        /// scores are computed eight keys at a time.
-        #[inline(always)]
-        fn attend<const D: usize>(&self, scratch: &mut Scratch, out: &mut [f32]) {
-            let len = self.len;
-            let len8 = len.div_ceil(8) * 8;
-            scratch.keys.clear();
-            scratch.keys.resize(D * len8, 0.0);
+            let row = |i: usize, part: usize| {
+                let at = i * 3 * h + part * h + head * d;
+                &qkv[at..at + d]
+            };
+            let width = len.div_ceil(PANEL) * PANEL;
+            let queries: Vec<f32> = (0..len).flat_map(|i| row(i, 0)).map(|q| q * scale).collect();
+            let mut keys = vec![0.0f32; width * d];
             for j in 0..len {
-                for (c, k) in self.row(j, self.k, D).iter().enumerate() {
-                    scratch.keys[c * len8 + j] = *k;
+                let (panel, col) = (j / PANEL, j % PANEL);
+                for (t, k) in row(j, 1).iter().enumerate() {
+                    keys[(panel * d + t) * PANEL + col] = *k;
                 }
             }
-            scratch.scores.resize(len8, 0.0);
-            for i in 0..len {
-                let mut q = [0.0f32; D];
-                for (q, x) in q.iter_mut().zip(self.row(i, self.q, D)) {
-                    *q = x * self.scale;
-                }
-                for jb in (0..len8).step_by(8) {
-                    // Four partial sums (named, so they stay in registers) shorten the chain
-                    // of dependent multiply-adds.
-                    let (mut a0, mut a1, mut a2, mut a3) =
-                        ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
-                    let key =
-                        |c: usize| -> &[f32] { &scratch.keys[c * len8 + jb..c * len8 + jb + 8] };
-                    for c in (0..D).step_by(4) {
-                        let (k0, k1, k2, k3) = (key(c), key(c + 1), key(c + 2), key(c + 3));
-                        for l in 0..8 {
-                            a0[l] = q[c].mul_add(k0[l], a0[l]);
-                            a1[l] = q[c + 1].mul_add(k1[l], a1[l]);
-                            a2[l] = q[c + 2].mul_add(k2[l], a2[l]);
-                            a3[l] = q[c + 3].mul_add(k3[l], a3[l]);
-                        }
-                    }
-                    for l in 0..8 {
-                        scratch.scores[jb + l] = (a0[l] + a1[l]) + (a2[l] + a3[l]);
-                    }
-                }
-                let scores = &mut scratch.scores[..len];
-                let inv = Self::softmax(scores);
-                let (mut o0, mut o1) = ([0.0f32; D], [0.0f32; D]);
-                let mut pairs = scores.chunks_exact(2);
-                let mut j = 0;
-                for pair in &mut pairs {
-                    let (v0, v1) = (self.row(j, self.v, D), self.row(j + 1, self.v, D));
-                    for c in 0..D {
-                        o0[c] = pair[0].mul_add(v0[c], o0[c]);
-                        o1[c] = pair[1].mul_add(v1[c], o1[c]);
-                    }
-                    j += 2;
-                }
-                if let [last] = pairs.remainder() {
-                    for (o, v) in o0.iter_mut().zip(self.row(j, self.v, D)) {
-                        *o = last.mul_add(*v, *o);
-                    }
-                }
-                let o = [o0, o1];
-                let row = &mut out[i * D..(i + 1) * D];
-                for ((r, a), b) in row.iter_mut().zip(&o[0]).zip(&o[1]) {
-                    *r = (a + b) * inv;
+            let mut probabilities = vec![0.0f32; len * width];
+            product(&queries, d, &keys, width, &mut probabilities);
+            for scores in probabilities.chunks_exact_mut(width) {
+                let inv = softmax(&mut scores[..len]);
+                scores[..len].iter_mut().for_each(|p| *p *= inv);
+                scores[len..].fill(0.0);
+            }
+            let mut values = vec![0.0f32; d.div_ceil(PANEL) * width * PANEL];
+            for j in 0..len {
+                for (c, v) in row(j, 2).iter().enumerate() {
+                    values[((c / PANEL) * width + j) * PANEL + c % PANEL] = *v;
                 }
             }
+            product(&probabilities, width, &values, d, out);
         }
+    }
 
-        /// Any head width.
-        fn attend_any(&self, d: usize, scratch: &mut Scratch, out: &mut [f32]) {
-            let len = self.len;
-            scratch.scores.resize(len, 0.0);
-            for i in 0..len {
-                let q = self.row(i, self.q, d);
-                for j in 0..len {
-                    let k = self.row(j, self.k, d);
-                    scratch.scores[j] =
-                        q.iter().zip(k).map(|(q, k)| q * k).sum::<f32>() * self.scale;
-                }
-                let scores = &mut scratch.scores[..len];
-                let inv = Self::softmax(scores);
-                let row = &mut out[i * d..(i + 1) * d];
-                row.fill(0.0);
-                for (j, s) in scores.iter().enumerate() {
-                    for (r, v) in row.iter_mut().zip(self.row(j, self.v, d)) {
-                        *r += s * inv * v;
-                    }
+    /// `out = a · B` for `a` of `rows × k` and `B` packed in 16-column panels (`[panel][k][16]`)
+    /// of `n` columns, on the f32 tiles, on this thread.
+    fn product(a: &[f32], k: usize, packed: &[f32], n: usize, out: &mut [f32]) {
+        let mut acc = [[0.0f32; PANEL]; TILE_ROWS];
+        for (rows, out) in a.chunks(TILE_ROWS * k).zip(out.chunks_mut(TILE_ROWS * n)) {
+            let count = rows.len() / k;
+            for (panel, b) in packed.chunks_exact(k * PANEL).enumerate() {
+                tile_f32(rows, k, b, b, &mut acc[..count]);
+                let cols = panel * PANEL..(panel * PANEL + PANEL).min(n);
+                for (o, acc) in out.chunks_exact_mut(n).zip(&acc) {
+                    o[cols.clone()].copy_from_slice(&acc[..cols.len()]);
                 }
             }
         }
+    }
+
+    /// Softmax numerators of `scores` in place; returns 1 / their sum.
+    #[inline(always)]
+    fn softmax(scores: &mut [f32]) -> f32 {
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+        for s in scores.iter_mut() {
+            *s = exp(*s - max);
+        }
+        1.0 / sum(scores)
     }
 }
 

@@ -185,7 +185,7 @@ impl PackedF32 {
 /// `acc[r][c] = Σ_k a[r][k] · b[k][c]` over one panel, for up to [`TILE_ROWS`] rows (`acc`
 /// is overwritten), pulling `next` (as long as `b`: the next panel, or `b` itself) towards
 /// the cache meanwhile.
-fn tile_f32(a: &[f32], k: usize, b: &[f32], next: &[f32], acc: &mut [[f32; PANEL]]) {
+pub(crate) fn tile_f32(a: &[f32], k: usize, b: &[f32], next: &[f32], acc: &mut [[f32; PANEL]]) {
     assert!(acc.len() <= TILE_ROWS, "a tile of {} rows", acc.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
