@@ -10,6 +10,8 @@
 //! weights packed once at load, as bytes, in the order a tile reads them (a quarter of the f32
 //! weights' memory traffic, which bounds small batches).
 
+use rayon::prelude::*;
+
 use crate::panels::{self, PANEL, TILE_ROWS};
 
 /// Largest quantized activation magnitude (13 bits).
@@ -85,7 +87,15 @@ impl QLinear {
         panels::init_rows(out, n, &self.bias, residual);
         let mut quantized = vec![0i16; rows * k2];
         let mut row_scales = vec![0.0f32; rows];
-        quantize_rows(&input[..rows * k], k, k2, &mut quantized, &mut row_scales);
+        // Rows in a few chunks per thread (the product's threads would otherwise wait).
+        let chunk = rows.div_ceil(2 * rayon::current_num_threads()).max(4);
+        quantized
+            .par_chunks_mut(chunk * k2)
+            .zip(row_scales.par_chunks_mut(chunk))
+            .zip(input[..rows * k].par_chunks(chunk * k))
+            .for_each(|((quantized, scales), input)| {
+                quantize_rows(input, k, k2, quantized, scales);
+            });
         panels::for_each_tile(
             out,
             n,
@@ -160,8 +170,7 @@ pub(crate) fn igemm_gops(m: usize, k: usize, n: usize) -> f64 {
 
 dispatch! {
     /// Quantizes each `k`-wide row of `input` to `k2` `i16` (the padding column zero) with its
-    /// own scale (value ≈ quantized × scale). Rounding is one instruction on AVX2, a libm call
-    /// on the baseline target.
+    /// own scale (value ≈ quantized × scale), rounded to nearest, ties to even.
     fn quantize_rows(input: &[f32], k: usize, k2: usize, out: &mut [i16], scales: &mut [f32]) {
         for ((row, q), scale) in input
             .chunks_exact(k)
@@ -173,7 +182,9 @@ dispatch! {
             let tail = chunks.remainder().iter().fold(0.0f32, |m, v| m.max(v.abs()));
             for c in chunks {
                 for l in 0..8 {
-                    lanes[l] = lanes[l].max(c[l].abs());
+                    // A plain comparison (one vmaxps), not f32::max's NaN handling.
+                    let a = c[l].abs();
+                    lanes[l] = if a > lanes[l] { a } else { lanes[l] };
                 }
             }
             let amax = lanes.iter().fold(tail, |m, v| m.max(*v));
@@ -184,16 +195,39 @@ dispatch! {
             };
             let inv = ACTIVATION_MAX / amax.max(f32::MIN_POSITIVE);
             for (q, v) in q.iter_mut().zip(row) {
-                *q = (v * inv).round_ties_even() as i16;
+                *q = round_to_i16(v * inv);
             }
         }
     }
+}
+
+/// `x` (at most 2^22 in magnitude) rounded to the nearest integer, ties to even, as the
+/// low 16 bits: adding 1.5 · 2^23 leaves exactly the rounded integer in the low bits of the
+/// mantissa. Unlike a saturating float-to-int cast, this compiles to a few vector
+/// instructions.
+#[inline(always)]
+fn round_to_i16(x: f32) -> i16 {
+    const SHIFT: f32 = 12_582_912.0;
+    (x + SHIFT).to_bits() as u16 as i16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::panels::tests::{SHAPES, matrix, reference};
+
+    #[test]
+    fn rounding_by_the_mantissa_equals_rounding_ties_to_even() {
+        for i in -40_000..=40_000 {
+            let x = i as f32 * 0.125 - 0.0625 * (i % 3) as f32;
+            assert_eq!(round_to_i16(x), x.round_ties_even() as i16, "{x}");
+        }
+        for x in [
+            0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 4095.0, -4095.0, 4094.5, -4094.5,
+        ] {
+            assert_eq!(round_to_i16(x), x.round_ties_even() as i16, "{x}");
+        }
+    }
 
     #[test]
     fn integer_products_track_the_f32_ones_at_every_shape() {
