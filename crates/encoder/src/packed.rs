@@ -41,8 +41,9 @@ enum Dense {
 
 /// Most rows an f32 product runs on the panels packed at load rather than on the general GEMM
 /// (which packs the weights on every call): measured on AG News texts at batch 1 (~55 rows),
-/// 31–38 sentences/s on the GEMM, 58–62 on the panels.
-const SMALL_ROWS: usize = 128;
+/// 31–38 sentences/s on the GEMM, 58–62 on the panels; 128 → 320 rows: AG News batch 1
+/// 102.0 → 103.4 (its long texts), SST-2 batch 8 (~215 rows) 251.9 vs 250.1 (even).
+const SMALL_ROWS: usize = 320;
 
 impl Dense {
     fn new(linear: Linear, precision: Precision) -> Self {

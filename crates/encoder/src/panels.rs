@@ -119,8 +119,8 @@ pub(crate) fn for_each_tile(
 /// thread, which is what a batch of one is bound by. Measured at batch 1, 2 threads, alternated
 /// runs: SST-2 sentences (~22 tokens) 111.7 → 125 texts/s (median of 4), AG News (~50 tokens)
 /// 59.7 → 63.0 (median of 6); writing each thread's columns in place instead of on a copy of
-/// the rows: AG News 99.6 → 101.9 (medians of 3).
-const F32_SHARE_PANELS_UP_TO: usize = 64;
+/// the rows: AG News 99.6 → 101.9 (medians of 3); 64 → 128 rows: AG News 101.7 → 103.6.
+const F32_SHARE_PANELS_UP_TO: usize = 128;
 
 /// f32 weights packed in panels: `[panel][k][16 columns]`.
 pub(crate) struct PackedF32 {
