@@ -393,8 +393,8 @@ pub(crate) mod tests {
     }
 
     /// Odd widths, partial panels and partial tiles; one row, a few, and several blocks; on
-    /// one thread, by shares of the panels (≤ 64 rows) and by blocks of rows.
-    pub(crate) const SHAPES: [(usize, usize, usize); 7] = [
+    /// one thread, by shares of the panels (≤ 128 rows) and by blocks of rows.
+    pub(crate) const SHAPES: [(usize, usize, usize); 8] = [
         (1, 384, 384),
         (3, 384, 1152),
         (7, 33, 20),
@@ -402,6 +402,7 @@ pub(crate) mod tests {
         (61, 1536, 48),
         (100, 64, 16),
         (100, 384, 400),
+        (150, 384, 72),
     ];
 
     #[test]
