@@ -503,23 +503,21 @@ mod kernels {
         exp(x)
     }
 
-    /// `erf(x)` within ~1.2e-7 (Numerical Recipes' erfc), branch-free.
+    /// `erf(x)` within 1.5e-7 (Abramowitz & Stegun 7.1.26, the form PyTorch's vectorized CPU
+    /// erf also takes), branch-free. Five terms instead of Numerical Recipes' ten: AG News
+    /// batch 1 f32 103.7 → 107.9 texts/s, int8 124.1 → 130.6 (medians of 3, alternated); the
+    /// 323 reference embeddings stay within 3.7e-7 of sentence-transformers.
     #[inline(always)]
     #[allow(clippy::excessive_precision)] // the published constants, verbatim
     fn erf(x: f32) -> f32 {
         let z = x.abs();
-        let t = 1.0 / (1.0 + 0.5 * z);
-        let p = 0.170_872_77_f32;
-        let p = p.mul_add(t, -0.822_152_23);
-        let p = p.mul_add(t, 1.488_515_9);
-        let p = p.mul_add(t, -1.135_203_98);
-        let p = p.mul_add(t, 0.278_868_07);
-        let p = p.mul_add(t, -0.186_288_06);
-        let p = p.mul_add(t, 0.096_784_18);
-        let p = p.mul_add(t, 0.374_091_96);
-        let p = p.mul_add(t, 1.000_023_68);
-        let p = p.mul_add(t, -1.265_512_23);
-        let erfc = t * exp((-z).mul_add(z, p));
+        let t = 1.0 / 0.327_591_1_f32.mul_add(z, 1.0);
+        let r = 1.061_405_429_f32;
+        let r = r.mul_add(t, -1.453_152_027);
+        let r = r.mul_add(t, 1.421_413_741);
+        let r = r.mul_add(t, -0.284_496_736);
+        let r = r.mul_add(t, 0.254_829_592);
+        let erfc = r * t * exp(-z * z);
         (1.0 - erfc).copysign(x)
     }
 
