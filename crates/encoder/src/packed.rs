@@ -1,8 +1,10 @@
 //! The CPU forward pass on packed tokens: every dense layer (QKV, attention output, FFN,
 //! LayerNorm, GELU) runs on the concatenated real tokens of the whole batch, so no FLOP is
-//! spent on padding; only attention is computed per sequence. Matrix products use `gemm`
-//! (the kernels candle's CPU backend runs on) on one rayon pool; the element-wise steps are
-//! fused loops compiled for AVX2+FMA when the CPU has them.
+//! spent on padding; only attention is computed per (head, sequence). Matrix products run on
+//! weights packed once at load ([`crate::panels`], and the int8 tiles) up to a few hundred
+//! rows, on `gemm` (the kernels candle's CPU backend runs on) above that, all on one rayon
+//! pool, the pass itself on one of its workers; the element-wise steps are fused loops
+//! compiled for AVX2+FMA when the CPU has them.
 //!
 //! It computes what `candle_transformers::models::bert::BertModel` computes (same weights,
 //! same f32 arithmetic up to summation order); the encoder's parity tests hold it to the
