@@ -3,7 +3,8 @@
 //! every call, as a general GEMM does, costs as much as the product) and every int8 product.
 //!
 //! [`for_each_tile`] walks the output in blocks of rows (a panel stays in cache across a
-//! block's tiles) and spreads blocks, or the tiles of a single block, over the rayon pool.
+//! block's tiles) and spreads the blocks over the rayon pool, or, for a short text, shares of
+//! the panels (each thread then writes its own columns of every row, in place).
 
 use rayon::prelude::*;
 
