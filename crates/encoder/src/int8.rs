@@ -21,13 +21,6 @@ const WEIGHT_MAX: f32 = 127.0;
 /// Widest input the integer sums are exact for: `4095 · 127 · MAX_INPUTS` fits an `i32`.
 pub(crate) const MAX_INPUTS: usize = (i32::MAX as usize) / (4095 * 127);
 
-/// Up to this many rows (one short text) the threads share out the panels rather than the
-/// rows (see [`panels::for_each_tile`]): balanced to the panel, and each weight read once.
-/// Measured at batch 1, 2 threads, alternated runs, medians of 3: SST-2 209.5 → 235.4
-/// texts/s, AG News 107.7 → 112.8 (rows were shared before; panels were slower while sharing
-/// them copied every row); 64 → 128 rows: AG News 123.3 → 124.2.
-const SHARE_PANELS_UP_TO: usize = 128;
-
 /// A dense layer with 8-bit weights packed for the integer tiles.
 pub(crate) struct QLinear {
     /// `[panel][k2 / 2][16 columns][2]`: each column's weights for inputs `2j` and `2j + 1`
@@ -96,36 +89,30 @@ impl QLinear {
             .for_each(|((quantized, scales), input)| {
                 quantize_rows(input, k, k2, quantized, scales);
             });
-        panels::for_each_tile(
-            out,
-            n,
-            2 * rows * k * n,
-            SHARE_PANELS_UP_TO,
-            |first, panel, out, lead| {
-                let count = out.rows.len();
-                let a = &quantized[first * k2..(first + count) * k2];
-                let b = &self.packed[panel * k2 * PANEL..(panel + 1) * k2 * PANEL];
-                let next = self
-                    .packed
-                    .get((panel + 1) * k2 * PANEL..(panel + 2) * k2 * PANEL);
-                let mut acc = [[0i32; PANEL]; TILE_ROWS];
-                panels::tile_i16(
-                    a,
-                    k2,
-                    b,
-                    next.filter(|_| lead).unwrap_or(b),
-                    &mut acc[..count],
-                );
-                let cols = panel * PANEL..(panel * PANEL + PANEL).min(n);
-                dequantize(
-                    &acc[..count],
-                    &row_scales[first..],
-                    &self.scales[cols.clone()],
-                    out.rows,
-                    cols.start - out.col0,
-                );
-            },
-        );
+        panels::for_each_tile(out, n, 2 * rows * k * n, |first, panel, out, lead| {
+            let count = out.rows.len();
+            let a = &quantized[first * k2..(first + count) * k2];
+            let b = &self.packed[panel * k2 * PANEL..(panel + 1) * k2 * PANEL];
+            let next = self
+                .packed
+                .get((panel + 1) * k2 * PANEL..(panel + 2) * k2 * PANEL);
+            let mut acc = [[0i32; PANEL]; TILE_ROWS];
+            panels::tile_i16(
+                a,
+                k2,
+                b,
+                next.filter(|_| lead).unwrap_or(b),
+                &mut acc[..count],
+            );
+            let cols = panel * PANEL..(panel * PANEL + PANEL).min(n);
+            dequantize(
+                &acc[..count],
+                &row_scales[first..],
+                &self.scales[cols.clone()],
+                out.rows,
+                cols.start - out.col0,
+            );
+        });
     }
 }
 

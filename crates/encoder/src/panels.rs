@@ -47,13 +47,12 @@ pub(crate) struct TileOut<'a, 'b> {
 /// tile is the first of its panel in a block (the one that may pull the next panel into
 /// cache while the others reuse this one). Within a block of rows each panel is read once
 /// for all the block's tiles. In parallel when the product's `flops` make it worth it: by
-/// balanced blocks of rows, or, for at most `share_panels_up_to` rows, by shares of the
+/// balanced blocks of rows, or, for at most [`SHARE_PANELS_UP_TO`] rows, by shares of the
 /// panels (each thread writing its own columns of every row).
 pub(crate) fn for_each_tile(
     out: &mut [f32],
     n: usize,
     flops: usize,
-    share_panels_up_to: usize,
     tile: impl Fn(usize, usize, TileOut<'_, '_>, bool) + Sync,
 ) {
     let rows = out.len() / n;
@@ -73,7 +72,7 @@ pub(crate) fn for_each_tile(
         for (b, segments) in segments.chunks_mut(BLOCK_ROWS).enumerate() {
             block(b * BLOCK_ROWS, segments, 0, 0..panels);
         }
-    } else if rows > share_panels_up_to.max(TILE_ROWS) {
+    } else if rows > SHARE_PANELS_UP_TO {
         // Blocks of at most `BLOCK_ROWS` rows (whole tiles), as many as a multiple of the
         // threads so that none is left with a stub (a 55-row text in blocks of 48 left one
         // thread 7 rows).
@@ -115,13 +114,15 @@ pub(crate) fn for_each_tile(
     }
 }
 
-/// Up to this many rows (one short text), the f32 product shares out the panels between
+/// Up to this many rows (one short text), products (f32 and int8) share out the panels between
 /// threads rather than the rows: the weights then stream from memory once instead of once per
-/// thread, which is what a batch of one is bound by. Measured at batch 1, 2 threads, alternated
-/// runs: SST-2 sentences (~22 tokens) 111.7 → 125 texts/s (median of 4), AG News (~50 tokens)
-/// 59.7 → 63.0 (median of 6); writing each thread's columns in place instead of on a copy of
-/// the rows: AG News 99.6 → 101.9 (medians of 3); 64 → 128 rows: AG News 101.7 → 103.6.
-const F32_SHARE_PANELS_UP_TO: usize = 128;
+/// thread, which is what a batch of one is bound by, and the split is balanced to the panel.
+/// Measured at batch 1, 2 threads, alternated runs: f32 SST-2 sentences 111.7 → 125 texts/s
+/// (median of 4), AG News 59.7 → 63.0 (median of 6); writing each thread's columns in place
+/// instead of on a copy of the rows: f32 AG News 99.6 → 101.9, int8 (which shared rows until
+/// then) SST-2 209.5 → 235.4, AG News 107.7 → 112.8; 64 → 128 rows: AG News f32 101.7 → 103.6,
+/// int8 123.3 → 124.2 (medians of 3).
+const SHARE_PANELS_UP_TO: usize = 128;
 
 /// f32 weights packed in panels: `[panel][k][16 columns]`.
 pub(crate) struct PackedF32 {
@@ -152,34 +153,28 @@ impl PackedF32 {
     pub(crate) fn accumulate(&self, input: &[f32], out: &mut [f32]) {
         let (k, n) = (self.inputs, self.outputs);
         let flops = 2 * (out.len() / n) * k * n;
-        for_each_tile(
-            out,
-            n,
-            flops,
-            F32_SHARE_PANELS_UP_TO,
-            |first, panel, out, lead| {
-                let count = out.rows.len();
-                let a = &input[first * k..(first + count) * k];
-                let b = &self.packed[panel * k * PANEL..(panel + 1) * k * PANEL];
-                let next = self
-                    .packed
-                    .get((panel + 1) * k * PANEL..(panel + 2) * k * PANEL);
-                let mut acc = [[0.0f32; PANEL]; TILE_ROWS];
-                tile_f32(
-                    a,
-                    k,
-                    b,
-                    next.filter(|_| lead).unwrap_or(b),
-                    &mut acc[..count],
-                );
-                let (at, cols) = (panel * PANEL - out.col0, (n - panel * PANEL).min(PANEL));
-                for (row, acc) in out.rows.iter_mut().zip(&acc) {
-                    for (o, a) in row[at..at + cols].iter_mut().zip(acc) {
-                        *o += a;
-                    }
+        for_each_tile(out, n, flops, |first, panel, out, lead| {
+            let count = out.rows.len();
+            let a = &input[first * k..(first + count) * k];
+            let b = &self.packed[panel * k * PANEL..(panel + 1) * k * PANEL];
+            let next = self
+                .packed
+                .get((panel + 1) * k * PANEL..(panel + 2) * k * PANEL);
+            let mut acc = [[0.0f32; PANEL]; TILE_ROWS];
+            tile_f32(
+                a,
+                k,
+                b,
+                next.filter(|_| lead).unwrap_or(b),
+                &mut acc[..count],
+            );
+            let (at, cols) = (panel * PANEL - out.col0, (n - panel * PANEL).min(PANEL));
+            for (row, acc) in out.rows.iter_mut().zip(&acc) {
+                for (o, a) in row[at..at + cols].iter_mut().zip(acc) {
+                    *o += a;
                 }
-            },
-        );
+            }
+        });
     }
 }
 
