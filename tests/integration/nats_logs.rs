@@ -57,12 +57,10 @@ fn head_logs_follow_within_a_second_and_never_past_the_budget() {
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let file = dir.path().join("flood.toml");
     let text = PIPELINE
         .replace("HOSTILE", &plugin_path("hostile").to_string_lossy())
         .replace("PYTHON", &script_head("hostile-python").to_string_lossy());
-    std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
-    let _host = Host::serve(&["--pipeline", &file.to_string_lossy(), "--nats", &url]);
+    let _host = Host::serve_pipeline(dir.path(), &text, &url, &[]);
     let rt = runtime();
     let client = rt.block_on(async {
         let client = async_nats::connect(&url)

@@ -23,6 +23,22 @@ impl Host {
         Self::serve_with(args, &[], Stdio::null())
     }
 
+    /// Serves the pipeline `text` (written to `pipeline.toml` in `dir`) on `nats`, with `extra`
+    /// arguments.
+    pub(crate) fn serve_pipeline(
+        dir: &std::path::Path,
+        text: &str,
+        nats: &str,
+        extra: &[&str],
+    ) -> Self {
+        let file = dir.join("pipeline.toml");
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+        let file = file.to_string_lossy();
+        let mut args = vec!["--pipeline", &file, "--nats", nats];
+        args.extend(extra);
+        Self::serve(&args)
+    }
+
     /// Like [`Host::serve`], with extra environment variables and stderr sent to `stderr`.
     pub(crate) fn serve_with<S: AsRef<std::ffi::OsStr>>(
         args: &[S],

@@ -169,21 +169,10 @@ fn a_trace_runs_from_publish_through_every_stage_to_the_result() {
     let url = server.url();
     let collector = Collector::start();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let file = dir.path().join("traced.toml");
     let sentiment = workspace_root().join("heads/sentiment");
-    std::fs::write(
-        &file,
-        PIPELINE.replace("SENTIMENT", &sentiment.to_string_lossy()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let _host = Host::serve(&[
-        "--pipeline",
-        &file.to_string_lossy(),
-        "--nats",
-        &url,
-        "--otlp-endpoint",
-        &collector.url,
-    ]);
+    let pipeline = PIPELINE.replace("SENTIMENT", &sentiment.to_string_lossy());
+    let traced = ["--otlp-endpoint", &collector.url];
+    let _host = Host::serve_pipeline(dir.path(), &pipeline, &url, &traced);
     wait_answering(&url, "traced.in");
     let result = request(&url, &collector.url, "I want a refund, this is terrible");
     let trace = result["trace_id"].as_str().unwrap_or_default().to_owned();
@@ -247,7 +236,6 @@ fn a_jetstream_message_shows_its_wait_in_the_stream() {
     let url = server.url();
     let collector = Collector::start();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let file = dir.path().join("queued.toml");
     let pipeline = r#"version = 1
 name = "queued"
 [input]
@@ -263,15 +251,8 @@ builtin = "keyword-flags"
 [heads.config.flags]
 refund = ["refund"]
 "#;
-    std::fs::write(&file, pipeline).unwrap_or_else(|e| panic!("{e}"));
-    let _host = Host::serve(&[
-        "--pipeline",
-        &file.to_string_lossy(),
-        "--nats",
-        &url,
-        "--otlp-endpoint",
-        &collector.url,
-    ]);
+    let traced = ["--otlp-endpoint", &collector.url];
+    let _host = Host::serve_pipeline(dir.path(), pipeline, &url, &traced);
     let rt = crate::runtime();
     let result: Value = rt.block_on(async {
         let client = async_nats::connect(&url)
