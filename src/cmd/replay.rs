@@ -381,6 +381,7 @@ async fn process(
                     offsets: Vec::new(),
                     truncated: stored.truncated,
                     token_states: None,
+                    layers: Vec::new(),
                 });
             }
         }

@@ -97,6 +97,9 @@ pub enum EncoderError {
     /// The tokenizer could not be loaded or failed on an input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A request asks for states the encoder does not have or cannot give.
+    #[error("{0}")]
+    Unsupported(String),
     /// The weights do not fit the architecture, or a tensor operation failed.
     #[error("model: {0}")]
     Model(#[from] candle_core::Error),
@@ -184,6 +187,111 @@ enum Model {
     Packed(packed::PackedBert),
 }
 
+/// A set of the encoder's layers: 0 is the embedding layer's output, 1..=N the transformer
+/// layers' outputs (N, the last, is what the sentence embedding pools). Ascending iteration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LayerSet(u64);
+
+impl LayerSet {
+    /// The empty set.
+    pub const EMPTY: Self = Self(0);
+
+    /// The set of these layers (each below 64).
+    pub fn of(layers: impl IntoIterator<Item = u32>) -> Self {
+        layers.into_iter().fold(Self::EMPTY, |s, l| s.with(l))
+    }
+
+    /// This set with `layer` added (layers of 64 and above are ignored: no model has them).
+    #[must_use]
+    pub fn with(self, layer: u32) -> Self {
+        if layer < 64 {
+            Self(self.0 | 1 << layer)
+        } else {
+            self
+        }
+    }
+
+    /// Both sets' layers.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether `layer` is in the set.
+    pub fn contains(self, layer: u32) -> bool {
+        layer < 64 && self.0 & (1 << layer) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Number of layers in the set.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The layers, ascending.
+    pub fn iter(self) -> impl Iterator<Item = u32> {
+        (0..64).filter(move |&l| self.contains(l))
+    }
+
+    /// The highest layer in the set.
+    pub fn max(self) -> Option<u32> {
+        (self.0 != 0).then(|| 63 - self.0.leading_zeros())
+    }
+}
+
+/// What an encode call returns besides each text's sentence embedding. The default asks for
+/// nothing more, and costs nothing more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct States {
+    /// The last layer's per-token states ([`EncodedText::token_states`]).
+    pub tokens: bool,
+    /// Layers whose mean-pooled states ([`LayerOutput::pooled`]) are returned.
+    pub pooled: LayerSet,
+    /// Layers whose per-token states ([`LayerOutput::tokens`]) are returned.
+    pub token_layers: LayerSet,
+}
+
+impl States {
+    /// Only the last layer's token states, or nothing.
+    pub fn tokens(tokens: bool) -> Self {
+        Self {
+            tokens,
+            ..Self::default()
+        }
+    }
+
+    /// What either request asks for.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            tokens: self.tokens || other.tokens,
+            pooled: self.pooled.union(other.pooled),
+            token_layers: self.token_layers.union(other.token_layers),
+        }
+    }
+
+    /// Every layer either set names.
+    pub fn layers(self) -> LayerSet {
+        self.pooled.union(self.token_layers)
+    }
+}
+
+/// One layer's states for one text, as [`States`] asked for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerOutput {
+    /// The layer (0: embedding layer output, N: last).
+    pub layer: u32,
+    /// Mean over the text's tokens of the layer's states (not normalised), `hidden_size` long;
+    /// when asked for.
+    pub pooled: Option<Vec<f32>>,
+    /// Row-major `n_tokens × hidden_size` states of the layer; when asked for.
+    pub tokens: Option<Vec<f32>>,
+}
+
 /// The encoder's output for one text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedText {
@@ -198,12 +306,28 @@ pub struct EncodedText {
     /// Last hidden state of every token, row-major `input_ids.len() × hidden_size`; only when
     /// requested.
     pub token_states: Option<Vec<f32>>,
+    /// The states of the layers [`States`] asked for, ascending by layer; empty by default.
+    pub layers: Vec<LayerOutput>,
 }
 
 impl EncodedText {
     /// Number of tokens the model saw for this text.
     pub fn n_tokens(&self) -> usize {
         self.input_ids.len()
+    }
+
+    /// The mean-pooled states of `layer`, if they were asked for.
+    pub fn pooled(&self, layer: u32) -> Option<&[f32]> {
+        self.layer(layer).and_then(|l| l.pooled.as_deref())
+    }
+
+    /// The per-token states of `layer`, if they were asked for.
+    pub fn layer_tokens(&self, layer: u32) -> Option<&[f32]> {
+        self.layer(layer).and_then(|l| l.tokens.as_deref())
+    }
+
+    fn layer(&self, layer: u32) -> Option<&LayerOutput> {
+        self.layers.iter().find(|l| l.layer == layer)
     }
 }
 
@@ -231,8 +355,8 @@ impl std::fmt::Debug for Encoder {
     }
 }
 
-/// One text's output from a forward pass: (embedding, token states if requested).
-type Forwarded = (Vec<f32>, Option<Vec<f32>>);
+/// One text's output from a forward pass: embedding, token states and layers if requested.
+type Forwarded = (Vec<f32>, Option<Vec<f32>>, Vec<LayerOutput>);
 
 /// A tokenized text, ready to batch.
 #[derive(Debug, Clone)]
@@ -346,6 +470,27 @@ impl Encoder {
         self.config.bert.hidden_size
     }
 
+    /// Number of transformer layers: [`LayerSet`]s name layers `0..=num_layers()`.
+    pub fn num_layers(&self) -> u32 {
+        self.config.bert.num_hidden_layers as u32
+    }
+
+    /// Checks that the encoder can give what `states` asks for.
+    pub fn check(&self, states: States) -> Result<(), EncoderError> {
+        let n = self.num_layers();
+        if let Some(max) = states.layers().max().filter(|&m| m > n) {
+            return Err(EncoderError::Unsupported(format!(
+                "layer {max} asked for: the encoder has layers 0 (embeddings) to {n}"
+            )));
+        }
+        if self.backend() == Backend::Candle && states.layers().iter().any(|l| l != n) {
+            return Err(EncoderError::Unsupported(format!(
+                "the candle backend gives the last layer ({n}) only; run the packed CPU backend for earlier layers"
+            )));
+        }
+        Ok(())
+    }
+
     /// Batch limits used by [`Encoder::encode`].
     pub fn limits(&self) -> BatchLimits {
         self.limits
@@ -374,8 +519,19 @@ impl Encoder {
         texts: &[&str],
         token_states: bool,
     ) -> Result<Vec<EncodedText>, EncoderError> {
+        self.encode_with(texts, States::tokens(token_states))
+    }
+
+    /// Encodes `texts` like [`Encoder::encode`], returning also the layer states `states`
+    /// asks for.
+    pub fn encode_with(
+        &self,
+        texts: &[&str],
+        states: States,
+    ) -> Result<Vec<EncodedText>, EncoderError> {
+        self.check(states)?;
         let tokenized = self.tokenize(texts)?;
-        self.encode_tokenized(tokenized, token_states)
+        self.encode_tokenized_with(tokenized, states)
     }
 
     /// Encodes already tokenized texts (see [`Encoder::tokenize`]), in input order.
@@ -384,13 +540,23 @@ impl Encoder {
         tokenized: Vec<Tokenized>,
         token_states: bool,
     ) -> Result<Vec<EncodedText>, EncoderError> {
+        self.encode_tokenized_with(tokenized, States::tokens(token_states))
+    }
+
+    /// Encodes already tokenized texts, with the layer states `states` asks for.
+    pub fn encode_tokenized_with(
+        &self,
+        tokenized: Vec<Tokenized>,
+        states: States,
+    ) -> Result<Vec<EncodedText>, EncoderError> {
+        self.check(states)?;
         let lengths: Vec<usize> = tokenized.iter().map(|t| t.ids.len()).collect();
         let mut results: Vec<Option<EncodedText>> = vec![None; tokenized.len()];
         let mut tokenized: Vec<Option<Tokenized>> = tokenized.into_iter().map(Some).collect();
         for batch in plan_batches(&lengths, self.limits) {
             let items: Vec<Tokenized> = batch.iter().filter_map(|&i| tokenized[i].take()).collect();
-            let encoded = self.forward_batch(&items, token_states)?;
-            for (i, (item, (embedding, states))) in
+            let encoded = self.forward_batch(&items, states)?;
+            for (i, (item, (embedding, token_states, layers))) in
                 batch.into_iter().zip(items.into_iter().zip(encoded))
             {
                 results[i] = Some(EncodedText {
@@ -398,23 +564,44 @@ impl Encoder {
                     input_ids: item.ids,
                     offsets: item.offsets,
                     truncated: item.truncated,
-                    token_states: states,
+                    token_states,
+                    layers,
                 });
             }
         }
         Ok(results.into_iter().flatten().collect())
     }
 
-    /// Runs BERT on one batch; returns (embedding, token states) per item.
+    /// Runs BERT on one batch; returns (embedding, token states, layers) per item.
     fn forward_batch(
         &self,
         items: &[Tokenized],
-        token_states: bool,
+        states: States,
     ) -> Result<Vec<Forwarded>, EncoderError> {
         match &self.model {
-            Model::Candle(model) => self.forward_padded(model, items, token_states),
-            Model::Packed(model) => self.forward_packed(model, items, token_states),
+            Model::Candle(model) => self.forward_padded(model, items, states),
+            Model::Packed(model) => self.forward_packed(model, items, states),
         }
+    }
+
+    /// One text's [`LayerOutput`]s from whole-batch layer states (`rows` of the text: `span`).
+    fn layer_outputs(
+        &self,
+        kept: &[(u32, Vec<f32>)],
+        span: (usize, usize),
+        states: States,
+    ) -> Vec<LayerOutput> {
+        let h = self.hidden_size();
+        kept.iter()
+            .map(|(layer, all)| {
+                let rows = &all[span.0 * h..span.1 * h];
+                LayerOutput {
+                    layer: *layer,
+                    pooled: states.pooled.contains(*layer).then(|| mean_rows(rows, h)),
+                    tokens: states.token_layers.contains(*layer).then(|| rows.to_vec()),
+                }
+            })
+            .collect()
     }
 
     /// The packed path: real tokens only, pooled per sequence.
@@ -422,13 +609,13 @@ impl Encoder {
         &self,
         model: &packed::PackedBert,
         items: &[Tokenized],
-        token_states: bool,
+        states: States,
     ) -> Result<Vec<Forwarded>, EncoderError> {
         let h = self.hidden_size();
         let sequences: Vec<&[u32]> = items.iter().map(|t| t.ids.as_slice()).collect();
         // On a worker of the pool: the pass's many parallel steps then fork from a worker
         // (work stealing) instead of each being injected from outside and waited on.
-        let packed = rayon::scope(|_| model.forward(&sequences))?;
+        let packed = rayon::scope(|_| model.forward(&sequences, states.layers()))?;
         let mut out = Vec::with_capacity(items.len());
         for w in packed.starts.windows(2) {
             let rows = &packed.states[w[0] * h..w[1] * h];
@@ -457,7 +644,8 @@ impl Encoder {
                 let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
                 pooled.iter_mut().for_each(|p| *p /= norm);
             }
-            out.push((pooled, token_states.then(|| rows.to_vec())));
+            let layers = self.layer_outputs(&packed.kept, (w[0], w[1]), states);
+            out.push((pooled, states.tokens.then(|| rows.to_vec()), layers));
         }
         Ok(out)
     }
@@ -467,7 +655,7 @@ impl Encoder {
         &self,
         model: &BertModel,
         items: &[Tokenized],
-        token_states: bool,
+        states: States,
     ) -> Result<Vec<Forwarded>, EncoderError> {
         let batch = items.len();
         let seq = items.iter().map(|t| t.ids.len()).max().unwrap_or(0);
@@ -511,7 +699,8 @@ impl Encoder {
             pooled
         };
         let embeddings = pooled.to_vec2::<f32>()?;
-        let states = if token_states {
+        // `check` allowed only the last layer here: it is `hidden`.
+        let per_text: Vec<Option<Vec<f32>>> = if states.tokens || !states.layers().is_empty() {
             let hidden = hidden.to_vec3::<f32>()?;
             hidden
                 .into_iter()
@@ -521,8 +710,35 @@ impl Encoder {
         } else {
             vec![None; batch]
         };
-        Ok(embeddings.into_iter().zip(states).collect())
+        let last = self.num_layers();
+        Ok(embeddings
+            .into_iter()
+            .zip(per_text)
+            .map(|(embedding, rows)| {
+                let layers = match &rows {
+                    Some(rows) if !states.layers().is_empty() => {
+                        let n = rows.len() / self.hidden_size().max(1);
+                        self.layer_outputs(&[(last, rows.clone())], (0, n), states)
+                    }
+                    _ => Vec::new(),
+                };
+                (embedding, rows.filter(|_| states.tokens), layers)
+            })
+            .collect())
     }
+}
+
+/// Mean of the `width`-wide rows of `rows`.
+fn mean_rows(rows: &[f32], width: usize) -> Vec<f32> {
+    let mut mean = vec![0.0f32; width];
+    for row in rows.chunks_exact(width) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    let n = (rows.len() / width.max(1)).max(1) as f32;
+    mean.iter_mut().for_each(|m| *m /= n);
+    mean
 }
 
 fn select_device(prefer_gpu: bool) -> Result<Device, EncoderError> {

@@ -113,6 +113,8 @@ pub(crate) struct PackedBert {
 pub(crate) struct PackedStates {
     pub(crate) states: Vec<f32>,
     pub(crate) starts: Vec<usize>,
+    /// Every token's state after each layer in the `keep` set, ascending by layer.
+    pub(crate) kept: Vec<(u32, Vec<f32>)>,
 }
 
 fn tensor(
@@ -256,8 +258,13 @@ impl PackedBert {
     }
 
     /// Runs the encoder over `sequences` (token ids) and returns every token's last hidden
-    /// state, packed.
-    pub(crate) fn forward(&self, sequences: &[&[u32]]) -> Result<PackedStates, EncoderError> {
+    /// state, packed, and a copy of the states after each layer in `keep` (0: the embedding
+    /// layer's output; `layers()`: the last).
+    pub(crate) fn forward(
+        &self,
+        sequences: &[&[u32]],
+        keep: crate::LayerSet,
+    ) -> Result<PackedStates, EncoderError> {
         let h = self.hidden;
         let mut starts = Vec::with_capacity(sequences.len() + 1);
         let mut rows = 0;
@@ -296,13 +303,17 @@ impl PackedBert {
             }
         }
         kernels::layer_norm_rows(&mut x, h, &self.embedding_norm, self.eps);
+        let mut kept = Vec::with_capacity(keep.len());
+        if keep.contains(0) {
+            kept.push((0, x.clone()));
+        }
         let inter = self.layers.first().map_or(0, |l| l.up.outputs());
         let mut qkv = vec![0.0f32; rows * 3 * h];
         let mut context = vec![0.0f32; rows * h];
         let mut by_head = vec![0.0f32; rows * h];
         let mut attended = vec![0.0f32; rows * h];
         let mut up = vec![0.0f32; rows * inter];
-        for layer in &self.layers {
+        for (index, layer) in (1u32..).zip(&self.layers) {
             layer.qkv.forward(&x, rows, &mut qkv, None);
             self.attention(&qkv, &starts, &mut by_head, &mut context);
             layer
@@ -313,8 +324,15 @@ impl PackedBert {
             kernels::gelu(&mut up);
             layer.down.forward(&up, rows, &mut x, Some(&attended));
             kernels::layer_norm_rows(&mut x, h, &layer.output_norm, self.eps);
+            if keep.contains(index) {
+                kept.push((index, x.clone()));
+            }
         }
-        Ok(PackedStates { states: x, starts })
+        Ok(PackedStates {
+            states: x,
+            starts,
+            kept,
+        })
     }
 
     /// Scaled dot-product attention of every head of every sequence (no mask: only real

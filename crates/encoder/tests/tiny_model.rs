@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use headstream_encoder::{BatchLimits, Encoder, EncoderError, EncoderOptions, Pooling};
+use headstream_encoder::{
+    Backend, BatchLimits, Encoder, EncoderError, EncoderOptions, LayerSet, Pooling, States,
+};
 use tokenizers::Tokenizer;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
@@ -191,6 +193,109 @@ fn embedding_is_the_same_alone_or_in_any_batch() -> TestResult {
             assert!(d < 1e-5, "text {i} differs by {d} in batches of {batch}");
         }
     }
+    Ok(())
+}
+
+#[test]
+fn layer_states_are_kept_only_when_asked_and_the_last_matches_the_embedding() -> TestResult {
+    let model = TinyModel::new("mean_tokens", 64, 3)?;
+    let encoder = model.load(32)?;
+    assert_eq!(encoder.num_layers(), 2);
+    let plain = encoder.encode(TEXTS, true)?;
+    assert!(
+        plain.iter().all(|e| e.layers.is_empty()),
+        "nothing asked, nothing kept"
+    );
+    let states = States {
+        tokens: true,
+        pooled: LayerSet::of([0, 1, 2]),
+        token_layers: LayerSet::of([1, 2]),
+    };
+    let layered = encoder.encode_with(TEXTS, states)?;
+    for (i, (p, l)) in plain.iter().zip(&layered).enumerate() {
+        assert_eq!(
+            p.embedding, l.embedding,
+            "text {i}: asking for layers changes nothing else"
+        );
+        assert_eq!(p.token_states, l.token_states);
+        assert_eq!(
+            l.layers.iter().map(|x| x.layer).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(
+            l.layer_tokens(0).is_none(),
+            "layer 0's tokens were not asked for"
+        );
+        assert_eq!(
+            l.layer_tokens(2),
+            p.token_states.as_deref(),
+            "last layer = token states"
+        );
+        let n = p.n_tokens();
+        assert_eq!(l.layer_tokens(1).map(<[f32]>::len), Some(n * HIDDEN));
+        // Mean of the last layer, normalised, is the sentence embedding.
+        let pooled = l.pooled(2).ok_or("no pooled layer 2")?;
+        let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let normalised: Vec<f32> = pooled.iter().map(|v| v / norm).collect();
+        let d = max_diff(&normalised, &p.embedding);
+        assert!(
+            d < 1e-5,
+            "text {i}: pooled last layer differs from embedding by {d}"
+        );
+        assert_ne!(l.pooled(0), l.pooled(1), "layers differ");
+    }
+    // One text alone gives the same layer states as in a batch.
+    let alone = model.load(1)?.encode_with(TEXTS, states)?;
+    for (a, b) in alone.iter().zip(&layered) {
+        for layer in 0..=2 {
+            let d = max_diff(
+                a.pooled(layer).unwrap_or(&[]),
+                b.pooled(layer).unwrap_or(&[1.0]),
+            );
+            assert!(d < 1e-5, "layer {layer} pooled differs by {d} alone");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn layers_the_encoder_cannot_give_are_clear_errors() -> TestResult {
+    let model = TinyModel::new("mean_tokens", 64, 4)?;
+    let encoder = model.load(32)?;
+    let too_deep = States {
+        pooled: LayerSet::of([3]),
+        ..States::default()
+    };
+    let e = encoder
+        .encode_with(TEXTS, too_deep)
+        .err()
+        .ok_or("layer 3 accepted")?;
+    assert!(e.to_string().contains("layer 3"), "{e}");
+    let candle = Encoder::load(
+        model.path(),
+        EncoderOptions {
+            backend: Backend::Candle,
+            ..Default::default()
+        },
+    )?;
+    let last = States {
+        pooled: LayerSet::of([2]),
+        ..States::default()
+    };
+    let packed = encoder.encode_with(TEXTS, last)?;
+    for (a, b) in candle.encode_with(TEXTS, last)?.iter().zip(&packed) {
+        let d = max_diff(a.pooled(2).unwrap_or(&[]), b.pooled(2).unwrap_or(&[1.0]));
+        assert!(d < 1e-4, "candle and packed last layer differ by {d}");
+    }
+    let earlier = States {
+        pooled: LayerSet::of([1]),
+        ..States::default()
+    };
+    let e = candle
+        .encode_with(TEXTS, earlier)
+        .err()
+        .ok_or("candle gave layer 1")?;
+    assert!(e.to_string().contains("last layer"), "{e}");
     Ok(())
 }
 

@@ -166,6 +166,7 @@ mod tests {
             offsets: Vec::new(),
             truncated: false,
             token_states: None,
+            layers: Vec::new(),
         }
     }
 
