@@ -208,9 +208,111 @@ pub fn decode_bio(text: &str, tokens: &[TaggedToken<'_>]) -> Vec<Entity> {
     entities
 }
 
+/// The most probable *valid* BIO/IOB2 tag sequence: `probs[t][k]` is token `t`'s probability
+/// of tag `tags[k]`; the answer is one tag index per token, maximising the sum of log
+/// probabilities over paths where every `I-X` follows a `B-X` or an `I-X` (never `O`, another
+/// type, or the start). Tags that are not `O`, `B-X` or `I-X` are treated as `O`. Spans decoded
+/// from the path ([`decode_bio`]) need no repair. Time `O(tokens × tags²)`.
+pub fn viterbi_bio(tags: &[String], probs: &[Vec<f32>]) -> Vec<usize> {
+    let n = tags.len();
+    if n == 0 || probs.is_empty() {
+        return Vec::new();
+    }
+    // For each tag: `Some(type)` when it is `I-type`, and the type it begins or continues.
+    let inside: Vec<Option<&str>> = tags.iter().map(|t| t.strip_prefix("I-")).collect();
+    let kind: Vec<Option<&str>> = tags
+        .iter()
+        .map(|t| t.strip_prefix("B-").or_else(|| t.strip_prefix("I-")))
+        .collect();
+    let allowed = |from: Option<usize>, to: usize| match inside[to] {
+        None => true,
+        Some(x) => from.is_some_and(|f| kind[f] == Some(x)),
+    };
+    let log = |p: f32| p.max(1e-30).ln();
+    let score_of = |row: &Vec<f32>, k: usize| log(row.get(k).copied().unwrap_or(0.0));
+    let mut best: Vec<f32> = (0..n)
+        .map(|k| {
+            if allowed(None, k) {
+                score_of(&probs[0], k)
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    let mut back: Vec<Vec<usize>> = Vec::with_capacity(probs.len());
+    back.push(vec![0; n]);
+    for row in &probs[1..] {
+        let mut next = vec![f32::NEG_INFINITY; n];
+        let mut from = vec![0; n];
+        for k in 0..n {
+            let emit = score_of(row, k);
+            for (j, &b) in best.iter().enumerate() {
+                if b > f32::NEG_INFINITY && allowed(Some(j), k) && b + emit > next[k] {
+                    next[k] = b + emit;
+                    from[k] = j;
+                }
+            }
+        }
+        best = next;
+        back.push(from);
+    }
+    let mut k = (0..n)
+        .max_by(|&a, &b| best[a].total_cmp(&best[b]))
+        .unwrap_or(0);
+    let mut path = vec![0; probs.len()];
+    for t in (0..probs.len()).rev() {
+        path[t] = k;
+        k = back[t][k];
+    }
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tag_set() -> Vec<String> {
+        ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn viterbi_never_starts_or_switches_type_with_inside() {
+        let tags = tag_set();
+        // Greedy would say I-PER, I-PER, O, I-LOC: invalid at the start and after O.
+        let probs = vec![
+            vec![0.1, 0.35, 0.45, 0.05, 0.05],
+            vec![0.1, 0.1, 0.7, 0.05, 0.05],
+            vec![0.8, 0.05, 0.05, 0.05, 0.05],
+            vec![0.2, 0.05, 0.05, 0.3, 0.4],
+        ];
+        let path: Vec<&str> = viterbi_bio(&tags, &probs)
+            .into_iter()
+            .map(|k| tags[k].as_str())
+            .collect();
+        assert_eq!(path, ["B-PER", "I-PER", "O", "B-LOC"]);
+        // I-LOC right after B-PER is not allowed either, whatever its probability.
+        let probs = vec![vec![0.0, 1.0, 0.0, 0.0, 0.0], vec![0.1, 0.0, 0.0, 0.0, 0.9]];
+        let path: Vec<&str> = viterbi_bio(&tags, &probs)
+            .into_iter()
+            .map(|k| tags[k].as_str())
+            .collect();
+        assert_eq!(path, ["B-PER", "O"]);
+    }
+
+    #[test]
+    fn viterbi_keeps_a_valid_greedy_path_and_handles_empty_input() {
+        let tags = tag_set();
+        let probs = vec![
+            vec![0.1, 0.8, 0.05, 0.03, 0.02],
+            vec![0.1, 0.1, 0.7, 0.05, 0.05],
+            vec![0.9, 0.02, 0.03, 0.03, 0.02],
+        ];
+        assert_eq!(viterbi_bio(&tags, &probs), [1, 2, 0]);
+        assert!(viterbi_bio(&tags, &[]).is_empty());
+        assert!(viterbi_bio(&[], &probs).is_empty());
+    }
 
     #[test]
     fn softmax_sums_to_one_and_keeps_order() {

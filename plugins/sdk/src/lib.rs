@@ -28,14 +28,15 @@
 //! Build with `cargo build --target wasm32-wasip2 --release`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component.
 //!
-//! Helpers for common heads: [`softmax`], [`top_k`], [`classify`], [`Dense`] (a linear layer read from a
-//! safetensors asset), [`decode_bio`] (BIO/IOB2 tags to byte-offset entity spans).
+//! Helpers for common heads: [`softmax`], [`top_k`], [`classify`], [`Dense`] (a linear layer
+//! read from a safetensors asset), [`decode_bio`] (BIO/IOB2 tags to byte-offset entity spans),
+//! [`viterbi_bio`] (the most probable valid BIO path from per-token tag probabilities).
 
 #![deny(missing_docs)]
 
 mod helpers;
 
-pub use helpers::{Dense, TaggedToken, classify, decode_bio, softmax, top_k};
+pub use helpers::{Dense, TaggedToken, classify, decode_bio, softmax, top_k, viterbi_bio};
 
 /// The generated bindings for `headstream:plugin` (wit-bindgen). Plugin code rarely needs this
 /// module directly; [`export_head!`] uses it.
