@@ -759,6 +759,13 @@ pub struct BenchEncoderArgs {
     /// the encoder's share of it (about a second more).
     #[arg(long)]
     pub roofline: bool,
+    /// Also keep the mean-pooled states of these layers (0 = embedding output, N = last),
+    /// e.g. `3,4,5,6`: the encoder's cost of serving multi-layer heads.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<u32>,
+    /// Also keep the per-token states of these layers.
+    #[arg(long, value_delimiter = ',')]
+    pub token_layers: Vec<u32>,
 }
 
 /// A number of seconds, 0 or more (fractions allowed), as `--shutdown-timeout` takes it.

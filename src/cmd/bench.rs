@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use headstream_encoder::{BatchLimits, plan_batches};
+use headstream_encoder::{BatchLimits, LayerSet, States, plan_batches};
 use serde_json::json;
 
 use super::jsonl::{parse_records, read_input};
@@ -28,6 +28,12 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
     let batch_size = args.batch_size as usize;
     let encoder = super::load_encoder(&args.model, args.model.precision(), batch_size)?;
     let load_s = load_start.elapsed().as_secs_f64();
+    let states = States {
+        tokens: false,
+        pooled: LayerSet::of(args.layers.iter().copied()),
+        token_layers: LayerSet::of(args.token_layers.iter().copied()),
+    };
+    encoder.check(states)?;
 
     let lengths: Vec<usize> = encoder
         .tokenize(&texts)?
@@ -43,7 +49,7 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
     let load_before = loadavg();
     for i in 0..args.warmup {
         let t = Instant::now();
-        encoder.encode(&texts, false)?;
+        encoder.encode_with(&texts, states)?;
         eprintln!("warm-up {}: {:.2}s", i + 1, t.elapsed().as_secs_f64());
     }
     let mut times = Vec::new();
@@ -54,11 +60,11 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
         if batch_size == 1 {
             for text in &texts {
                 let one = Instant::now();
-                encoder.encode(&[text], false)?;
+                encoder.encode_with(&[text], states)?;
                 latencies.push(one.elapsed().as_secs_f64() * 1e3);
             }
         } else {
-            encoder.encode(&texts, false)?;
+            encoder.encode_with(&texts, states)?;
         }
         times.push(t.elapsed().as_secs_f64());
         eprintln!("pass {}: {:.2}s", i + 1, times[times.len() - 1]);
@@ -83,6 +89,8 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
         "input": args.input.file_name().map(|n| n.to_string_lossy().into_owned()),
         "batch_size": batch_size,
         "max_batch_tokens": limits.max_batch_tokens,
+        "pooled_layers": states.pooled.iter().collect::<Vec<_>>(),
+        "token_layers": states.token_layers.iter().collect::<Vec<_>>(),
         "threads": threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         "n_texts": texts.len(),
         "n_unique_texts_in_file": n_unique,
