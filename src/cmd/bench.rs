@@ -30,8 +30,8 @@ pub fn encoder(args: &BenchEncoderArgs, threads: Option<usize>) -> anyhow::Resul
     let load_s = load_start.elapsed().as_secs_f64();
     let states = States {
         tokens: false,
-        pooled: LayerSet::of(args.layers.iter().copied()),
-        token_layers: LayerSet::of(args.token_layers.iter().copied()),
+        pooled: LayerSet::of(args.layers.iter().copied())?,
+        token_layers: LayerSet::of(args.token_layers.iter().copied())?,
     };
     encoder.check(states)?;
 

@@ -196,19 +196,17 @@ impl LayerSet {
     /// The empty set.
     pub const EMPTY: Self = Self(0);
 
-    /// The set of these layers (each below 64).
-    pub fn of(layers: impl IntoIterator<Item = u32>) -> Self {
-        layers.into_iter().fold(Self::EMPTY, |s, l| s.with(l))
-    }
-
-    /// This set with `layer` added (layers of 64 and above are ignored: no model has them).
-    #[must_use]
-    pub fn with(self, layer: u32) -> Self {
-        if layer < 64 {
-            Self(self.0 | 1 << layer)
-        } else {
-            self
-        }
+    /// The set of these layers; a layer of 64 or more (no model has one) is an error naming it.
+    pub fn of(layers: impl IntoIterator<Item = u32>) -> Result<Self, EncoderError> {
+        layers.into_iter().try_fold(Self::EMPTY, |s, l| {
+            if l < 64 {
+                Ok(Self(s.0 | 1 << l))
+            } else {
+                Err(EncoderError::Unsupported(format!(
+                    "layer {l} asked for: layers are numbered below 64"
+                )))
+            }
+        })
     }
 
     /// Both sets' layers.
@@ -261,16 +259,6 @@ impl States {
         Self {
             tokens,
             ..Self::default()
-        }
-    }
-
-    /// What either request asks for.
-    #[must_use]
-    pub fn union(self, other: Self) -> Self {
-        Self {
-            tokens: self.tokens || other.tokens,
-            pooled: self.pooled.union(other.pooled),
-            token_layers: self.token_layers.union(other.token_layers),
         }
     }
 
@@ -529,7 +517,6 @@ impl Encoder {
         texts: &[&str],
         states: States,
     ) -> Result<Vec<EncodedText>, EncoderError> {
-        self.check(states)?;
         let tokenized = self.tokenize(texts)?;
         self.encode_tokenized_with(tokenized, states)
     }
@@ -587,7 +574,7 @@ impl Encoder {
     /// One text's [`LayerOutput`]s from whole-batch layer states (`rows` of the text: `span`).
     fn layer_outputs(
         &self,
-        kept: &[(u32, Vec<f32>)],
+        kept: &[(u32, &[f32])],
         span: (usize, usize),
         states: States,
     ) -> Vec<LayerOutput> {
@@ -616,35 +603,44 @@ impl Encoder {
         // On a worker of the pool: the pass's many parallel steps then fork from a worker
         // (work stealing) instead of each being injected from outside and waited on.
         let packed = rayon::scope(|_| model.forward(&sequences, states.layers()))?;
+        // The last layer is `packed.states` itself, not a copy.
+        let last = self.num_layers();
+        let kept: Vec<(u32, &[f32])> = packed
+            .kept
+            .iter()
+            .map(|(l, s)| (*l, s.as_slice()))
+            .chain(
+                states
+                    .layers()
+                    .contains(last)
+                    .then_some((last, packed.states.as_slice())),
+            )
+            .collect();
         let mut out = Vec::with_capacity(items.len());
         for w in packed.starts.windows(2) {
             let rows = &packed.states[w[0] * h..w[1] * h];
-            let mut pooled = vec![0.0f32; h];
-            match self.config.pooling {
-                Pooling::Mean => {
-                    for row in rows.chunks_exact(h) {
-                        for (p, v) in pooled.iter_mut().zip(row) {
-                            *p += v;
-                        }
-                    }
-                    let n = (w[1] - w[0]).max(1) as f32;
-                    pooled.iter_mut().for_each(|p| *p /= n);
+            let mut pooled = match self.config.pooling {
+                Pooling::Mean => mean_rows(rows, h),
+                Pooling::Cls => {
+                    let mut first = rows[..h.min(rows.len())].to_vec();
+                    first.resize(h, 0.0);
+                    first
                 }
-                Pooling::Cls => pooled.copy_from_slice(&rows[..h.min(rows.len())]),
                 Pooling::Max => {
-                    pooled.fill(f32::NEG_INFINITY);
+                    let mut max = vec![f32::NEG_INFINITY; h];
                     for row in rows.chunks_exact(h) {
-                        for (p, v) in pooled.iter_mut().zip(row) {
+                        for (p, v) in max.iter_mut().zip(row) {
                             *p = p.max(*v);
                         }
                     }
+                    max
                 }
-            }
+            };
             if self.config.normalize {
                 let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
                 pooled.iter_mut().for_each(|p| *p /= norm);
             }
-            let layers = self.layer_outputs(&packed.kept, (w[0], w[1]), states);
+            let layers = self.layer_outputs(&kept, (w[0], w[1]), states);
             out.push((pooled, states.tokens.then(|| rows.to_vec()), layers));
         }
         Ok(out)
@@ -718,7 +714,7 @@ impl Encoder {
                 let layers = match &rows {
                     Some(rows) if !states.layers().is_empty() => {
                         let n = rows.len() / self.hidden_size().max(1);
-                        self.layer_outputs(&[(last, rows.clone())], (0, n), states)
+                        self.layer_outputs(&[(last, rows.as_slice())], (0, n), states)
                     }
                     _ => Vec::new(),
                 };

@@ -258,8 +258,8 @@ impl PackedBert {
     }
 
     /// Runs the encoder over `sequences` (token ids) and returns every token's last hidden
-    /// state, packed, and a copy of the states after each layer in `keep` (0: the embedding
-    /// layer's output; `layers()`: the last).
+    /// state, packed, and a copy of the states after each layer in `keep` below the last
+    /// (0: the embedding layer's output).
     pub(crate) fn forward(
         &self,
         sequences: &[&[u32]],
@@ -324,7 +324,8 @@ impl PackedBert {
             kernels::gelu(&mut up);
             layer.down.forward(&up, rows, &mut x, Some(&attended));
             kernels::layer_norm_rows(&mut x, h, &layer.output_norm, self.eps);
-            if keep.contains(index) {
+            // The last layer's states are returned as `states`: no copy.
+            if keep.contains(index) && index < self.layers.len() as u32 {
                 kept.push((index, x.clone()));
             }
         }

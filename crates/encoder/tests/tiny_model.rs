@@ -196,6 +196,12 @@ fn embedding_is_the_same_alone_or_in_any_batch() -> TestResult {
     Ok(())
 }
 
+/// `layer`'s pooled states of `e`, which must have been returned.
+fn pooled(e: &headstream_encoder::EncodedText, layer: u32) -> Result<&[f32], String> {
+    e.pooled(layer)
+        .ok_or_else(|| format!("no pooled states of layer {layer}"))
+}
+
 #[test]
 fn layer_states_are_kept_only_when_asked_and_the_last_matches_the_embedding() -> TestResult {
     let model = TinyModel::new("mean_tokens", 64, 3)?;
@@ -208,8 +214,8 @@ fn layer_states_are_kept_only_when_asked_and_the_last_matches_the_embedding() ->
     );
     let states = States {
         tokens: true,
-        pooled: LayerSet::of([0, 1, 2]),
-        token_layers: LayerSet::of([1, 2]),
+        pooled: LayerSet::of([0, 1, 2])?,
+        token_layers: LayerSet::of([1, 2])?,
     };
     let layered = encoder.encode_with(TEXTS, states)?;
     for (i, (p, l)) in plain.iter().zip(&layered).enumerate() {
@@ -234,7 +240,7 @@ fn layer_states_are_kept_only_when_asked_and_the_last_matches_the_embedding() ->
         let n = p.n_tokens();
         assert_eq!(l.layer_tokens(1).map(<[f32]>::len), Some(n * HIDDEN));
         // Mean of the last layer, normalised, is the sentence embedding.
-        let pooled = l.pooled(2).ok_or("no pooled layer 2")?;
+        let pooled = pooled(l, 2)?;
         let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
         let normalised: Vec<f32> = pooled.iter().map(|v| v / norm).collect();
         let d = max_diff(&normalised, &p.embedding);
@@ -248,10 +254,7 @@ fn layer_states_are_kept_only_when_asked_and_the_last_matches_the_embedding() ->
     let alone = model.load(1)?.encode_with(TEXTS, states)?;
     for (a, b) in alone.iter().zip(&layered) {
         for layer in 0..=2 {
-            let d = max_diff(
-                a.pooled(layer).unwrap_or(&[]),
-                b.pooled(layer).unwrap_or(&[1.0]),
-            );
+            let d = max_diff(pooled(a, layer)?, pooled(b, layer)?);
             assert!(d < 1e-5, "layer {layer} pooled differs by {d} alone");
         }
     }
@@ -262,8 +265,10 @@ fn layer_states_are_kept_only_when_asked_and_the_last_matches_the_embedding() ->
 fn layers_the_encoder_cannot_give_are_clear_errors() -> TestResult {
     let model = TinyModel::new("mean_tokens", 64, 4)?;
     let encoder = model.load(32)?;
+    let beyond = LayerSet::of([64]).err().ok_or("layer 64 accepted")?;
+    assert!(beyond.to_string().contains("layer 64"), "{beyond}");
     let too_deep = States {
-        pooled: LayerSet::of([3]),
+        pooled: LayerSet::of([3])?,
         ..States::default()
     };
     let e = encoder
@@ -279,16 +284,16 @@ fn layers_the_encoder_cannot_give_are_clear_errors() -> TestResult {
         },
     )?;
     let last = States {
-        pooled: LayerSet::of([2]),
+        pooled: LayerSet::of([2])?,
         ..States::default()
     };
     let packed = encoder.encode_with(TEXTS, last)?;
     for (a, b) in candle.encode_with(TEXTS, last)?.iter().zip(&packed) {
-        let d = max_diff(a.pooled(2).unwrap_or(&[]), b.pooled(2).unwrap_or(&[1.0]));
+        let d = max_diff(pooled(a, 2)?, pooled(b, 2)?);
         assert!(d < 1e-4, "candle and packed last layer differ by {d}");
     }
     let earlier = States {
-        pooled: LayerSet::of([1]),
+        pooled: LayerSet::of([1])?,
         ..States::default()
     };
     let e = candle

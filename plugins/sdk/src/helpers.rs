@@ -277,6 +277,10 @@ mod tests {
             .to_vec()
     }
 
+    fn tag_names<'a>(tags: &'a [String], path: &[usize]) -> Vec<&'a str> {
+        path.iter().map(|&k| tags[k].as_str()).collect()
+    }
+
     #[test]
     fn viterbi_never_starts_or_switches_type_with_inside() {
         let tags = tag_set();
@@ -287,17 +291,11 @@ mod tests {
             vec![0.8, 0.05, 0.05, 0.05, 0.05],
             vec![0.2, 0.05, 0.05, 0.3, 0.4],
         ];
-        let path: Vec<&str> = viterbi_bio(&tags, &probs)
-            .into_iter()
-            .map(|k| tags[k].as_str())
-            .collect();
+        let path = tag_names(&tags, &viterbi_bio(&tags, &probs));
         assert_eq!(path, ["B-PER", "I-PER", "O", "B-LOC"]);
         // I-LOC right after B-PER is not allowed either, whatever its probability.
         let probs = vec![vec![0.0, 1.0, 0.0, 0.0, 0.0], vec![0.1, 0.0, 0.0, 0.0, 0.9]];
-        let path: Vec<&str> = viterbi_bio(&tags, &probs)
-            .into_iter()
-            .map(|k| tags[k].as_str())
-            .collect();
+        let path = tag_names(&tags, &viterbi_bio(&tags, &probs));
         assert_eq!(path, ["B-PER", "O"]);
     }
 
