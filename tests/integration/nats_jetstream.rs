@@ -333,9 +333,10 @@ fn one_of_two_hosts_stops(stop: impl FnOnce(&mut Host)) -> Outcome {
 
 #[test]
 fn a_host_killed_mid_stream_loses_nothing_and_marks_its_repeats() {
-    // SIGKILL one host mid-stream: its unacked messages come back to the other after
-    // `ack_wait` (2 s here).
-    let outcome = one_of_two_hosts_stops(Host::kill);
+    // One host is frozen mid-stream and SIGKILLed a second later: the share of the second
+    // half the server gave its open pull requests was never acked, and comes back to the
+    // other host after `ack_wait` (2 s here). (Killed at once, an idle host may hold nothing.)
+    let outcome = one_of_two_hosts_stops(|host| host.freeze_then_kill(Duration::from_secs(1)));
     let duplicates = repeats(&outcome, true);
     let redelivered = outcome
         .seen
@@ -485,9 +486,11 @@ fn confirmed_results_wait_out_a_results_stream_that_stops_storing() {
     let mut rig = Rig::new(&url, 1, "confirm = true", "");
     let (_host, log) = logged_host(&url, &rig.pipeline, &[]);
     let total = 200;
-    // Mid-stream, RECORDED stops capturing results for 3 s (as a stream without a leader
+    // Mid-stream, RECORDED stops capturing results for 7 s (as a stream without a leader
     // would): hosts keep the batch in hand, publish again, and lose nothing — and, the
-    // messages kept in progress, spend none of their deliveries (`max_deliver` is 3 here).
+    // messages kept in progress, spend none of their deliveries: neither the batch in hand nor
+    // the messages pulled behind it, which 7 s (past `max_deliver` 3 × `ack_wait` 2 s) left
+    // alone would run out of.
     let away = {
         let url = url.clone();
         move || {
@@ -502,7 +505,7 @@ fn confirmed_results_wait_out_a_results_stream_that_stops_storing() {
                     js.update_stream(set(&["tickets.errors"]))
                         .await
                         .unwrap_or_else(|e| panic!("{e}"));
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    tokio::time::sleep(Duration::from_secs(7)).await;
                     js.update_stream(set(&["tickets.out", "tickets.errors"]))
                         .await
                         .unwrap_or_else(|e| panic!("{e}"));
@@ -515,7 +518,7 @@ fn confirmed_results_wait_out_a_results_stream_that_stops_storing() {
     let log = std::fs::read_to_string(log.path()).unwrap_or_else(|e| panic!("{e}"));
     let retries = log.matches("results not stored yet").count();
     eprintln!(
-        "{total} confirmed results, results stream away for 3 s: 0 lost, {duplicates} repeated, {retries} retries"
+        "{total} confirmed results, results stream away for 7 s: 0 lost, {duplicates} repeated, {retries} retries"
     );
     assert!(retries > 0, "no publish was retried:\n{log}");
     // Retried publishes carry the result's key as `Nats-Msg-Id`: the stream stores each once.

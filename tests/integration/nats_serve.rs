@@ -65,11 +65,18 @@ impl Host {
 
     /// Sends the host SIGTERM, as an orchestrator stopping it would.
     pub(crate) fn terminate(&self) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-        assert!(sent.success(), "kill -TERM failed");
+        signal(self.pid(), "TERM");
+    }
+
+    /// Freezes the host (SIGSTOP) and SIGKILLs it `after` later: what the server delivers to
+    /// its open pull requests in between is never acked.
+    pub(crate) fn freeze_then_kill(&self, after: Duration) {
+        signal(self.pid(), "STOP");
+        let pid = self.pid();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            signal(pid, "KILL");
+        });
     }
 
     /// Waits up to `within` for the host to exit: its status and how long the wait took.
@@ -116,6 +123,15 @@ impl Host {
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
         Self::serve(&[std::ffi::OsStr::new("--config"), config.as_os_str()])
     }
+}
+
+/// Sends `name` (TERM, STOP, KILL) to process `pid`.
+fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(sent.success(), "kill -{name} {pid} failed");
 }
 
 impl Drop for Host {

@@ -262,17 +262,28 @@ async fn jetstream_messages(
         })
         .await
         .map_err(|e| nats_error("create consumer on", &options.subject, e))?;
-    // Short-lived pull requests with heartbeats: after a reconnect or a cluster node's loss
-    // (a new consumer leader), a lost request is noticed and replaced within seconds rather
-    // than at the 30 s default expiry.
+    let (expires, heartbeat) = pull_timing(js.ack_wait);
     consumer
         .stream()
         .max_messages_per_batch(options.max_batch_size)
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(1))
+        .expires(expires)
+        .heartbeat(heartbeat)
         .messages()
         .await
         .map_err(|e| nats_error("pull from", &options.subject, e))
+}
+
+/// How long each pull request lives, and its idle heartbeat, for a consumer with `ack_wait`.
+///
+/// Short-lived requests with heartbeats: after a reconnect or a cluster node's loss, a lost
+/// request is noticed and replaced within seconds rather than at the 30 s default expiry. And
+/// a request lives at most half of `ack_wait`: one left behind by a lost connection (which the
+/// consumer's leader goes on filling until it expires) is gone before a message it swallowed
+/// is redelivered, so a failover costs a message at most one delivery instead of one per
+/// `ack_wait` until the request expires (which ran a short `ack_wait` out of deliveries).
+fn pull_timing(ack_wait: Duration) -> (Duration, Duration) {
+    let expires = (ack_wait / 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    (expires, (expires / 4).min(Duration::from_secs(1)))
 }
 
 /// The JetStream context confirmed results go through, once a stream is found capturing
@@ -791,4 +802,27 @@ fn generate_id() -> String {
         nanos,
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_requests_expire_within_half_the_ack_wait() {
+        // The default ack_wait keeps the 5 s requests and 1 s heartbeats.
+        assert_eq!(
+            pull_timing(Duration::from_secs(30)),
+            (Duration::from_secs(5), Duration::from_secs(1))
+        );
+        // A short one shortens both: a stale request is gone before a redelivery.
+        assert_eq!(
+            pull_timing(Duration::from_secs(2)),
+            (Duration::from_secs(1), Duration::from_millis(250))
+        );
+        // Zero (or tiny) still gives a request the server accepts.
+        let (expires, heartbeat) = pull_timing(Duration::ZERO);
+        assert_eq!(expires, Duration::from_millis(200));
+        assert!(heartbeat < expires / 2);
+    }
 }
