@@ -83,6 +83,7 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
             embedding: &e.embedding,
             token_states: None,
             upstream: Vec::new(),
+            layers: &e.layers,
         })
         .collect();
     let time_heads = |n: usize| -> anyhow::Result<f64> {

@@ -361,7 +361,11 @@ async fn process(
     let digest = encoder.fingerprint().digest().to_owned();
     let mut encoded: Vec<Option<EncodedText>> = vec![None; messages.len()];
     let t = Instant::now();
-    if let (Some(kv), false) = (kv, runner.needs_token_states()) {
+    // Both versions' heads are served by one encoding: what either reads.
+    let states = compare.as_ref().map_or(runner.states(), |(other, _)| {
+        runner.states().union(other.states())
+    });
+    if let (Some(kv), true) = (kv, states == headstream_encoder::States::default()) {
         // The batch's lookups in flight together: one round trip each would be most of a
         // replay's time.
         let values = futures::future::join_all(
@@ -395,8 +399,7 @@ async fn process(
     if !misses.is_empty() {
         let t = Instant::now();
         let texts: Vec<&str> = misses.iter().map(|&i| messages[i].text.as_str()).collect();
-        let fresh =
-            tokio::task::block_in_place(|| encoder.encode(&texts, runner.needs_token_states()))?;
+        let fresh = tokio::task::block_in_place(|| encoder.encode_with(&texts, states))?;
         for (i, e) in misses.into_iter().zip(fresh) {
             encoded[i] = Some(e);
         }

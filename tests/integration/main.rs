@@ -51,6 +51,7 @@ mod encoder_parity;
 mod gateway;
 mod heads;
 mod host_budgets;
+mod layers;
 mod nats_deploy;
 mod nats_faults;
 mod nats_jetstream;

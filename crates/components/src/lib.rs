@@ -35,7 +35,7 @@ pub const LINEAR_CLASSIFIER: Builtin = Builtin {
     name: "linear-classifier",
     summary: "softmax layer over the sentence embedding (weights asset `weights`); `train --kind classify`",
     bytes: include_bytes!("../wasm/linear-classifier.wasm"),
-    sha256: "151c96098fa849c3554e89ca5021fdd298a4a4f133a745c8a43bf3c233066758",
+    sha256: "f335fa85883eedef241b1a0839589bc35c44fca6a898777eb2f2618a51b0e215",
 };
 
 /// A per-word BIO tagger over token states; `train --kind tokens` packages it.
@@ -43,7 +43,7 @@ pub const TOKEN_CLASSIFIER: Builtin = Builtin {
     name: "token-classifier",
     summary: "BIO entity tagger over token states (weights asset `weights`); `train --kind tokens`",
     bytes: include_bytes!("../wasm/token-classifier.wasm"),
-    sha256: "5e9b07a2299f11e6efc50ce199d959b7117c2aefd08ba5d53d78b03cd92f078e",
+    sha256: "a43c3f6bc32bf3162edd3cec44930993f7e4b44989229d9d976f975bc59496a4",
 };
 
 /// Zero-shot classification by cosine similarity to example sentences given in its config.
@@ -51,7 +51,7 @@ pub const PROTOTYPE_CLASSIFIER: Builtin = Builtin {
     name: "prototype-classifier",
     summary: "zero-shot labels from example sentences in its config (`labels`, `temperature`)",
     bytes: include_bytes!("../wasm/prototype-classifier.wasm"),
-    sha256: "619bfe99ff15c89da1edaca28bba089e9aa3dc35852e2c8ca34b6554a53d4488",
+    sha256: "9785f393b4738ab9c800444d8fc52910a470110a4641f81bf398c2ceda5e8d12",
 };
 
 /// Rule-based flags: which configured keyword lists a text mentions.
@@ -59,7 +59,7 @@ pub const KEYWORD_FLAGS: Builtin = Builtin {
     name: "keyword-flags",
     summary: "flags from keyword lists in its config (`flags`), with byte spans",
     bytes: include_bytes!("../wasm/keyword-flags.wasm"),
-    sha256: "96ab23d9d856b0c32c64986329d8e5bae08ca92c67de01f7855cc7818c55bf95",
+    sha256: "272e78c4abb015e752a1fbc022135fc8f9155cfd9c35f3c6473f31d617e7d4b8",
 };
 
 /// Every embedded component, by name.

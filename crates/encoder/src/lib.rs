@@ -266,6 +266,35 @@ impl States {
     pub fn layers(self) -> LayerSet {
         self.pooled.union(self.token_layers)
     }
+
+    /// What either request asks for: one pass that serves both.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            tokens: self.tokens || other.tokens,
+            pooled: self.pooled.union(other.pooled),
+            token_layers: self.token_layers.union(other.token_layers),
+        }
+    }
+
+    /// Drops from `encoded` what this request did not ask for (what a pass made for a wider
+    /// request carries besides), so a caller gets exactly what it asked.
+    pub fn narrow(self, encoded: &mut EncodedText) {
+        if !self.tokens {
+            encoded.token_states = None;
+        }
+        encoded
+            .layers
+            .retain(|l| self.pooled.contains(l.layer) || self.token_layers.contains(l.layer));
+        for layer in &mut encoded.layers {
+            if !self.pooled.contains(layer.layer) {
+                layer.pooled = None;
+            }
+            if !self.token_layers.contains(layer.layer) {
+                layer.tokens = None;
+            }
+        }
+    }
 }
 
 /// One layer's states for one text, as [`States`] asked for them.

@@ -50,10 +50,12 @@ impl EmbeddingsService {
             });
         }
         let batcher = self.batcher.clone();
-        let encoded = tokio::task::spawn_blocking(move || batcher.encode(request.input, false))
-            .await
-            .map_err(|e| encoder_failed(&e))?
-            .map_err(|e| encoder_failed(&e))?;
+        let encoded = tokio::task::spawn_blocking(move || {
+            batcher.encode(request.input, headstream_encoder::States::default())
+        })
+        .await
+        .map_err(|e| encoder_failed(&e))?
+        .map_err(|e| encoder_failed(&e))?;
         Ok(self.reply(&encoded))
     }
 

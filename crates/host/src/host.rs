@@ -348,7 +348,9 @@ fn co_batcher(
     };
     let (shared, pass_metrics) = (encoder.clone(), metrics.clone());
     CoBatcher::with_fn(
-        Arc::new(move |texts: &[&str], states: bool| shared.encode(texts, states)),
+        Arc::new(move |texts: &[&str], states: headstream_encoder::States| {
+            shared.encode_with(texts, states)
+        }),
         settings.max_batch_size() * slots,
         2 * slots,
         Some(Box::new(move |batches, _| {

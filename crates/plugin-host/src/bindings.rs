@@ -1,12 +1,29 @@
-//! The host side of `wit/plugin.wit`, generated in this one place.
+//! The host side of `wit/plugin.wit`, generated in this one place: every contract version the
+//! host serves, sharing 0.1.0's types and host interface.
 
-wasmtime::component::bindgen!({
-    world: "task-head",
-    path: "../../wit",
-    // `embed` may trap: a head over its embedding budget or setup deadline must fail its
-    // `configure`, whatever it does with an error value.
-    imports: { "headstream:plugin/host.embed": trappable },
-});
+/// `headstream:plugin@0.1.0`: the first contract.
+pub mod v1 {
+    wasmtime::component::bindgen!({
+        world: "headstream:plugin/task-head@0.1.0",
+        path: "../../wit",
+        // `embed` may trap: a head over its embedding budget or setup deadline must fail its
+        // `configure`, whatever it does with an error value.
+        imports: { "headstream:plugin/host@0.1.0.embed": trappable },
+    });
+}
 
-pub use headstream::plugin::host;
-pub use headstream::plugin::types;
+/// `headstream:plugin@0.2.0`: heads ask for layers' states.
+pub mod v2 {
+    wasmtime::component::bindgen!({
+        world: "headstream:plugin/task-head@0.2.0",
+        path: "../../wit",
+        with: {
+            "headstream:plugin/types@0.1.0": super::v1::headstream::plugin0_1_0::types,
+            "headstream:plugin/host@0.1.0": super::v1::headstream::plugin0_1_0::host,
+        },
+    });
+}
+
+pub use v1::headstream::plugin0_1_0::host;
+pub use v1::headstream::plugin0_1_0::types;
+pub use v2::headstream::plugin0_2_0::features;

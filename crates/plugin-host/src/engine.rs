@@ -12,8 +12,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::PluginError;
-use crate::bindings::{TaskHead, host, types};
+use crate::bindings::{host, types, v1::TaskHead};
 use crate::budget::{EmbedCache, EmbedLimits, EmbedMeter, LogLevel, LogMeter, LogSink, Refusal};
+use crate::head::Contract;
 use crate::head::{Embedder, Head, HeadConfig, Limiter, Limits};
 use crate::runtime::Runtime;
 
@@ -449,10 +450,21 @@ impl PluginHost {
                 path: path.to_owned(),
                 reason: format!("{e:#}"),
             })?;
-        let pre = crate::bindings::TaskHeadPre::new(pre).map_err(|e| PluginError::Contract {
-            path: path.to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        // The newest contract first; a component of an older one is served as it was.
+        let pre = match crate::bindings::v2::TaskHeadPre::new(pre.clone()) {
+            Ok(v2) => Contract::V2(v2),
+            Err(newest) => match crate::bindings::v1::TaskHeadPre::new(pre) {
+                Ok(v1) => Contract::V1(v1),
+                Err(oldest) => {
+                    return Err(PluginError::Contract {
+                        path: path.to_owned(),
+                        reason: format!(
+                            "implements no contract this host serves: not 0.2.0 ({newest:#}), not 0.1.0 ({oldest:#})"
+                        ),
+                    });
+                }
+            },
+        };
         Head::start(
             path,
             pre,

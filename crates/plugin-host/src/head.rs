@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use headstream_encoder::Tokenized;
 
 use crate::PluginError;
-use crate::bindings::{TaskHead, TaskHeadPre, types};
+use crate::bindings::{features, types, v1, v2};
 use crate::budget::{EmbedLimits, LogLimits, Refusal};
 use crate::engine::{EPOCH_TICK, HeadShared, State};
 use crate::runtime::Runtime;
@@ -164,6 +164,55 @@ pub struct Item<'a> {
     pub token_states: Option<TokenStates<'a>>,
     /// Upstream heads' outputs: (head name, JSON output).
     pub upstream: Vec<(String, String)>,
+    /// States of the encoder's layers, at least those the head's [`Inputs`] ask for.
+    pub layers: &'a [headstream_encoder::LayerOutput],
+}
+
+/// The encoder's layers a head reads besides the embedding (contract 0.2.0 `features.inputs`;
+/// a 0.1.0 head asks for none), as its `configure` answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// Layers whose mean-pooled states the head gets, in its order.
+    pub pooled_layers: Vec<u32>,
+    /// Layers whose per-token states the head gets, in its order.
+    pub token_layers: Vec<u32>,
+}
+
+impl Inputs {
+    /// Whether the head asks for no layer at all.
+    pub fn is_empty(&self) -> bool {
+        self.pooled_layers.is_empty() && self.token_layers.is_empty()
+    }
+}
+
+/// The most layers of per-token states one head may ask for: each costs the host a copy of
+/// `tokens × hidden_size` floats per text into the head's memory.
+pub const MAX_TOKEN_LAYERS: usize = 4;
+
+/// The most pooled layers one head may ask for (more than any encoder we serve has).
+pub const MAX_POOLED_LAYERS: usize = 64;
+
+/// The contract a component implements, ready to instantiate.
+pub(crate) enum Contract {
+    /// `headstream:plugin@0.1.0`.
+    V1(v1::TaskHeadPre<State>),
+    /// `headstream:plugin@0.2.0`.
+    V2(v2::TaskHeadPre<State>),
+}
+
+impl Contract {
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Contract::V1(pre) => pre.engine(),
+            Contract::V2(pre) => pre.engine(),
+        }
+    }
+}
+
+/// An instance's exports, by contract version.
+enum Bindings {
+    V1(v1::TaskHead),
+    V2(v2::TaskHead),
 }
 
 /// Why a head produced no result for a text.
@@ -290,7 +339,7 @@ impl ResourceLimiter for Limiter {
 /// A live instance: its store (with the head's configured state) and bindings.
 struct Instance {
     store: Store<State>,
-    bindings: TaskHead,
+    bindings: Bindings,
     stderr: MemoryOutputPipe,
 }
 
@@ -300,7 +349,8 @@ pub struct Head {
     digest: String,
     runtime: Runtime,
     description: Description,
-    pre: TaskHeadPre<State>,
+    pre: Contract,
+    inputs: Inputs,
     config_json: String,
     config: HeadConfig,
     embedder: Option<Arc<dyn Embedder>>,
@@ -327,7 +377,7 @@ fn ticks(deadline: Duration) -> u64 {
 impl Head {
     pub(crate) fn start(
         path: &Path,
-        pre: TaskHeadPre<State>,
+        pre: Contract,
         digest: String,
         runtime: Runtime,
         config: HeadConfig,
@@ -354,10 +404,14 @@ impl Head {
         instance
             .store
             .set_epoch_deadline(ticks(config.limits.setup_deadline));
-        let described = instance
-            .bindings
-            .headstream_plugin_head()
-            .call_describe(&mut instance.store);
+        let described = match &instance.bindings {
+            Bindings::V1(b) => b
+                .headstream_plugin0_1_0_head()
+                .call_describe(&mut instance.store),
+            Bindings::V2(b) => b
+                .headstream_plugin0_2_0_head()
+                .call_describe(&mut instance.store),
+        };
         let description = described.map_err(|e| setup_err(&file_name, classify(&e, &instance)))?;
         check_description(&description).map_err(|f| setup_err(&file_name, f))?;
         let description = convert_description(description);
@@ -384,12 +438,13 @@ impl Head {
         let _ = shared
             .described
             .set(format!("{}@{}", description.name, description.version));
-        let head = Self {
+        let mut head = Self {
             path: path.to_owned(),
             digest,
             runtime,
             description,
             pre,
+            inputs: Inputs::default(),
             config_json,
             config,
             embedder,
@@ -398,7 +453,8 @@ impl Head {
             consecutive_failures: AtomicU32::new(0),
             disabled: AtomicBool::new(false),
         };
-        head.configure(&mut instance)
+        head.inputs = head
+            .configure(&mut instance)
             .map_err(|f| setup_err(&head.description.name, f))?;
         *head.lock() = Some(instance);
         Ok(head)
@@ -407,6 +463,19 @@ impl Head {
     /// The head's self-description.
     pub fn description(&self) -> &Description {
         &self.description
+    }
+
+    /// The encoder's layers the head reads (none for a 0.1.0 head).
+    pub fn inputs(&self) -> &Inputs {
+        &self.inputs
+    }
+
+    /// The contract version the component implements (`0.1.0`, `0.2.0`).
+    pub fn contract(&self) -> &'static str {
+        match self.pre {
+            Contract::V1(_) => "0.1.0",
+            Contract::V2(_) => "0.2.0",
+        }
     }
 
     /// sha256 of the component file.
@@ -471,7 +540,8 @@ impl Head {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn configure(&self, instance: &mut Instance) -> Result<(), Failure> {
+    /// Configures `instance`; the layers it asks for, checked against their budget.
+    fn configure(&self, instance: &mut Instance) -> Result<Inputs, Failure> {
         let assets: Vec<types::Asset> = self
             .config
             .assets
@@ -485,11 +555,21 @@ impl Head {
             .store
             .set_epoch_deadline(ticks(self.config.limits.setup_deadline));
         instance.store.data_mut().embed.start();
-        let result = instance.bindings.headstream_plugin_head().call_configure(
-            &mut instance.store,
-            &self.config_json,
-            &assets,
-        );
+        let result = match &instance.bindings {
+            Bindings::V1(b) => b
+                .headstream_plugin0_1_0_head()
+                .call_configure(&mut instance.store, &self.config_json, &assets)
+                .map(|r| r.map(|()| Inputs::default())),
+            Bindings::V2(b) => b
+                .headstream_plugin0_2_0_head()
+                .call_configure(&mut instance.store, &self.config_json, &assets)
+                .map(|r| {
+                    r.map(|i| Inputs {
+                        pooled_layers: i.pooled_layers,
+                        token_layers: i.token_layers,
+                    })
+                }),
+        };
         let meter = &mut instance.store.data_mut().embed;
         meter.started = None;
         if meter.texts > 0 {
@@ -502,7 +582,7 @@ impl Head {
             return Err(failure);
         }
         match result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(inputs)) => check_inputs(&inputs).map(|()| inputs),
             Ok(Err(e)) => Err(Failure::new(FailureKind::Config, config_error(e))),
             Err(e) => Err(classify(&e, instance)),
         }
@@ -541,6 +621,13 @@ impl Head {
 
     fn run_batch(&self, items: &[Item<'_>]) -> Result<Vec<Result<Value, Failure>>, Failure> {
         let batch: Vec<types::Item> = items.iter().map(|i| self.to_wit(i)).collect();
+        let layers = match &self.pre {
+            Contract::V1(_) => Vec::new(),
+            Contract::V2(_) => items
+                .iter()
+                .map(|i| self.layers_to_wit(i))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let mut slot = self.lock();
         let instance = match slot.as_mut() {
             Some(instance) => instance,
@@ -552,17 +639,31 @@ impl Head {
                     self.embedder.clone(),
                     self.shared.clone(),
                 )?;
-                self.configure(&mut fresh)?;
+                let inputs = self.configure(&mut fresh)?;
+                if inputs != self.inputs {
+                    return Err(Failure::new(
+                        FailureKind::Config,
+                        format!(
+                            "a fresh instance asked for other layers ({inputs:?}) than the first ({:?})",
+                            self.inputs
+                        ),
+                    ));
+                }
                 slot.insert(fresh)
             }
         };
         instance
             .store
             .set_epoch_deadline(ticks(self.config.limits.deadline));
-        let outputs = instance
-            .bindings
-            .headstream_plugin_head()
-            .call_run(&mut instance.store, &batch);
+        let outputs = match &instance.bindings {
+            Bindings::V1(b) => b
+                .headstream_plugin0_1_0_head()
+                .call_run(&mut instance.store, &batch),
+            Bindings::V2(b) => {
+                b.headstream_plugin0_2_0_head()
+                    .call_run(&mut instance.store, &batch, &layers)
+            }
+        };
         self.report_dropped_lines();
         self.note_memory(instance);
         let outputs = match outputs {
@@ -614,10 +715,43 @@ impl Head {
         }
     }
 
+    /// The states of the layers the head asked for, in its order.
+    fn layers_to_wit(&self, item: &Item<'_>) -> Result<features::LayerStates, Failure> {
+        let missing = |what: &str, layer: u32| {
+            Failure::new(
+                FailureKind::InvalidInput,
+                format!(
+                    "the host did not encode the {what} states of layer {layer} for {}",
+                    item.id
+                ),
+            )
+        };
+        let find = |layer: u32| item.layers.iter().find(|l| l.layer == layer);
+        let mut states = features::LayerStates {
+            pooled: Vec::with_capacity(self.inputs.pooled_layers.len()),
+            tokens: Vec::with_capacity(self.inputs.token_layers.len()),
+        };
+        for &layer in &self.inputs.pooled_layers {
+            let pooled = find(layer).and_then(|l| l.pooled.as_ref());
+            states
+                .pooled
+                .push(pooled.ok_or_else(|| missing("pooled", layer))?.clone());
+        }
+        for &layer in &self.inputs.token_layers {
+            let tokens = find(layer).and_then(|l| l.tokens.as_ref());
+            states
+                .tokens
+                .push(tokens.ok_or_else(|| missing("per-token", layer))?.clone());
+        }
+        Ok(states)
+    }
+
     fn to_wit(&self, item: &Item<'_>) -> types::Item {
+        let wants_tokens =
+            self.description.needs_token_states || !self.inputs.token_layers.is_empty();
         let token_states = item
             .token_states
-            .filter(|_| self.description.needs_token_states)
+            .filter(|_| wants_tokens)
             .map(|t| types::TokenStates {
                 tokens: t
                     .ids
@@ -718,8 +852,47 @@ impl Head {
     }
 }
 
+/// Refuses layer requests past their budget ([`MAX_TOKEN_LAYERS`], [`MAX_POOLED_LAYERS`]) or
+/// asking for a layer twice.
+fn check_inputs(inputs: &Inputs) -> Result<(), Failure> {
+    let over = |what: &str, n: usize, max: usize| {
+        Failure::new(
+            FailureKind::Config,
+            format!("asks for {n} layers of {what} states; a head may ask for at most {max}"),
+        )
+    };
+    if inputs.token_layers.len() > MAX_TOKEN_LAYERS {
+        return Err(over(
+            "per-token",
+            inputs.token_layers.len(),
+            MAX_TOKEN_LAYERS,
+        ));
+    }
+    if inputs.pooled_layers.len() > MAX_POOLED_LAYERS {
+        return Err(over(
+            "pooled",
+            inputs.pooled_layers.len(),
+            MAX_POOLED_LAYERS,
+        ));
+    }
+    for (what, layers) in [
+        ("pooled", &inputs.pooled_layers),
+        ("per-token", &inputs.token_layers),
+    ] {
+        for (i, layer) in layers.iter().enumerate() {
+            if layers[..i].contains(layer) {
+                return Err(Failure::new(
+                    FailureKind::Config,
+                    format!("asks for the {what} states of layer {layer} twice"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn instantiate(
-    pre: &TaskHeadPre<State>,
+    pre: &Contract,
     head: &str,
     limits: &Limits,
     embedder: Option<Arc<dyn Embedder>>,
@@ -730,7 +903,11 @@ fn instantiate(
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(ticks(limits.setup_deadline));
-    let bindings = match pre.instantiate(&mut store) {
+    let bindings = match pre {
+        Contract::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
+        Contract::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+    };
+    let bindings = match bindings {
         Ok(b) => b,
         Err(e) => {
             let memory = store.data().limiter.memory_denied;

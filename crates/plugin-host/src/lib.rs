@@ -1,12 +1,15 @@
 //! Runs task-head plugins: WebAssembly components built against `wit/plugin.wit`
-//! (`headstream:plugin@0.1.0`), sandboxed and bounded.
+//! (`headstream:plugin@0.2.0`, or `@0.1.0` from `wit/deps/`, served as before), sandboxed and
+//! bounded.
 //!
 //! A [`PluginHost`] owns one wasmtime [`Engine`](wasmtime::Engine) (epoch interruption, pooling
 //! allocator) and an on-disk cache of compiled components keyed by the component's sha256 and the
 //! engine's configuration. [`PluginHost::load`] checks a plugin's digest (when pinned), compiles
 //! or loads it from the cache, refuses disallowed imports, asks the head to describe itself,
 //! refuses it when it was built for another encoder, and configures it. The resulting [`Head`]
-//! runs batches with [`Head::run`].
+//! runs batches with [`Head::run`]. A 0.2.0 head answers `configure` with the encoder layers
+//! it reads ([`Head::inputs`], at most [`MAX_TOKEN_LAYERS`] of per-token states); the host
+//! copies just those into each call.
 //!
 //! Containment: every call runs under a CPU deadline and a memory cap. A trap, timeout, limit hit
 //! or malformed output fails only that head's results for that batch ([`Failure`]); the instance
@@ -48,8 +51,8 @@ mod runtime;
 pub use budget::{EmbedLimits, LogLevel, LogLimits, LogSink};
 pub use engine::{HostConfig, PluginHost};
 pub use head::{
-    Asset, Description, Embedder, Failure, FailureKind, Head, HeadConfig, Item, Limits, TaskKind,
-    TokenStates,
+    Asset, Description, Embedder, Failure, FailureKind, Head, HeadConfig, Inputs, Item, Limits,
+    MAX_POOLED_LAYERS, MAX_TOKEN_LAYERS, TaskKind, TokenStates,
 };
 pub use runtime::Runtime;
 

@@ -259,6 +259,7 @@ fn a_reconfigure_takes_earlier_embeddings_from_the_cache() {
         embedding: &e,
         token_states: None,
         upstream: Vec::new(),
+        layers: &[],
     }]);
     assert_eq!(out, vec![Ok(json!({ "len": 4 }))]);
     assert_eq!(counting.encoded(), first);
@@ -288,6 +289,7 @@ fn log_floods_are_dropped_over_the_budget_and_counted() {
         embedding: &e,
         token_states: None,
         upstream: Vec::new(),
+        layers: &[],
     }];
     let out = head.run(&batch);
     assert_eq!(out, vec![Ok(json!({ "len": 4 }))]);

@@ -25,6 +25,7 @@ fn item<'a>(id: &'a str, text: &'a str, embedding: &'a [f32]) -> Item<'a> {
         embedding,
         token_states: None,
         upstream: Vec::new(),
+        layers: &[],
     }
 }
 
@@ -518,19 +519,34 @@ fn template_head_works_as_shipped() {
     );
 }
 
-/// `headstream:plugin@0.1.0` is published: its text must not change. To evolve the contract,
-/// copy it to `wit/deps/headstream-plugin-0.1.0/`, bump the version in `wit/plugin.wit`, and
-/// update this digest.
+/// Published contract versions must not change: 0.1.0 lives on in `wit/deps/` exactly as it
+/// was published, and 0.2.0 is `wit/plugin.wit`. To evolve the contract, copy the current file
+/// to `wit/deps/headstream-plugin-<version>/`, bump the version in `wit/plugin.wit`, and add
+/// its digest here.
 #[test]
 fn published_wit_is_frozen() -> TestResult {
-    let wit = headstream_test_util::workspace_root().join("wit/plugin.wit");
-    let text = std::fs::read(&wit)?;
-    assert!(String::from_utf8_lossy(&text).contains("package headstream:plugin@0.1.0;"));
-    assert_eq!(
-        sha256_hex(&text),
-        "2f90102c9de3cdfdb38c53efa392ba0a6fa5bdbf555d62a9d18f9ee4a25b5297",
-        "wit/plugin.wit changed, but headstream:plugin@0.1.0 is published and frozen"
-    );
+    let root = headstream_test_util::workspace_root().join("wit");
+    for (file, version, digest) in [
+        (
+            "deps/headstream-plugin-0.1.0/plugin.wit",
+            "0.1.0",
+            "2f90102c9de3cdfdb38c53efa392ba0a6fa5bdbf555d62a9d18f9ee4a25b5297",
+        ),
+        (
+            "plugin.wit",
+            "0.2.0",
+            "c9979d506be4497bac929092794255511671a47da3a76cc2baf0cde1315e7c74",
+        ),
+    ] {
+        let text = std::fs::read(root.join(file))?;
+        let package = format!("package headstream:plugin@{version};");
+        assert!(String::from_utf8_lossy(&text).contains(&package), "{file}");
+        assert_eq!(
+            sha256_hex(&text),
+            digest,
+            "wit/{file} changed, but headstream:plugin@{version} is published and frozen"
+        );
+    }
     Ok(())
 }
 
@@ -602,5 +618,136 @@ fn packages_load_on_their_encoder_and_are_refused_on_another() -> TestResult {
         err.contains("was built for encoder other-model@sha256:"),
         "{err}"
     );
+    Ok(())
+}
+
+/// The hostile head in `layers` mode, asking for `pooled` and `tokens` layers.
+fn layers_head(host: &PluginHost, pooled: &[u32], tokens: &[u32]) -> Result<Head, PluginError> {
+    let config = HeadConfig {
+        config: json!({ "mode": "layers", "pooled": pooled, "tokens": tokens }),
+        ..HeadConfig::default()
+    };
+    host.load(&plugin_path("hostile"), config)
+}
+
+fn layer(layer: u32, pooled: Option<f32>, tokens: Option<f32>) -> headstream_encoder::LayerOutput {
+    headstream_encoder::LayerOutput {
+        layer,
+        pooled: pooled.map(|v| vec![v; 4]),
+        tokens: tokens.map(|v| vec![v; 8]),
+    }
+}
+
+#[test]
+fn a_head_gets_the_layers_it_asks_for_in_its_order() -> TestResult {
+    let host = host();
+    let head = layers_head(&host, &[3, 1], &[2])?;
+    assert_eq!(head.contract(), "0.2.0");
+    assert_eq!(head.inputs().pooled_layers, [3, 1]);
+    assert_eq!(head.inputs().token_layers, [2]);
+    let e = [0.5f32; 4];
+    // Two tokens of width 4; the encoder gave more layers than the head asked for.
+    let layers = [
+        layer(1, Some(1.0), None),
+        layer(2, Some(9.0), Some(2.0)),
+        layer(3, Some(3.0), Some(9.0)),
+    ];
+    let states = [0.0f32; 8];
+    let text = "hi there";
+    let item = Item {
+        token_states: Some(headstream_plugin_host::TokenStates {
+            ids: &[1, 2],
+            offsets: &[(0, 2), (3, 8)],
+            states: &states,
+            hidden_size: 4,
+        }),
+        layers: &layers,
+        ..item("a", text, &e)
+    };
+    let out = head.run(&[item.clone(), item]);
+    let want = json!({ "pooled": [[4, 3], [4, 1]], "tokens": [[8, 2]], "token_count": 2, "layers_given": 2 });
+    assert_eq!(out, vec![Ok(want.clone()), Ok(want)]);
+    Ok(())
+}
+
+#[test]
+fn a_layer_the_host_did_not_encode_fails_the_batch_naming_it() -> TestResult {
+    let host = host();
+    let head = layers_head(&host, &[5], &[])?;
+    let e = [0.5f32; 4];
+    let out = head.run(&[item("a", "text", &e)]);
+    let Err(failure) = &out[0] else {
+        panic!("expected a failure, got {out:?}");
+    };
+    assert_eq!(failure.kind, FailureKind::InvalidInput);
+    assert!(
+        failure.message.contains("pooled states of layer 5"),
+        "{failure}"
+    );
+    Ok(())
+}
+
+#[test]
+fn asking_past_the_layer_budget_fails_the_load() {
+    let host = host();
+    for (pooled, tokens, says) in [
+        (
+            &[][..],
+            &[0, 1, 2, 3, 4][..],
+            "asks for 5 layers of per-token states; a head may ask for at most 4",
+        ),
+        (
+            &[2, 2][..],
+            &[][..],
+            "asks for the pooled states of layer 2 twice",
+        ),
+    ] {
+        let err = layers_head(&host, pooled, tokens).err();
+        let Some(PluginError::Setup { failure, .. }) = &err else {
+            panic!("expected a setup failure, got {err:?}");
+        };
+        assert_eq!(failure.kind, FailureKind::Config);
+        assert!(failure.message.contains(says), "{failure}");
+    }
+    // Every layer pooled is within budget (the encoder then checks it has them).
+    let all: Vec<u32> = (0..=6).collect();
+    assert!(layers_head(&host, &all, &[3, 4, 5, 6]).is_ok());
+}
+
+#[test]
+fn a_contract_0_1_0_component_loads_and_answers_as_the_0_2_0_build_does() -> TestResult {
+    // heads/sentiment ships a linear-classifier built against 0.1.0; the one in plugins/ is
+    // now built against 0.2.0. Same weights, same answers.
+    let root = headstream_test_util::workspace_root();
+    let weights = std::fs::read(root.join("heads/sentiment/weights.safetensors"))?;
+    let config = || HeadConfig {
+        config: json!({ "labels": ["negative", "positive"] }),
+        assets: vec![Asset {
+            name: "weights".into(),
+            data: weights.clone(),
+        }],
+        ..HeadConfig::default()
+    };
+    let host = host();
+    let old_bytes = std::fs::read(root.join("heads/sentiment/head.wasm"))?;
+    let old = host.load_bytes("heads/sentiment/head.wasm".as_ref(), &old_bytes, config())?;
+    let new = host.load(&plugin_path("linear-classifier"), config())?;
+    assert_eq!(old.contract(), "0.1.0");
+    assert_eq!(new.contract(), "0.2.0");
+    assert!(old.inputs().is_empty() && new.inputs().is_empty());
+    let embeddings: Vec<Vec<f32>> = (0..4)
+        .map(|k| {
+            (0..384)
+                .map(|i| ((i * 7 + k * 13) % 17) as f32 / 17.0 - 0.5)
+                .collect()
+        })
+        .collect();
+    let items: Vec<Item<'_>> = embeddings
+        .iter()
+        .map(|e| item("x", "some text", e))
+        .collect();
+    let (a, b) = (old.run(&items), new.run(&items));
+    assert!(a.iter().all(Result::is_ok), "{a:?}");
+    assert_eq!(a, b);
     Ok(())
 }

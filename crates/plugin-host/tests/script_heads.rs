@@ -39,6 +39,7 @@ fn item<'a>(id: &'a str, text: &'a str, embedding: &'a [f32]) -> Item<'a> {
         embedding,
         token_states: None,
         upstream: Vec::new(),
+        layers: &[],
     }
 }
 

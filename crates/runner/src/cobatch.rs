@@ -6,15 +6,15 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use headstream_encoder::{EncodedText, Encoder, EncoderError};
+use headstream_encoder::{EncodedText, Encoder, EncoderError, States};
 
-/// An encoding function: texts and whether token states are wanted, results in order.
+/// An encoding function: texts and the states wanted besides embeddings, results in order.
 pub type EncodeFn =
-    dyn Fn(&[&str], bool) -> Result<Vec<EncodedText>, EncoderError> + Send + Sync + 'static;
+    dyn Fn(&[&str], States) -> Result<Vec<EncodedText>, EncoderError> + Send + Sync + 'static;
 
 struct Job {
     texts: Vec<String>,
-    token_states: bool,
+    states: States,
     reply: mpsc::Sender<Result<Vec<EncodedText>, String>>,
 }
 
@@ -47,7 +47,7 @@ impl CoBatcher {
     /// queueing at most `queue` batches.
     pub fn new(encoder: Arc<Encoder>, max_texts: usize, queue: usize) -> Self {
         Self::with_fn(
-            Arc::new(move |texts: &[&str], states: bool| encoder.encode(texts, states)),
+            Arc::new(move |texts: &[&str], states: States| encoder.encode_with(texts, states)),
             max_texts,
             queue,
             None,
@@ -71,17 +71,18 @@ impl CoBatcher {
         Self { jobs }
     }
 
-    /// Encodes `texts` (blocking), possibly in one pass with other pipelines' texts.
+    /// Encodes `texts` (blocking), possibly in one pass with other pipelines' texts; each
+    /// caller gets the `states` it asked for and nothing a merged pass made for another.
     pub fn encode(
         &self,
         texts: Vec<String>,
-        token_states: bool,
+        states: States,
     ) -> Result<Vec<EncodedText>, CoBatchError> {
         let (reply, answer) = mpsc::channel();
         self.jobs
             .send(Job {
                 texts,
-                token_states,
+                states,
                 reply,
             })
             .map_err(|_| CoBatchError::Stopped)?;
@@ -122,7 +123,9 @@ fn run(
                 Err(_) => break,
             }
         }
-        let states = jobs.iter().any(|j| j.token_states);
+        let states = jobs
+            .iter()
+            .fold(States::default(), |all, j| all.union(j.states));
         let texts: Vec<&str> = jobs
             .iter()
             .flat_map(|j| j.texts.iter().map(String::as_str))
@@ -137,8 +140,8 @@ fn run(
                 for job in jobs {
                     let mut mine: Vec<EncodedText> =
                         encoded.by_ref().take(job.texts.len()).collect();
-                    if !job.token_states {
-                        mine.iter_mut().for_each(|e| e.token_states = None);
+                    if job.states != states {
+                        mine.iter_mut().for_each(|e| job.states.narrow(e));
                     }
                     let _ = job.reply.send(Ok(mine));
                 }
@@ -189,7 +192,7 @@ mod tests {
         );
         let first = {
             let b = batcher.clone();
-            std::thread::spawn(move || b.encode(vec!["a".into()], false))
+            std::thread::spawn(move || b.encode(vec!["a".into()], States::default()))
         };
         std::thread::sleep(Duration::from_millis(30));
         // Two pipelines submit while the first pass runs.
@@ -200,7 +203,7 @@ mod tests {
         .into_iter()
         .map(|texts| {
             let b = batcher.clone();
-            std::thread::spawn(move || b.encode(texts, false))
+            std::thread::spawn(move || b.encode(texts, States::default()))
         })
         .collect();
         let widths = |r: Result<Vec<EncodedText>, CoBatchError>| -> Vec<f32> {
@@ -235,7 +238,7 @@ mod tests {
             None,
         );
         let err = batcher
-            .encode(vec!["x".into()], false)
+            .encode(vec!["x".into()], States::default())
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("boom")));

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use headstream_encoder::{EncodedText, Encoder};
+use headstream_encoder::{EncodedText, Encoder, LayerSet, States};
 use headstream_package::{Package, Registry};
 use headstream_pipeline::Pipeline;
 use headstream_plugin_host::{
@@ -110,6 +110,15 @@ pub enum RunnerError {
     /// Encoding a batch failed.
     #[error(transparent)]
     Encoder(#[from] headstream_encoder::EncoderError),
+    /// A head asks for layers' states the encoder cannot give.
+    #[error("head {head}: {source}")]
+    Layers {
+        /// The head's name in the pipeline.
+        head: String,
+        /// Why.
+        #[source]
+        source: headstream_encoder::EncoderError,
+    },
     /// The shared encoder thread failed or stopped.
     #[error(transparent)]
     CoBatch(#[from] cobatch::CoBatchError),
@@ -539,8 +548,8 @@ fn run_split<'s>(
         .collect()
 }
 
-/// The plugin-host view of one encoded text: embedding, and token states with their spans when
-/// the encoder produced them.
+/// The plugin-host view of one encoded text: embedding, token states with their spans and the
+/// layers' states, when the encoder produced them.
 pub fn item<'a>(
     id: &'a str,
     text: &'a str,
@@ -558,7 +567,25 @@ pub fn item<'a>(
             hidden_size,
         }),
         upstream: Vec::new(),
+        layers: &encoded.layers,
     }
+}
+
+/// What `head` (stage `stage`) reads of the encoder besides embeddings, checked against what
+/// `encoder` has: a layer it lacks fails the pipeline's load, naming the head.
+fn head_states(stage: &str, head: &Head, encoder: &Encoder) -> Result<States, RunnerError> {
+    let inputs = head.inputs();
+    let named = |source| RunnerError::Layers {
+        head: stage.to_owned(),
+        source,
+    };
+    let states = States {
+        tokens: head.description().needs_token_states || !inputs.token_layers.is_empty(),
+        pooled: LayerSet::of(inputs.pooled_layers.iter().copied()).map_err(named)?,
+        token_layers: LayerSet::of(inputs.token_layers.iter().copied()).map_err(named)?,
+    };
+    encoder.check(states).map_err(named)?;
+    Ok(states)
 }
 
 /// A pipeline ready to process batches: its heads loaded, sharing one encoder.
@@ -570,7 +597,8 @@ pub struct Runner {
     batcher: Option<CoBatcher>,
     stages: Vec<Stage>,
     encoder: Arc<Encoder>,
-    needs_tokens: bool,
+    /// What the heads read besides embeddings: every head's token states and layers.
+    states: States,
     heads_ids: PerHead<String>,
     /// [`heads_digest`] of `heads_ids`: the key digest of every result no canary touched.
     heads_digest: u64,
@@ -619,9 +647,10 @@ impl Runner {
         logs: Option<&LogSinks>,
     ) -> Result<Self, RunnerError> {
         let stages = load_stages(plugins, pipeline, registry, logs)?;
-        let needs_tokens = stages
+        let states = stages
             .iter()
-            .any(|s| s.head.description().needs_token_states);
+            .flat_map(|s| s.heads().map(|h| head_states(&s.name, h, &encoder)))
+            .try_fold(States::default(), |all, one| one.map(|one| all.union(one)))?;
         let heads_ids = stages
             .iter()
             .map(|s| (s.name.clone(), s.id.clone()))
@@ -639,7 +668,7 @@ impl Runner {
             batcher: None,
             stages,
             encoder,
-            needs_tokens,
+            states,
             heads_digest: heads_digest(&heads_ids),
             heads_ids,
             fingerprint,
@@ -694,11 +723,10 @@ impl Runner {
         let started = std::time::Instant::now();
         let encode_start = SystemTime::now();
         let encoded = match &self.batcher {
-            Some(batcher) => batcher.encode(
-                texts.iter().map(|t| (*t).to_owned()).collect(),
-                self.needs_tokens,
-            )?,
-            None => self.encoder.encode(&texts, self.needs_tokens)?,
+            Some(batcher) => {
+                batcher.encode(texts.iter().map(|t| (*t).to_owned()).collect(), self.states)?
+            }
+            None => self.encoder.encode_with(&texts, self.states)?,
         };
         let encoded_at = std::time::Instant::now();
         if let Some(sink) = &self.sink {
@@ -710,9 +738,16 @@ impl Runner {
         self.run_heads(messages, &encoded, Some(encode))
     }
 
-    /// Whether the heads read token states (a vector alone does not serve them).
+    /// What the heads read besides embeddings (token states, layers' states): what
+    /// [`Runner::process_encoded`]'s encodings must carry.
+    pub fn states(&self) -> States {
+        self.states
+    }
+
+    /// Whether the heads read more than the sentence embedding (token states or layers): a
+    /// stored vector alone does not serve them.
     pub fn needs_token_states(&self) -> bool {
-        self.needs_tokens
+        self.states != States::default()
     }
 
     /// Runs every head over messages already encoded (`encoded[i]` is `messages[i]`'s, from

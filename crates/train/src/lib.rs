@@ -416,6 +416,7 @@ pub fn evaluate(
                         embedding: x.row(start + j),
                         token_states: None,
                         upstream: Vec::new(),
+                        layers: &[],
                     })
                     .collect();
                 for outcome in head.run(&items) {
@@ -456,6 +457,7 @@ pub fn evaluate(
                             hidden_size: dim,
                         }),
                         upstream: Vec::new(),
+                        layers: &e.layers,
                     })
                     .collect();
                 for ((sentence, (_, spans)), outcome) in

@@ -11,19 +11,25 @@
 //! `log-flood` (writes `line_bytes`-byte log lines, default 64 KiB, with newlines and terminal
 //! escapes in them: `lines` of them then answers, or without `lines` until its deadline).
 //!
+//! Mode `layers` asks for the encoder layers its config names (`pooled`, `tokens`: lists of
+//! layer numbers, as many as it likes) and answers, per text, the length and first value of
+//! each layer's states it got, and its token count: what the host delivered, or refused.
+//!
 //! Mode `embed-flood` misbehaves in `configure` instead: it asks the host to embed `texts`
 //! texts (default 4,000) of `text_bytes` bytes (default 16 KiB), `per_call` at a time (default
 //! 1,000: 16 MB a call, within its memory cap), and ignores every error, asking again; with `distinct = false` every call
 //! asks for the same texts.
 
 use headstream_sdk::{
-    Assets, Config, ConfigError, Description, Entity, Head, HeadError, Item, Output, TaskKind,
+    Assets, Config, ConfigError, Description, Entity, Head, HeadError, Inputs, Item, LayerStates,
+    Output, TaskKind,
 };
 
 struct Hostile {
     mode: String,
     lines: Option<u64>,
     line_bytes: usize,
+    inputs: Inputs,
 }
 
 /// Asks the host to embed far more than any head needs, ignoring refusals.
@@ -79,11 +85,52 @@ impl Head for Hostile {
         if mode == "embed-flood" {
             embed_flood(&config)?;
         }
+        let inputs = Inputs {
+            pooled_layers: config.get("pooled")?.unwrap_or_default(),
+            token_layers: config.get("tokens")?.unwrap_or_default(),
+        };
         Ok(Self {
             mode,
             lines: config.get("lines")?,
             line_bytes: config.get("line_bytes")?.unwrap_or(64 << 10),
+            inputs,
         })
+    }
+
+    fn inputs(&self) -> Inputs {
+        self.inputs.clone()
+    }
+
+    fn run_with(
+        &self,
+        batch: Vec<Item>,
+        layers: Vec<LayerStates>,
+    ) -> Vec<Result<Output, HeadError>> {
+        if self.mode != "layers" {
+            return self.run(batch);
+        }
+        let summary = |states: &[Vec<f32>]| -> Vec<String> {
+            states
+                .iter()
+                .map(|s| format!("[{},{}]", s.len(), s.first().copied().unwrap_or(0.0)))
+                .collect()
+        };
+        batch
+            .iter()
+            .zip(layers.iter().map(Some).chain(std::iter::repeat(None)))
+            .map(|(item, states)| {
+                let Some(states) = states else {
+                    return Err(HeadError::InvalidInput("no layer states for this item".into()));
+                };
+                let tokens = item.token_states.as_ref().map_or(0, |t| t.tokens.len());
+                Ok(Output::Json(format!(
+                    "{{\"pooled\":[{}],\"tokens\":[{}],\"token_count\":{tokens},\"layers_given\":{}}}",
+                    summary(&states.pooled).join(","),
+                    summary(&states.tokens).join(","),
+                    layers.len()
+                )))
+            })
+            .collect()
     }
 
     fn run(&self, batch: Vec<Item>) -> Vec<Result<Output, HeadError>> {

@@ -45,20 +45,32 @@ pub mod bindings {
     wit_bindgen::generate!({
         world: "task-head",
         path: "../../wit",
+        // The host interface and shared types are 0.1.0's, from wit/deps.
+        generate_all,
         pub_export_macro: true,
         default_bindings_module: "headstream_sdk::bindings",
         export_macro_name: "export_task_head",
     });
 }
 
-pub use bindings::headstream::plugin::host::{self, Level};
-pub use bindings::headstream::plugin::types::{
+pub use bindings::headstream::plugin0_1_0::host::{self, Level};
+pub use bindings::headstream::plugin0_1_0::types::{
     Asset, ClassScore, Classification, ConfigError, Description, Entity, HeadError, Item, Output,
     TaskKind, Token, TokenStates, Upstream,
 };
+pub use bindings::headstream::plugin0_2_0::features::{Inputs, LayerStates};
+
+/// Asks for no layer: the sentence embedding (and token states, by `needs_token_states`) only.
+pub fn no_layers() -> Inputs {
+    Inputs {
+        pooled_layers: Vec::new(),
+        token_layers: Vec::new(),
+    }
+}
 
 /// A task head. `configure` builds the head's state once per instance; `run` (or `run_one`)
-/// answers batches.
+/// answers batches. A head that reads the encoder's other layers says which in `inputs` and
+/// gets their states in `run_with`.
 pub trait Head: Sized + 'static {
     /// Describes the head: name, version, kind, labels, needs, encoder.
     fn describe() -> Description;
@@ -72,6 +84,23 @@ pub trait Head: Sized + 'static {
     /// Answers a batch: one result per item, in order. Override for batch-wide work.
     fn run(&self, batch: Vec<Item>) -> Vec<Result<Output, HeadError>> {
         batch.iter().map(|item| self.run_one(item)).collect()
+    }
+
+    /// The encoder layers whose states the head reads, asked once after `configure` (a
+    /// trained head knows them from its weights). At most 4 layers of per-token states.
+    fn inputs(&self) -> Inputs {
+        no_layers()
+    }
+
+    /// Answers a batch with `layers[i]`, item `i`'s states of the layers `inputs` asked for.
+    /// Heads that ask for layers override this; the default ignores them and calls `run`.
+    fn run_with(
+        &self,
+        batch: Vec<Item>,
+        layers: Vec<LayerStates>,
+    ) -> Vec<Result<Output, HeadError>> {
+        let _ = layers;
+        self.run(batch)
     }
 }
 
@@ -162,7 +191,7 @@ macro_rules! export_head {
                 const { ::core::cell::RefCell::new(::core::option::Option::None) };
         }
 
-        impl $crate::bindings::exports::headstream::plugin::head::Guest for __HeadstreamGuest {
+        impl $crate::bindings::exports::headstream::plugin0_2_0::head::Guest for __HeadstreamGuest {
             fn describe() -> $crate::Description {
                 <$head as $crate::Head>::describe()
             }
@@ -170,16 +199,20 @@ macro_rules! export_head {
             fn configure(
                 config: String,
                 assets: Vec<$crate::Asset>,
-            ) -> Result<(), $crate::ConfigError> {
+            ) -> Result<$crate::Inputs, $crate::ConfigError> {
                 let config = $crate::Config::parse(&config)?;
                 let head = <$head as $crate::Head>::configure(config, $crate::Assets::new(assets))?;
+                let inputs = <$head as $crate::Head>::inputs(&head);
                 __HEADSTREAM_HEAD.with(|slot| *slot.borrow_mut() = Some(head));
-                Ok(())
+                Ok(inputs)
             }
 
-            fn run(batch: Vec<$crate::Item>) -> Vec<Result<$crate::Output, $crate::HeadError>> {
+            fn run(
+                batch: Vec<$crate::Item>,
+                layers: Vec<$crate::LayerStates>,
+            ) -> Vec<Result<$crate::Output, $crate::HeadError>> {
                 __HEADSTREAM_HEAD.with(|slot| match &*slot.borrow() {
-                    Some(head) => <$head as $crate::Head>::run(head, batch),
+                    Some(head) => <$head as $crate::Head>::run_with(head, batch, layers),
                     None => batch
                         .iter()
                         .map(|_| {
