@@ -528,6 +528,11 @@ pub struct TrainArgs {
     /// Classify: a small MLP head with this many ReLU units instead of a linear head.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), conflicts_with = "cv")]
     pub hidden: Option<u32>,
+    /// Classify: features from the mean-pooled states of these encoder layers (0 = embedding
+    /// layer output .. 6 = last for all-MiniLM-L6-v2), concatenated and standardised, instead of
+    /// the sentence embedding; e.g. `--layers 3,4,5,6`. The head asks the host for them.
+    #[arg(long, value_delimiter = ',', value_name = "L,..")]
+    pub layers: Vec<u32>,
     /// Weight of each label's own name as an extra training example (a prior from the label's
     /// meaning; default 2 with --shots, else 0 = off).
     #[arg(long)]

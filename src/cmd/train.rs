@@ -109,6 +109,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                     .or(args.shots.map(|_| 2.0))
                     .filter(|w| *w > 0.0),
                 hidden: args.hidden.map(|h| h as usize),
+                layers: args.layers.clone(),
                 ..ClassifyOptions::default()
             };
             let n = examples.len();
@@ -117,8 +118,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             (trained, n)
         }
         TrainKind::Tokens => {
-            if args.shots.is_some() || args.hidden.is_some() {
-                anyhow::bail!("--shots and --hidden apply to --kind classify only");
+            if args.shots.is_some() || args.hidden.is_some() || !args.layers.is_empty() {
+                anyhow::bail!("--shots, --hidden and --layers apply to --kind classify only");
             }
             let sentences = data::read_tagged(&args.data)?;
             let options = TokensOptions {
@@ -176,7 +177,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     };
     let weights = trained
         .model
-        .to_safetensors()
+        .to_safetensors_reading(&trained.pooled_layers)
         .context("cannot serialise the weights")?;
     let mut package = headstream_package::write(
         &args.out,

@@ -258,6 +258,46 @@ fn bad_training_data_names_its_line_and_writes_nothing() -> Result<(), Box<dyn s
 }
 
 #[test]
+fn a_head_over_several_layers_trains_evaluates_and_serves() -> Result<(), Box<dyn std::error::Error>>
+{
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("layered");
+    let trained = train_support(&package, &["--layers", "3,6", "--c", "1"]);
+    assert_eq!(
+        trained["hyperparameters"]["features"]["pooled_layers"],
+        serde_json::json!([3, 6]),
+        "{trained:#}"
+    );
+    // Evaluated through the plugin, which asked the host for layers 3 and 6 and applied the
+    // weights (with the standardisation folded in) to their concatenation.
+    let accuracy = trained["metrics"]["accuracy"].as_f64().unwrap_or(0.0);
+    assert!(
+        accuracy >= 7.0 / 9.0,
+        "held-out accuracy {accuracy}: {trained:#}"
+    );
+    let weights = std::fs::read(package.join("weights.safetensors"))?;
+    let header = String::from_utf8_lossy(&weights[8..]);
+    assert!(header.contains("\"pooled_layers\":\"3,6\""), "{header}");
+    // Two layers of 384: the weights read 768 features.
+    assert!(header.contains(",768]"), "{header}");
+    // Served from a pipeline: the runner encodes the layers the head asks for.
+    let pipeline = package_pipeline(dir.path(), "layered")?;
+    let run = headstream(
+        &["run", "--pipeline", &s(&pipeline)],
+        b"{\"id\":\"1\",\"text\":\"I was charged twice for my subscription\"}\n",
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let record: Value = serde_json::from_slice(&run.stdout)?;
+    let labels = trained["labels"].as_array().cloned().unwrap_or_default();
+    assert!(
+        labels.contains(&record["results"]["layered"]["label"]),
+        "{record}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_small_mlp_head_trains_and_runs_in_the_linear_classifier()
 -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;

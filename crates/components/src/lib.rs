@@ -35,7 +35,7 @@ pub const LINEAR_CLASSIFIER: Builtin = Builtin {
     name: "linear-classifier",
     summary: "softmax layer over the sentence embedding (weights asset `weights`); `train --kind classify`",
     bytes: include_bytes!("../wasm/linear-classifier.wasm"),
-    sha256: "f335fa85883eedef241b1a0839589bc35c44fca6a898777eb2f2618a51b0e215",
+    sha256: "1330400549059e09a485e89f80babcf6c0b099aef8baa311b88a912b4c66c990",
 };
 
 /// A per-word BIO tagger over token states; `train --kind tokens` packages it.

@@ -126,19 +126,23 @@ pub struct ClassifyOptions {
     pub label_names: Option<f32>,
     /// Units of a ReLU hidden layer (a small MLP head) instead of a linear head.
     pub hidden: Option<usize>,
+    /// Features: the concatenated mean-pooled states of these encoder layers, standardised
+    /// (0 = embedding layer output .. N = last); empty: the sentence embedding.
+    pub layers: Vec<u32>,
 }
 
 impl Default for ClassifyOptions {
     fn default() -> Self {
         Self {
             c: Some(1.0),
-            grid: vec![0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
+            grid: vec![0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
             folds: 5,
             seed: 0,
             class_weight: ClassWeight::Uniform,
             max_iter: 1000,
             label_names: None,
             hidden: None,
+            layers: Vec::new(),
         }
     }
 }
@@ -159,6 +163,65 @@ pub struct Trained {
     /// packaged plugin evaluated on the same data must score exactly this: a difference means
     /// the plugin builds features, reads weights or decodes spans differently.
     pub fit: Option<Value>,
+    /// The layers whose pooled states the model reads (empty: the sentence embedding).
+    pub pooled_layers: Vec<u32>,
+}
+
+/// The concatenated mean-pooled states of `layers` for each text (no cache: they are only
+/// needed while training).
+pub fn pooled_features(
+    encoder: &Encoder,
+    texts: &[&str],
+    layers: &[u32],
+) -> Result<Features, TrainError> {
+    let states = headstream_encoder::States {
+        pooled: headstream_encoder::LayerSet::of(layers.iter().copied())?,
+        ..headstream_encoder::States::default()
+    };
+    encoder.check(states)?;
+    let mut features = Features::new(encoder.hidden_size() * layers.len());
+    let bar = progress(texts.len(), "encoding layers");
+    for chunk in texts.chunks(CHUNK) {
+        for e in encoder.encode_with(chunk, states)? {
+            let mut row = Vec::with_capacity(features.cols);
+            for &l in layers {
+                row.extend_from_slice(e.pooled(l).unwrap_or_default());
+            }
+            features.push(&row);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(features)
+}
+
+/// Standardises `x`'s columns in place (zero mean, unit variance over its rows); returns each
+/// column's mean and scale (1 where a column is constant).
+fn standardise(x: &mut Features) -> (Vec<f32>, Vec<f32>) {
+    let (n, d) = (x.rows().max(1) as f64, x.cols);
+    let mut mean = vec![0f64; d];
+    let mut square = vec![0f64; d];
+    for row in x.data.chunks(d) {
+        for (j, &v) in row.iter().enumerate() {
+            mean[j] += f64::from(v);
+            square[j] += f64::from(v) * f64::from(v);
+        }
+    }
+    let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
+    let scale: Vec<f32> = square
+        .iter()
+        .zip(&mean)
+        .map(|(s, &m)| {
+            let var = s / n - f64::from(m) * f64::from(m);
+            if var > 1e-12 { var.sqrt() as f32 } else { 1.0 }
+        })
+        .collect();
+    for row in x.data.chunks_mut(d) {
+        for ((v, &m), &s) in row.iter_mut().zip(&mean).zip(&scale) {
+            *v = (*v - m) / s;
+        }
+    }
+    (mean, scale)
 }
 
 /// Trains a classification head on `examples` (at least two labels).
@@ -187,7 +250,13 @@ pub fn train_classifier(
         y.extend(0..labels.len());
         weights.extend(std::iter::repeat_n(weight, labels.len()));
     }
-    let x = embed(encoder, &texts, cache)?;
+    let (x, standardised) = if options.layers.is_empty() {
+        (embed(encoder, &texts, cache)?, None)
+    } else {
+        let mut x = pooled_features(encoder, &texts, &options.layers)?;
+        let stats = standardise(&mut x);
+        (x, Some(stats))
+    };
     let fit_options = FitOptions {
         c: 1.0,
         class_weight: options.class_weight,
@@ -217,12 +286,20 @@ pub fn train_classifier(
                 &fit_options,
             )?;
             let c = logreg::best_c(&scores).unwrap_or(1.0);
-            (c, json!({ "folds": folds, "scores": scores }))
+            // The best C at an end of the grid: a better one may lie past it.
+            let edge = [options.grid.first(), options.grid.last()].contains(&Some(&c));
+            if edge {
+                tracing::warn!(c, "cross-validation chose C at the end of its grid");
+            }
+            (
+                c,
+                json!({ "folds": folds, "scores": scores, "at_grid_edge": edge }),
+            )
         }
         None => (1.0, json!("skipped: a label has fewer than 2 examples")),
     };
     let fit_options = FitOptions { c, ..fit_options };
-    let model = match options.hidden {
+    let mut model = match options.hidden {
         Some(units) => logreg::fit_mlp(
             &x,
             &y,
@@ -234,12 +311,19 @@ pub fn train_classifier(
         )?,
         None => logreg::fit_weighted(&x, &y, &weights, labels.len(), &fit_options)?,
     };
+    if let Some((mean, scale)) = &standardised {
+        model.fold_standardisation(mean, scale);
+    }
     let hyperparameters = json!({
         "model": match options.hidden {
             Some(units) => format!("MLP: {units} ReLU units, then softmax (L2 on both layers)"),
             None => "multinomial logistic regression (L2, unpenalised intercept)".to_owned(),
         },
-        "features": "sentence embedding",
+        "features": if options.layers.is_empty() {
+            json!("sentence embedding")
+        } else {
+            json!({ "pooled_layers": options.layers, "standardised": true })
+        },
         "c": c,
         "class_weight": match options.class_weight { ClassWeight::Uniform => "uniform", ClassWeight::Balanced => "balanced" },
         "cross_validation": cv,
@@ -252,6 +336,7 @@ pub fn train_classifier(
         labels,
         per_label,
         hyperparameters,
+        pooled_layers: options.layers.clone(),
     })
 }
 
@@ -344,6 +429,7 @@ pub fn train_tagger(
         per_label,
         hyperparameters,
         fit: serde_json::to_value(fit).ok(),
+        pooled_layers: Vec::new(),
     })
 }
 
@@ -398,7 +484,16 @@ pub fn evaluate(
         Kind::Classify => {
             let examples = data::read_examples(data)?;
             let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-            let x = embed(encoder, &texts, cache)?;
+            // A head over layers' states gets them fresh; embeddings come from the cache.
+            let inputs = head.inputs();
+            let states = headstream_encoder::States {
+                pooled: headstream_encoder::LayerSet::of(inputs.pooled_layers.iter().copied())?,
+                ..headstream_encoder::States::default()
+            };
+            let x = match inputs.pooled_layers.is_empty() {
+                true => Some(embed(encoder, &texts, cache)?),
+                false => None,
+            };
             let mut predicted = Vec::with_capacity(examples.len());
             for (start, chunk) in (0..examples.len())
                 .step_by(CHUNK)
@@ -407,16 +502,23 @@ pub fn evaluate(
                 let ids: Vec<String> = (start..start + chunk.len())
                     .map(|i| i.to_string())
                     .collect();
+                let encoded = match &x {
+                    Some(_) => Vec::new(),
+                    None => encoder.encode_with(chunk, states)?,
+                };
                 let items: Vec<Item<'_>> = chunk
                     .iter()
                     .enumerate()
                     .map(|(j, text)| Item {
                         id: &ids[j],
                         text,
-                        embedding: x.row(start + j),
+                        embedding: match &x {
+                            Some(x) => x.row(start + j),
+                            None => &encoded[j].embedding,
+                        },
                         token_states: None,
                         upstream: Vec::new(),
-                        layers: &[],
+                        layers: encoded.get(j).map_or(&[], |e| &e.layers),
                     })
                     .collect();
                 for outcome in head.run(&items) {

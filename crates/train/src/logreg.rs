@@ -145,9 +145,38 @@ impl LinearModel {
         best.0
     }
 
+    /// Folds a standardisation of the inputs (`(x - mean) / scale`, per column) into the first
+    /// layer, so the model applies to raw inputs exactly as it did to standardised ones.
+    pub fn fold_standardisation(&mut self, mean: &[f32], scale: &[f32]) {
+        let dim = self.dim;
+        let (weight, bias, rows) = match &mut self.hidden {
+            Some(h) => (&mut h.weight, &mut h.bias, h.units),
+            None => (&mut self.weight, &mut self.bias, self.classes),
+        };
+        for r in 0..rows {
+            let w = &mut weight[r * dim..(r + 1) * dim];
+            let mut shift = 0.0f64;
+            for ((w, &m), &s) in w.iter_mut().zip(mean).zip(scale) {
+                *w /= s;
+                shift += f64::from(*w) * f64::from(m);
+            }
+            bias[r] -= shift as f32;
+        }
+    }
+
     /// The weights as safetensors (`weight` `[classes, dim]`, `bias` `[classes]`, f32), the
     /// layout the linear and token classifier plugins read.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+        self.to_safetensors_reading(&[])
+    }
+
+    /// [`LinearModel::to_safetensors`] for a model over the concatenated mean-pooled states of
+    /// `pooled_layers` (recorded in the metadata, which the linear-classifier plugin reads);
+    /// empty: over the sentence embedding.
+    pub fn to_safetensors_reading(
+        &self,
+        pooled_layers: &[u32],
+    ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
         use safetensors::tensor::{Dtype, TensorView};
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let (w, b) = (bytes(&self.weight), bytes(&self.bias));
@@ -173,7 +202,11 @@ impl LinearModel {
                 TensorView::new(Dtype::F32, vec![*units], hb)?,
             ));
         }
-        safetensors::serialize(tensors, None)
+        let metadata = (!pooled_layers.is_empty()).then(|| {
+            let list: Vec<String> = pooled_layers.iter().map(u32::to_string).collect();
+            std::collections::HashMap::from([("pooled_layers".to_owned(), list.join(","))])
+        });
+        safetensors::serialize(tensors, metadata)
     }
 }
 
@@ -492,6 +525,41 @@ pub fn best_c(scores: &[CvScore]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folded_standardisation_scores_raw_inputs_as_the_model_scored_standardised_ones() {
+        let model = LinearModel {
+            weight: vec![1.0, -2.0, 0.5, 3.0, 0.0, -1.0],
+            bias: vec![0.1, -0.2],
+            classes: 2,
+            dim: 3,
+            iterations: 0,
+            converged: true,
+            hidden: None,
+        };
+        let (mean, scale) = ([0.5f32, -1.0, 2.0], [2.0f32, 0.5, 4.0]);
+        let mut folded = model.clone();
+        folded.fold_standardisation(&mean, &scale);
+        let score = |m: &LinearModel, x: &[f32], c: usize| {
+            m.bias[c]
+                + m.weight[c * 3..(c + 1) * 3]
+                    .iter()
+                    .zip(x)
+                    .map(|(w, v)| w * v)
+                    .sum::<f32>()
+        };
+        for raw in [[1.0f32, 2.0, 3.0], [-4.0, 0.0, 9.5]] {
+            let standardised: Vec<f32> = raw
+                .iter()
+                .zip(mean.iter().zip(&scale))
+                .map(|(v, (m, s))| (v - m) / s)
+                .collect();
+            for c in 0..2 {
+                let (a, b) = (score(&model, &standardised, c), score(&folded, &raw, c));
+                assert!((a - b).abs() < 1e-5, "class {c}: {a} vs {b}");
+            }
+        }
+    }
 
     /// Three balanced blobs in 4-D, deterministic.
     fn blobs(n: usize) -> (Features, Vec<usize>) {

@@ -1,5 +1,11 @@
-//! `linear-classifier`: softmax over a linear layer on the sentence embedding — the head that
-//! `headstream train --kind classify` fills with weights.
+//! `linear-classifier`: softmax over a linear layer on the sentence embedding, or on the
+//! encoder's mean-pooled layers — the head that `headstream train --kind classify` fills with
+//! weights.
+//!
+//! When the weights' safetensors metadata has `pooled_layers` (e.g. `"3,4,5,6"`), the head
+//! asks the host for those layers' mean-pooled states and its features are their
+//! concatenation, in that order (`train --layers`; the standardisation it was fitted with is
+//! folded into the weights); otherwise they are the sentence embedding.
 //!
 //! Assets: `weights` — safetensors with `weight` (`[labels, width]`, f32) and `bias`
 //! (`[labels]`), and optionally a ReLU hidden layer before it, `hidden.weight` (`[width,
@@ -9,8 +15,8 @@
 //! `abstain_label` (default `"abstain"`).
 
 use headstream_sdk::{
-    Assets, Config, ConfigError, Dense, Description, Head, HeadError, Item, Output, TaskKind,
-    classify,
+    Assets, Config, ConfigError, Dense, Description, Head, HeadError, Inputs, Item, LayerStates,
+    Output, TaskKind, classify,
 };
 
 struct LinearClassifier {
@@ -20,6 +26,30 @@ struct LinearClassifier {
     labels: Vec<String>,
     threshold: Option<f32>,
     abstain_label: String,
+    /// Layers whose pooled states are the features; empty: the sentence embedding.
+    pooled_layers: Vec<u32>,
+}
+
+/// The `pooled_layers` the weights were trained on, from their safetensors metadata.
+fn pooled_layers(weights: &[u8]) -> Result<Vec<u32>, ConfigError> {
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(weights)
+        .map_err(|e| ConfigError::BadAsset(format!("weights: {e}")))?;
+    let Some(list) = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("pooled_layers"))
+    else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(|l| {
+            l.trim().parse().map_err(|_| {
+                ConfigError::BadAsset(format!(
+                    "weights: pooled_layers {list:?} is not a list of layers"
+                ))
+            })
+        })
+        .collect()
 }
 
 impl Head for LinearClassifier {
@@ -68,24 +98,59 @@ impl Head for LinearClassifier {
             labels,
             threshold,
             abstain_label,
+            pooled_layers: pooled_layers(weights)?,
         })
     }
 
+    fn inputs(&self) -> Inputs {
+        Inputs {
+            pooled_layers: self.pooled_layers.clone(),
+            token_layers: Vec::new(),
+        }
+    }
+
+    fn run_with(
+        &self,
+        batch: Vec<Item>,
+        layers: Vec<LayerStates>,
+    ) -> Vec<Result<Output, HeadError>> {
+        if self.pooled_layers.is_empty() {
+            return self.run(batch);
+        }
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let states = layers.get(i).ok_or_else(|| {
+                    HeadError::InvalidInput(format!("no layer states for {}", item.id))
+                })?;
+                self.answer(&states.pooled.concat())
+            })
+            .collect()
+    }
+
     fn run_one(&self, item: &Item) -> Result<Output, HeadError> {
+        self.answer(&item.embedding)
+    }
+}
+
+impl LinearClassifier {
+    /// The classification of one text's `features`.
+    fn answer(&self, features: &[f32]) -> Result<Output, HeadError> {
         let expects = self.hidden.as_ref().unwrap_or(&self.layer).inputs();
         let wrong_size = || {
             HeadError::InvalidInput(format!(
-                "embedding has {} values, the head expects {expects}",
-                item.embedding.len()
+                "features have {} values, the head expects {expects}",
+                features.len()
             ))
         };
         let logits = match &self.hidden {
             Some(hidden) => {
-                let mut h = hidden.forward(&item.embedding).ok_or_else(wrong_size)?;
+                let mut h = hidden.forward(features).ok_or_else(wrong_size)?;
                 h.iter_mut().for_each(|v| *v = v.max(0.0));
                 self.layer.forward(&h).ok_or_else(wrong_size)?
             }
-            None => self.layer.forward(&item.embedding).ok_or_else(wrong_size)?,
+            None => self.layer.forward(features).ok_or_else(wrong_size)?,
         };
         let mut result = classify(&self.labels, &logits);
         if self.threshold.is_some_and(|t| result.score < t) {
