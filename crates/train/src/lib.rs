@@ -135,7 +135,9 @@ impl Default for ClassifyOptions {
     fn default() -> Self {
         Self {
             c: Some(1.0),
-            grid: vec![0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
+            grid: vec![
+                0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0,
+            ],
             folds: 5,
             seed: 0,
             class_weight: ClassWeight::Uniform,
