@@ -51,6 +51,18 @@ fn train_support(package: &Path, extra: &[&str]) -> Value {
     json_out(&headstream(&args, b""))
 }
 
+/// Checks that the trained head (evaluated through the plugin) got at least 7 of the 9
+/// held-out texts right; returns its weights file's safetensors header.
+fn held_out_and_header(trained: &Value, package: &Path) -> std::io::Result<String> {
+    let accuracy = trained["metrics"]["accuracy"].as_f64().unwrap_or(0.0);
+    assert!(
+        accuracy >= 7.0 / 9.0,
+        "held-out accuracy {accuracy}: {trained:#}"
+    );
+    let weights = std::fs::read(package.join("weights.safetensors"))?;
+    Ok(String::from_utf8_lossy(&weights[8..]).into_owned())
+}
+
 /// A pipeline file in `dir` whose one head `head` is the package directory of that name.
 fn package_pipeline(dir: &Path, head: &str) -> std::io::Result<std::path::PathBuf> {
     let pipeline = dir.join("p.toml");
@@ -270,13 +282,7 @@ fn a_head_over_several_layers_trains_evaluates_and_serves() -> Result<(), Box<dy
     );
     // Evaluated through the plugin, which asked the host for layers 3 and 6 and applied the
     // weights (with the standardisation folded in) to their concatenation.
-    let accuracy = trained["metrics"]["accuracy"].as_f64().unwrap_or(0.0);
-    assert!(
-        accuracy >= 7.0 / 9.0,
-        "held-out accuracy {accuracy}: {trained:#}"
-    );
-    let weights = std::fs::read(package.join("weights.safetensors"))?;
-    let header = String::from_utf8_lossy(&weights[8..]);
+    let header = held_out_and_header(&trained, &package)?;
     assert!(header.contains("\"pooled_layers\":\"3,6\""), "{header}");
     // Two layers of 384: the weights read 768 features.
     assert!(header.contains(",768]"), "{header}");
@@ -308,13 +314,7 @@ fn a_small_mlp_head_trains_and_runs_in_the_linear_classifier()
         .unwrap_or_default();
     assert!(model.starts_with("MLP: 16 ReLU units"), "{trained:#}");
     // Evaluated through the plugin, so the component ran the hidden layer.
-    let accuracy = trained["metrics"]["accuracy"].as_f64().unwrap_or(0.0);
-    assert!(
-        accuracy >= 7.0 / 9.0,
-        "held-out accuracy {accuracy}: {trained:#}"
-    );
-    let weights = std::fs::read(package.join("weights.safetensors"))?;
-    let header = String::from_utf8_lossy(&weights[8..]);
+    let header = held_out_and_header(&trained, &package)?;
     assert!(header.contains("hidden.weight"), "{header}");
     Ok(())
 }

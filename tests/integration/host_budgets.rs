@@ -16,14 +16,19 @@ use super::headstream_env;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// A pipeline of one hostile head in `mode`, with extra `[heads.config]` and `[heads.limits]`
-/// lines, and one batch per message.
-fn hostile_pipeline(dir: &std::path::Path, config: &str, limits: &str) -> std::path::PathBuf {
+/// A pipeline of one hostile head named `head`, with extra `[heads.config]` (its `mode`...)
+/// and `[heads.limits]` lines, beside keyword flags; one batch per message.
+pub(crate) fn hostile_pipeline(
+    dir: &std::path::Path,
+    head: &str,
+    config: &str,
+    limits: &str,
+) -> std::path::PathBuf {
     let file = dir.join("hostile.toml");
     let text = format!(
         "version = 1\nname = \"hostile\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n\
          [batching]\nmax_batch_size = 1\n\
-         [[heads]]\nname = \"flood\"\ncomponent = {:?}\n[heads.config]\n{config}\n[heads.limits]\n{limits}\n\
+         [[heads]]\nname = \"{head}\"\ncomponent = {:?}\n[heads.config]\n{config}\n[heads.limits]\n{limits}\n\
          [[heads]]\nname = \"flags\"\ncomponent = {:?}\n[heads.config.flags]\nurgent = [\"asap\"]\n",
         plugin_path("hostile"),
         plugin_path("keyword-flags"),
@@ -37,7 +42,7 @@ fn an_embed_flood_fails_the_load_naming_the_head_and_the_limit() -> TestResult {
     let dir = tempfile::tempdir()?;
     // The case from the field: 4,000 texts of 16 KiB asked for at configure time (in calls of
     // 1,000).
-    let pipeline = hostile_pipeline(dir.path(), "mode = \"embed-flood\"", "");
+    let pipeline = hostile_pipeline(dir.path(), "flood", "mode = \"embed-flood\"", "");
     let started = Instant::now();
     let run = headstream_env(
         &["run", "--pipeline", &pipeline.to_string_lossy()],
@@ -59,6 +64,7 @@ fn an_embed_flood_fails_the_load_naming_the_head_and_the_limit() -> TestResult {
     // Raised where the message says, the same head asking for less loads and answers.
     let pipeline = hostile_pipeline(
         dir.path(),
+        "flood",
         "mode = \"embed-flood\"\ntexts = 300\ntext_bytes = 8\nper_call = 100",
         // (and a generous setup deadline: the suite runs many encoders at once)
         "embed_texts_per_call = 100\nembed_texts = 300\nsetup_deadline_ms = 120000",
@@ -80,7 +86,12 @@ fn a_log_flood_costs_the_host_a_few_kib_and_forges_no_lines() -> TestResult {
     let dir = tempfile::tempdir()?;
     // Logs 64 KiB lines (with a newline and a terminal escape in each) until its deadline, on
     // every message, until the circuit breaker switches it off.
-    let pipeline = hostile_pipeline(dir.path(), "mode = \"log-flood\"", "deadline_ms = 100");
+    let pipeline = hostile_pipeline(
+        dir.path(),
+        "flood",
+        "mode = \"log-flood\"",
+        "deadline_ms = 100",
+    );
     let input: String = (0..8)
         .map(|i| format!("{{\"id\":\"{i}\",\"text\":\"boom {i} asap\"}}\n"))
         .collect();
@@ -132,6 +143,7 @@ fn dropped_log_lines_are_counted_in_the_metrics() -> TestResult {
     let dir = tempfile::tempdir()?;
     let file = hostile_pipeline(
         dir.path(),
+        "flood",
         "mode = \"log-flood\"\nlines = 100\nline_bytes = 100",
         "log_burst = 5\nlog_lines_per_s = 1",
     );

@@ -2,24 +2,16 @@
 //! host encodes the layers the pipeline's heads ask for and hands each head its own, and a
 //! layer the encoder lacks fails the load naming the head.
 
-use headstream_test_util::plugin_path;
 use serde_json::Value;
 
 use super::headstream;
+use super::host_budgets::hostile_pipeline;
 
 /// A pipeline with a `probe` head (the hostile head's `layers` mode) asking for `pooled` and
 /// `tokens` layers, beside keyword flags (which asks for none).
 fn pipeline(dir: &std::path::Path, pooled: &str, tokens: &str) -> std::path::PathBuf {
-    let file = dir.join("layers.toml");
-    let text = format!(
-        "version = 1\nname = \"layers\"\n[input]\nsubject = \"in\"\n[output]\nsubject = \"out\"\nerrors = \"err\"\n\
-         [[heads]]\nname = \"probe\"\ncomponent = {:?}\n[heads.config]\nmode = \"layers\"\npooled = {pooled}\ntokens = {tokens}\n\
-         [[heads]]\nname = \"flags\"\ncomponent = {:?}\n[heads.config.flags]\nurgent = [\"asap\"]\n",
-        plugin_path("hostile"),
-        plugin_path("keyword-flags"),
-    );
-    std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
-    file
+    let config = format!("mode = \"layers\"\npooled = {pooled}\ntokens = {tokens}");
+    hostile_pipeline(dir, "probe", &config, "")
 }
 
 #[test]

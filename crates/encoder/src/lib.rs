@@ -262,6 +262,14 @@ impl States {
         }
     }
 
+    /// Only the mean-pooled states of `layers`; a layer of 64 or more is an error naming it.
+    pub fn pooled_layers(layers: impl IntoIterator<Item = u32>) -> Result<Self, EncoderError> {
+        Ok(Self {
+            pooled: LayerSet::of(layers)?,
+            ..Self::default()
+        })
+    }
+
     /// Every layer either set names.
     pub fn layers(self) -> LayerSet {
         self.pooled.union(self.token_layers)

@@ -262,6 +262,31 @@ fn layer_states_are_kept_only_when_asked_and_the_last_matches_the_embedding() ->
 }
 
 #[test]
+fn one_pass_for_a_union_narrows_to_what_each_request_asked() -> TestResult {
+    // What the co-batcher does for pipelines whose heads read different layers.
+    let encoder = TinyModel::new("mean_tokens", 64, 3)?.load(32)?;
+    let requests = [
+        States::default(),
+        States::tokens(true),
+        States::pooled_layers([0, 2])?,
+        States {
+            tokens: false,
+            pooled: LayerSet::of([1])?,
+            token_layers: LayerSet::of([1, 2])?,
+        },
+    ];
+    let all = requests.iter().fold(States::default(), |a, r| a.union(*r));
+    let merged = encoder.encode_with(TEXTS, all)?;
+    for request in requests {
+        let alone = encoder.encode_with(TEXTS, request)?;
+        let mut narrowed = merged.clone();
+        narrowed.iter_mut().for_each(|e| request.narrow(e));
+        assert_eq!(narrowed, alone, "{request:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn layers_the_encoder_cannot_give_are_clear_errors() -> TestResult {
     let model = TinyModel::new("mean_tokens", 64, 4)?;
     let encoder = model.load(32)?;

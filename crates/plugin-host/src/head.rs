@@ -209,10 +209,56 @@ impl Contract {
     }
 }
 
-/// An instance's exports, by contract version.
+/// An instance's exports, by contract version: each call in the newest contract's terms.
 enum Bindings {
     V1(v1::TaskHead),
     V2(v2::TaskHead),
+}
+
+impl Bindings {
+    fn describe(&self, store: &mut Store<State>) -> wasmtime::Result<types::Description> {
+        match self {
+            Bindings::V1(b) => b.headstream_plugin0_1_0_head().call_describe(store),
+            Bindings::V2(b) => b.headstream_plugin0_2_0_head().call_describe(store),
+        }
+    }
+
+    /// `configure`; a 0.1.0 head asks for no layers.
+    fn configure(
+        &self,
+        store: &mut Store<State>,
+        config: &str,
+        assets: &[types::Asset],
+    ) -> wasmtime::Result<Result<Inputs, types::ConfigError>> {
+        Ok(match self {
+            Bindings::V1(b) => b
+                .headstream_plugin0_1_0_head()
+                .call_configure(store, config, assets)?
+                .map(|()| Inputs::default()),
+            Bindings::V2(b) => b
+                .headstream_plugin0_2_0_head()
+                .call_configure(store, config, assets)?
+                .map(|i| Inputs {
+                    pooled_layers: i.pooled_layers,
+                    token_layers: i.token_layers,
+                }),
+        })
+    }
+
+    /// `run`; a 0.1.0 head gets no layers (it asked for none).
+    fn run(
+        &self,
+        store: &mut Store<State>,
+        batch: &[types::Item],
+        layers: &[features::LayerStates],
+    ) -> wasmtime::Result<Vec<Result<types::Output, types::HeadError>>> {
+        match self {
+            Bindings::V1(b) => b.headstream_plugin0_1_0_head().call_run(store, batch),
+            Bindings::V2(b) => b
+                .headstream_plugin0_2_0_head()
+                .call_run(store, batch, layers),
+        }
+    }
 }
 
 /// Why a head produced no result for a text.
@@ -404,14 +450,7 @@ impl Head {
         instance
             .store
             .set_epoch_deadline(ticks(config.limits.setup_deadline));
-        let described = match &instance.bindings {
-            Bindings::V1(b) => b
-                .headstream_plugin0_1_0_head()
-                .call_describe(&mut instance.store),
-            Bindings::V2(b) => b
-                .headstream_plugin0_2_0_head()
-                .call_describe(&mut instance.store),
-        };
+        let described = instance.bindings.describe(&mut instance.store);
         let description = described.map_err(|e| setup_err(&file_name, classify(&e, &instance)))?;
         check_description(&description).map_err(|f| setup_err(&file_name, f))?;
         let description = convert_description(description);
@@ -468,6 +507,12 @@ impl Head {
     /// The encoder's layers the head reads (none for a 0.1.0 head).
     pub fn inputs(&self) -> &Inputs {
         &self.inputs
+    }
+
+    /// Whether the head gets the last layer's token states (`item.token-states`): it said so in
+    /// its description, or it reads layers' per-token states (which belong to those tokens).
+    pub fn wants_token_states(&self) -> bool {
+        self.description.needs_token_states || !self.inputs.token_layers.is_empty()
     }
 
     /// The contract version the component implements (`0.1.0`, `0.2.0`).
@@ -555,21 +600,9 @@ impl Head {
             .store
             .set_epoch_deadline(ticks(self.config.limits.setup_deadline));
         instance.store.data_mut().embed.start();
-        let result = match &instance.bindings {
-            Bindings::V1(b) => b
-                .headstream_plugin0_1_0_head()
-                .call_configure(&mut instance.store, &self.config_json, &assets)
-                .map(|r| r.map(|()| Inputs::default())),
-            Bindings::V2(b) => b
-                .headstream_plugin0_2_0_head()
-                .call_configure(&mut instance.store, &self.config_json, &assets)
-                .map(|r| {
-                    r.map(|i| Inputs {
-                        pooled_layers: i.pooled_layers,
-                        token_layers: i.token_layers,
-                    })
-                }),
-        };
+        let result = instance
+            .bindings
+            .configure(&mut instance.store, &self.config_json, &assets);
         let meter = &mut instance.store.data_mut().embed;
         meter.started = None;
         if meter.texts > 0 {
@@ -626,7 +659,7 @@ impl Head {
             Contract::V2(_) => items
                 .iter()
                 .map(|i| self.layers_to_wit(i))
-                .collect::<Result<Vec<_>, _>>()?,
+                .collect::<Result<_, _>>()?,
         };
         let mut slot = self.lock();
         let instance = match slot.as_mut() {
@@ -655,15 +688,7 @@ impl Head {
         instance
             .store
             .set_epoch_deadline(ticks(self.config.limits.deadline));
-        let outputs = match &instance.bindings {
-            Bindings::V1(b) => b
-                .headstream_plugin0_1_0_head()
-                .call_run(&mut instance.store, &batch),
-            Bindings::V2(b) => {
-                b.headstream_plugin0_2_0_head()
-                    .call_run(&mut instance.store, &batch, &layers)
-            }
-        };
+        let outputs = instance.bindings.run(&mut instance.store, &batch, &layers);
         self.report_dropped_lines();
         self.note_memory(instance);
         let outputs = match outputs {
@@ -747,11 +772,9 @@ impl Head {
     }
 
     fn to_wit(&self, item: &Item<'_>) -> types::Item {
-        let wants_tokens =
-            self.description.needs_token_states || !self.inputs.token_layers.is_empty();
         let token_states = item
             .token_states
-            .filter(|_| wants_tokens)
+            .filter(|_| self.wants_token_states())
             .map(|t| types::TokenStates {
                 tokens: t
                     .ids

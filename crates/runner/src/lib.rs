@@ -580,7 +580,7 @@ fn head_states(stage: &str, head: &Head, encoder: &Encoder) -> Result<States, Ru
         source,
     };
     let states = States {
-        tokens: head.description().needs_token_states || !inputs.token_layers.is_empty(),
+        tokens: head.wants_token_states(),
         pooled: LayerSet::of(inputs.pooled_layers.iter().copied()).map_err(named)?,
         token_layers: LayerSet::of(inputs.token_layers.iter().copied()).map_err(named)?,
     };
@@ -744,10 +744,9 @@ impl Runner {
         self.states
     }
 
-    /// Whether the heads read more than the sentence embedding (token states or layers): a
-    /// stored vector alone does not serve them.
+    /// Whether the heads read the last layer's token states.
     pub fn needs_token_states(&self) -> bool {
-        self.states != States::default()
+        self.states.tokens
     }
 
     /// Runs every head over messages already encoded (`encoded[i]` is `messages[i]`'s, from

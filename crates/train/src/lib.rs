@@ -176,11 +176,7 @@ pub fn pooled_features(
     texts: &[&str],
     layers: &[u32],
 ) -> Result<Features, TrainError> {
-    let states = headstream_encoder::States {
-        pooled: headstream_encoder::LayerSet::of(layers.iter().copied())?,
-        ..headstream_encoder::States::default()
-    };
-    encoder.check(states)?;
+    let states = headstream_encoder::States::pooled_layers(layers.iter().copied())?;
     let mut features = Features::new(encoder.hidden_size() * layers.len());
     let bar = progress(texts.len(), "encoding layers");
     for chunk in texts.chunks(CHUNK) {
@@ -488,14 +484,13 @@ pub fn evaluate(
             let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
             // A head over layers' states gets them fresh; embeddings come from the cache.
             let inputs = head.inputs();
-            let states = headstream_encoder::States {
-                pooled: headstream_encoder::LayerSet::of(inputs.pooled_layers.iter().copied())?,
-                ..headstream_encoder::States::default()
-            };
-            let x = match inputs.pooled_layers.is_empty() {
-                true => Some(embed(encoder, &texts, cache)?),
-                false => None,
-            };
+            let states =
+                headstream_encoder::States::pooled_layers(inputs.pooled_layers.iter().copied())?;
+            let x = inputs
+                .pooled_layers
+                .is_empty()
+                .then(|| embed(encoder, &texts, cache))
+                .transpose()?;
             let mut predicted = Vec::with_capacity(examples.len());
             for (start, chunk) in (0..examples.len())
                 .step_by(CHUNK)
