@@ -525,14 +525,17 @@ pub struct TrainArgs {
     /// Train on this many examples per label (few-shot), sampled with --seed.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub shots: Option<u32>,
-    /// Classify: a small MLP head with this many ReLU units instead of a linear head.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), conflicts_with = "cv")]
+    /// Classify: a small MLP head with this many ReLU units instead of a linear head (needs
+    /// --c; features from the sentence embedding unless --layers names some).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), requires = "c")]
     pub hidden: Option<u32>,
-    /// Classify: features from the mean-pooled states of these encoder layers (0 = embedding
-    /// layer output .. 6 = last for all-MiniLM-L6-v2), concatenated and standardised, instead of
-    /// the sentence embedding; e.g. `--layers 3,4,5,6`. The head asks the host for them.
-    #[arg(long, value_delimiter = ',', value_name = "L,..")]
-    pub layers: Vec<u32>,
+    /// Classify: where the features come from. `auto` (the default): cross-validation chooses
+    /// among the sentence embedding, the top four layers and every layer; `embedding`: the
+    /// sentence embedding; a list of encoder layers (0 = embedding layer output .. 6 = last
+    /// for all-MiniLM-L6-v2), e.g. `3,4,5,6`: their mean-pooled states, concatenated and
+    /// standardised (the head asks the host for them).
+    #[arg(long, default_value = "auto", value_parser = parse_layers, value_name = "auto|embedding|L,..")]
+    pub layers: LayersArg,
     /// Weight of each label's own name as an extra training example (a prior from the label's
     /// meaning; default 2 with --shots, else 0 = off).
     #[arg(long)]
@@ -540,11 +543,13 @@ pub struct TrainArgs {
     /// Seed for few-shot sampling and cross-validation folds.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Inverse L2 strength (scikit-learn's C; the standard probe setting is 1.0).
-    #[arg(long, default_value_t = 1.0)]
-    pub c: f64,
-    /// Choose C by stratified k-fold cross-validation on the training data instead (classify;
-    /// the scores of every candidate go into the manifest).
+    /// Inverse L2 strength (scikit-learn's C). Default: classify heads choose it by stratified
+    /// k-fold cross-validation on the training data (a search from 1e-6 to 1000 that widens
+    /// until the best is inside it; every score goes into the manifest), token heads by entity
+    /// F1 on the --dev split.
+    #[arg(long)]
+    pub c: Option<f64>,
+    /// Choose C by cross-validation (the default; kept for scripts that say so).
     #[arg(long, conflicts_with = "c")]
     pub cv: bool,
     /// Cross-validation folds for --cv.
@@ -566,6 +571,35 @@ pub struct TrainArgs {
     /// inside this binary).
     #[arg(long)]
     pub component: Option<PathBuf>,
+}
+
+/// `train --layers`: where a classification head's features come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayersArg {
+    /// Cross-validation chooses.
+    Auto,
+    /// The sentence embedding.
+    Embedding,
+    /// These layers' mean-pooled states.
+    Layers(Vec<u32>),
+}
+
+fn parse_layers(value: &str) -> Result<LayersArg, String> {
+    match value {
+        "auto" => Ok(LayersArg::Auto),
+        "embedding" => Ok(LayersArg::Embedding),
+        list => list
+            .split(',')
+            .map(|l| {
+                l.trim().parse::<u32>().map_err(|_| {
+                    format!(
+                        "{l:?} is not a layer number (say auto, embedding or a list like 3,4,5,6)"
+                    )
+                })
+            })
+            .collect::<Result<Vec<u32>, String>>()
+            .map(LayersArg::Layers),
+    }
 }
 
 /// `headstream eval`

@@ -8,17 +8,17 @@ use anyhow::Context as _;
 use headstream_encoder::Encoder;
 use headstream_package::{Approval, FileRef, Kind, Manifest, Package, Training};
 use headstream_plugin_host::{HostConfig, PluginHost};
-use headstream_train::cache::EmbeddingCache;
+use headstream_train::cache::FeatureCache;
 use headstream_train::logreg::ClassWeight;
-use headstream_train::{ClassifyOptions, TokensOptions, data};
+use headstream_train::{ClassifyOptions, FeatureSource, TokensOptions, data};
 use serde_json::{Value, json};
 
-use crate::cli::{CacheArgs, ClassWeightArg, EvalArgs, TrainArgs, TrainKind};
+use crate::cli::{CacheArgs, ClassWeightArg, EvalArgs, LayersArg, TrainArgs, TrainKind};
 
 /// Texts per forward pass while training and evaluating.
 const BATCH: usize = 32;
 
-fn open_cache(args: &CacheArgs, encoder: &Encoder) -> anyhow::Result<Option<EmbeddingCache>> {
+fn open_cache(args: &CacheArgs, encoder: &Encoder) -> anyhow::Result<Option<FeatureCache>> {
     if args.no_cache {
         return Ok(None);
     }
@@ -29,11 +29,16 @@ fn open_cache(args: &CacheArgs, encoder: &Encoder) -> anyhow::Result<Option<Embe
     else {
         return Ok(None);
     };
-    let cache = EmbeddingCache::open(&dir, encoder.fingerprint().digest(), encoder.hidden_size())?;
+    let cache = FeatureCache::open(
+        &dir,
+        encoder.fingerprint().digest(),
+        encoder.hidden_size(),
+        encoder.num_layers() as usize + 1,
+    )?;
     Ok(Some(cache))
 }
 
-fn report_cache(cache: Option<&EmbeddingCache>) -> Value {
+fn report_cache(cache: Option<&FeatureCache>) -> Value {
     cache.map_or(Value::Null, |c| {
         let (hits, misses) = c.hits_and_misses();
         json!({ "hits": hits, "misses": misses })
@@ -80,8 +85,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         ClassWeightArg::Uniform => ClassWeight::Uniform,
         ClassWeightArg::Balanced => ClassWeight::Balanced,
     };
-    if !(args.c.is_finite() && args.c > 0.0) {
-        anyhow::bail!("--c must be a positive number, not {}", args.c);
+    if let Some(c) = args.c.filter(|c| !(c.is_finite() && *c > 0.0)) {
+        anyhow::bail!("--c must be a positive number, not {c}");
     }
     let encoder = Arc::new(super::load_encoder(
         &args.model,
@@ -98,8 +103,17 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 examples = data::sample_shots(&examples, shots as usize, args.seed);
             }
             data::require_two_labels(&args.data, &examples)?;
+            // Few-shot keeps the probe's recipe (the embedding, C = 1): with 8 examples a label,
+            // cross-validation is noise, and the layers did not help every task (heads/README.md).
+            let few_shot = args.shots.is_some();
+            let features = match &args.layers {
+                LayersArg::Auto if few_shot => vec![FeatureSource::Embedding],
+                LayersArg::Auto => Vec::new(),
+                LayersArg::Embedding => vec![FeatureSource::Embedding],
+                LayersArg::Layers(layers) => vec![FeatureSource::Pooled(layers.clone())],
+            };
             let options = ClassifyOptions {
-                c: (!args.cv).then_some(args.c),
+                c: args.c.or(few_shot.then_some(1.0)),
                 folds: args.folds as usize,
                 seed: args.seed,
                 class_weight,
@@ -109,7 +123,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                     .or(args.shots.map(|_| 2.0))
                     .filter(|w| *w > 0.0),
                 hidden: args.hidden.map(|h| h as usize),
-                layers: args.layers.clone(),
+                features,
                 ..ClassifyOptions::default()
             };
             let n = examples.len();
@@ -118,7 +132,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             (trained, n)
         }
         TrainKind::Tokens => {
-            if args.shots.is_some() || args.hidden.is_some() || !args.layers.is_empty() {
+            if args.shots.is_some() || args.hidden.is_some() || args.layers != LayersArg::Auto {
                 anyhow::bail!("--shots, --hidden and --layers apply to --kind classify only");
             }
             let sentences = data::read_tagged(&args.data)?;
@@ -127,7 +141,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                     window: args.window as usize,
                     shape: !args.no_shape,
                 },
-                c: args.c,
+                c: args.c.unwrap_or(1.0),
                 class_weight,
                 max_iter: args.max_iter as usize,
             };

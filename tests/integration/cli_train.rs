@@ -100,7 +100,6 @@ fn a_tiny_classifier_trains_evaluates_and_serves() -> Result<(), Box<dyn std::er
             &s(&component),
             "--cache-dir",
             &s(&cache),
-            "--cv",
         ],
         b"",
     ));
@@ -118,10 +117,30 @@ fn a_tiny_classifier_trains_evaluates_and_serves() -> Result<(), Box<dyn std::er
         trained["hyperparameters"]["optimizer"]["converged"], true,
         "{trained:#}"
     );
-    assert!(
-        trained["hyperparameters"]["cross_validation"]["scores"].is_array(),
+    // By default cross-validation chose the features (the embedding or the top four layers)
+    // and C, inside its search, and recorded every candidate's scores.
+    let cv = &trained["hyperparameters"]["cross_validation"];
+    let candidates = cv["candidates"].as_array().cloned().unwrap_or_default();
+    assert_eq!(candidates.len(), 2, "{trained:#}");
+    assert_eq!(candidates[0]["features"], "sentence embedding");
+    assert_eq!(
+        candidates[1]["features"]["pooled_layers"],
+        serde_json::json!([3, 4, 5, 6])
+    );
+    for candidate in &candidates {
+        let scores = candidate["scores"].as_array().cloned().unwrap_or_default();
+        let c = candidate["c"].as_f64().unwrap_or(f64::NAN);
+        // The chosen C has a scored neighbour on each side, or lies at a bound (and says so).
+        let inside = scores.iter().any(|s| s["c"].as_f64() < Some(c))
+            && scores.iter().any(|s| s["c"].as_f64() > Some(c));
+        assert!(inside || candidate["at_grid_edge"] == true, "{candidate:#}");
+    }
+    let chosen = cv["chosen"].as_u64().unwrap_or(9) as usize;
+    assert_eq!(
+        trained["hyperparameters"]["features"], candidates[chosen]["features"],
         "{trained:#}"
     );
+    assert_eq!(trained["hyperparameters"]["c"], candidates[chosen]["c"]);
     // 24 training + 9 test texts were encoded and cached.
     assert_eq!(trained["embedding_cache"]["misses"], 33, "{trained:#}");
 

@@ -14,18 +14,23 @@ use std::path::PathBuf;
 use headstream_package::Package;
 use headstream_plugin_host::{HostConfig, PluginHost};
 use headstream_test_util::{shared_dir, workspace_root};
-use headstream_train::cache::EmbeddingCache;
-use headstream_train::{ClassifyOptions, data};
+use headstream_train::cache::FeatureCache;
+use headstream_train::{ClassifyOptions, FeatureSource, data};
 
 use crate::encoder_parity::encoder;
 
-fn cache(encoder: &headstream_encoder::Encoder) -> EmbeddingCache {
+fn cache(encoder: &headstream_encoder::Encoder) -> FeatureCache {
     let dir = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
         .join(".cache/headstream/embeddings");
-    EmbeddingCache::open(&dir, encoder.fingerprint().digest(), encoder.hidden_size())
-        .unwrap_or_else(|e| panic!("{e}"))
+    FeatureCache::open(
+        &dir,
+        encoder.fingerprint().digest(),
+        encoder.hidden_size(),
+        encoder.num_layers() as usize + 1,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -113,6 +118,8 @@ fn eight_shot_heads_reach_the_probe_accuracy() {
                     seed,
                     // What `headstream train --shots` does by default.
                     label_names: Some(2.0),
+                    c: Some(1.0),
+                    features: vec![FeatureSource::Embedding],
                     ..ClassifyOptions::default()
                 },
                 Some(&mut cache),

@@ -1,5 +1,6 @@
-//! An on-disk cache of sentence embeddings, keyed by encoder fingerprint and text digest, so a
-//! second training or evaluation run over the same data does not encode it again.
+//! An on-disk cache of sentence embeddings (and of every layer's pooled states), keyed by
+//! encoder fingerprint and text digest, so a second training or evaluation run over the same
+//! data does not encode it again.
 //!
 //! One append-only file per encoder fingerprint: a header (magic, width) and fixed-size records
 //! (sha256 of the text, the embedding as little-endian f32). A record cut short by a crash is
@@ -169,6 +170,80 @@ impl EmbeddingCache {
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// The on-disk feature caches of one encoder: sentence embeddings, and every layer's
+/// mean-pooled states side by side (layers 0..=N, one record per text), opened when first
+/// needed (a head over the embedding never reads the larger file).
+#[derive(Debug)]
+pub struct FeatureCache {
+    dir: PathBuf,
+    digest: String,
+    layers_width: usize,
+    /// Sentence embeddings.
+    pub embeddings: EmbeddingCache,
+    layers: Option<EmbeddingCache>,
+    hits: usize,
+    misses: usize,
+}
+
+impl FeatureCache {
+    /// Opens the caches under `dir` of the encoder whose fingerprint digest is `digest`, with
+    /// `hidden`-wide states and `layers` layers (the embedding layer's output included).
+    pub fn open(
+        dir: &Path,
+        digest: &str,
+        hidden: usize,
+        layers: usize,
+    ) -> Result<Self, CacheError> {
+        Ok(Self {
+            dir: dir.to_owned(),
+            digest: digest.to_owned(),
+            layers_width: hidden * layers,
+            embeddings: EmbeddingCache::open(dir, digest, hidden)?,
+            layers: None,
+            hits: 0,
+            misses: 0,
+        })
+    }
+
+    /// The cached embedding of `text` and, with `layers`, its layers' pooled states (empty
+    /// without); `None` unless all of it is cached. Counts one hit or miss per text.
+    #[allow(clippy::type_complexity)]
+    pub fn get(
+        &mut self,
+        text: &str,
+        layers: bool,
+    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, CacheError> {
+        let embedding = self.embeddings.get(text).map(<[f32]>::to_vec);
+        let found = match (embedding, layers) {
+            (Some(e), false) => Some((e, Vec::new())),
+            (Some(e), true) => self.layers()?.get(text).map(|l| (e, l.to_vec())),
+            (None, _) => None,
+        };
+        match found {
+            Some(_) => self.hits += 1,
+            None => self.misses += 1,
+        }
+        Ok(found)
+    }
+
+    /// The cache of every layer's pooled states (`hidden × layers` wide records).
+    pub fn layers(&mut self) -> Result<&mut EmbeddingCache, CacheError> {
+        match &mut self.layers {
+            Some(cache) => Ok(cache),
+            empty => Ok(empty.insert(EmbeddingCache::open(
+                &self.dir,
+                &format!("{}-pooled-layers", self.digest),
+                self.layers_width,
+            )?)),
+        }
+    }
+
+    /// Texts [`FeatureCache::get`] found, and texts it did not, since opening.
+    pub fn hits_and_misses(&self) -> (usize, usize) {
+        (self.hits, self.misses)
     }
 }
 

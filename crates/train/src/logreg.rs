@@ -461,9 +461,125 @@ pub fn stratified_folds(y: &[usize], classes: usize, folds: usize, seed: u64) ->
     fold
 }
 
-/// Scores every `C` in `grid` by stratified `folds`-fold cross-validation (warm-starting each
-/// fold's fits along the grid) and returns the scores in grid order. Rows with a `weights` entry
-/// are weighted in training folds.
+/// Stratified k-fold cross-validation of one feature matrix, scoring one `C` at a time (under
+/// a tight tolerance, each fold's fit warm-starts from that fold's fit at the nearest `C`
+/// scored before).
+#[derive(Debug)]
+pub struct CrossValidation<'a> {
+    x: &'a Features,
+    y: &'a [usize],
+    classes: usize,
+    options: FitOptions,
+    /// Per fold: training rows (features, labels, weights), held-out rows, fits so far.
+    folds: Vec<Fold>,
+    scores: Vec<CvScore>,
+}
+
+#[derive(Debug)]
+struct Fold {
+    x: Features,
+    y: Vec<usize>,
+    weights: Option<Vec<f32>>,
+    held: Vec<usize>,
+    fits: Vec<(f64, LinearModel)>,
+}
+
+impl<'a> CrossValidation<'a> {
+    /// Splits `x`/`y` into `folds` stratified folds (seeded); rows with a `weights` entry are
+    /// weighted in training folds.
+    pub fn new(
+        x: &'a Features,
+        y: &'a [usize],
+        weights: Option<&[f32]>,
+        classes: usize,
+        folds: usize,
+        seed: u64,
+        options: &FitOptions,
+    ) -> Self {
+        let assignment = stratified_folds(y, classes, folds, seed);
+        let folds = (0..folds)
+            .map(|fold| {
+                let train: Vec<usize> = (0..y.len()).filter(|&i| assignment[i] != fold).collect();
+                Fold {
+                    x: x.subset(&train),
+                    y: train.iter().map(|&i| y[i]).collect(),
+                    weights: weights.map(|w| {
+                        train
+                            .iter()
+                            .map(|&i| w.get(i).copied().unwrap_or(1.0))
+                            .collect()
+                    }),
+                    held: (0..y.len()).filter(|&i| assignment[i] == fold).collect(),
+                    fits: Vec::new(),
+                }
+            })
+            .collect();
+        Self {
+            x,
+            y,
+            classes,
+            options: *options,
+            folds,
+            scores: Vec::new(),
+        }
+    }
+
+    /// The mean held-out accuracy of `c` (remembered: scoring a `C` twice fits once).
+    pub fn score(&mut self, c: f64) -> candle_core::Result<f64> {
+        if let Some(s) = self.scores.iter().find(|s| s.c == c) {
+            return Ok(s.accuracy);
+        }
+        let opts = FitOptions { c, ..self.options };
+        let started = std::time::Instant::now();
+        let mut iterations = 0;
+        let mut correct = 0;
+        for fold in &mut self.folds {
+            // A warm start only under a tight tolerance: a loose one accepts a neighbour's
+            // optimum as this C's (the regulariser's share of the mean gradient is small).
+            let start = fold
+                .fits
+                .iter()
+                .filter(|_| opts.lbfgs.grad_tol <= WARM_START_TOL)
+                .min_by(|a, b| (a.0 / c).ln().abs().total_cmp(&(b.0 / c).ln().abs()))
+                .map(|(_, m)| m);
+            let model = fit_from(
+                &fold.x,
+                &fold.y,
+                fold.weights.as_deref(),
+                self.classes,
+                &opts,
+                start,
+            )?;
+            correct += fold
+                .held
+                .iter()
+                .filter(|&&i| model.predict(self.x.row(i)) == self.y[i])
+                .count();
+            iterations += model.iterations;
+            fold.fits.push((c, model));
+        }
+        let accuracy = correct as f64 / self.y.len().max(1) as f64;
+        tracing::debug!(
+            c,
+            accuracy,
+            iterations,
+            seconds = started.elapsed().as_secs_f64(),
+            "cross-validated C"
+        );
+        self.scores.push(CvScore { c, accuracy });
+        Ok(accuracy)
+    }
+
+    /// Every `C` scored so far, ascending.
+    pub fn scores(&self) -> Vec<CvScore> {
+        let mut scores = self.scores.clone();
+        scores.sort_by(|a, b| a.c.total_cmp(&b.c));
+        scores
+    }
+}
+
+/// Scores every `C` in `grid` by stratified `folds`-fold cross-validation and returns the
+/// scores in grid order.
 #[allow(clippy::too_many_arguments)]
 pub fn cross_validate(
     x: &Features,
@@ -475,38 +591,112 @@ pub fn cross_validate(
     seed: u64,
     options: &FitOptions,
 ) -> candle_core::Result<Vec<CvScore>> {
-    let assignment = stratified_folds(y, classes, folds, seed);
-    let mut correct = vec![0usize; grid.len()];
-    for fold in 0..folds {
-        let train: Vec<usize> = (0..y.len()).filter(|&i| assignment[i] != fold).collect();
-        let held: Vec<usize> = (0..y.len()).filter(|&i| assignment[i] == fold).collect();
-        let xs = x.subset(&train);
-        let ys: Vec<usize> = train.iter().map(|&i| y[i]).collect();
-        let ws: Option<Vec<f32>> = weights.map(|w| {
-            train
-                .iter()
-                .map(|&i| w.get(i).copied().unwrap_or(1.0))
-                .collect()
-        });
-        let mut previous: Option<LinearModel> = None;
-        for (g, &c) in grid.iter().enumerate() {
-            let opts = FitOptions { c, ..*options };
-            let model = fit_from(&xs, &ys, ws.as_deref(), classes, &opts, previous.as_ref())?;
-            correct[g] += held
-                .iter()
-                .filter(|&&i| model.predict(x.row(i)) == y[i])
-                .count();
-            previous = Some(model);
+    let mut cv = CrossValidation::new(x, y, weights, classes, folds, seed, options);
+    grid.iter()
+        .map(|&c| {
+            Ok(CvScore {
+                c,
+                accuracy: cv.score(c)?,
+            })
+        })
+        .collect()
+}
+
+/// The loosest gradient tolerance under which [`CrossValidation`] warm-starts.
+const WARM_START_TOL: f64 = 1e-5;
+
+/// Where [`search_c`] looks.
+#[derive(Debug, Clone, Copy)]
+pub struct CSearch {
+    /// The first `C` scored.
+    pub start: f64,
+    /// Smallest and largest `C` it may reach.
+    pub bounds: (f64, f64),
+    /// Factor between neighbouring `C`s of the coarse walk (then refined by its square root).
+    pub step: f64,
+    /// Worse neighbours in a row that end the walk in one direction.
+    pub patience: usize,
+    /// The optimiser's gradient tolerance for the cross-validation fits (the final fit keeps
+    /// its own): scikit-learn's default, ten times looser than a final fit's, which moves
+    /// held-out accuracy by less than the noise between folds and halves the iterations.
+    pub grad_tol: f64,
+}
+
+impl Default for CSearch {
+    fn default() -> Self {
+        Self {
+            start: 0.01,
+            bounds: (1e-6, 1e3),
+            step: 10.0,
+            patience: 1,
+            grad_tol: 1e-4,
         }
     }
-    Ok(grid
-        .iter()
-        .zip(correct)
-        .map(|(&c, n)| CvScore {
-            c,
-            accuracy: n as f64 / y.len() as f64,
-        })
-        .collect())
+}
+
+/// The outcome of [`search_c`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CChoice {
+    /// The chosen `C`.
+    pub c: f64,
+    /// Its cross-validated accuracy.
+    pub accuracy: f64,
+    /// Every `C` scored, ascending.
+    pub scores: Vec<CvScore>,
+    /// Whether the choice lies at a bound of the search (a better `C` may lie past it).
+    pub at_bound: bool,
+}
+
+/// Chooses `C` by cross-validation without a fixed grid: a walk by factors of `step` from
+/// `start`, upwards then downwards, each direction until `patience` worse scores in a row (an
+/// equal one does not count) or a bound, then the best's neighbours at the square root of `step`. The best is therefore never
+/// at the edge of what was scored unless it is at a bound. Ties go to the smaller `C`.
+pub fn search_c(cv: &mut CrossValidation<'_>, search: CSearch) -> candle_core::Result<CChoice> {
+    let (low, high) = search.bounds;
+    cv.options.lbfgs.grad_tol = search.grad_tol;
+    let mut best = (search.start, cv.score(search.start)?);
+    for up in [true, false] {
+        let mut c = search.start;
+        let mut worse = 0;
+        while worse < search.patience {
+            c = if up { c * search.step } else { c / search.step };
+            if c > high * 1.0001 || c < low / 1.0001 {
+                break;
+            }
+            let accuracy = cv.score(c)?;
+            if accuracy < best.1 {
+                worse += 1;
+            } else {
+                // A plateau (equal scores) goes on: it may rise past the next step.
+                worse = 0;
+                if accuracy > best.1 || c < best.0 {
+                    best = (c, accuracy);
+                }
+            }
+        }
+    }
+    let centre = best.0;
+    for c in [centre / search.step.sqrt(), centre * search.step.sqrt()] {
+        if c >= low / 1.0001 && c <= high * 1.0001 {
+            let accuracy = cv.score(c)?;
+            if accuracy > best.1 || (accuracy == best.1 && c < best.0) {
+                best = (c, accuracy);
+            }
+        }
+    }
+    let scores = cv.scores();
+    let at_bound = scores
+        .first()
+        .is_some_and(|s| s.c == best.0 && best.0 <= low * 1.0001)
+        || scores
+            .last()
+            .is_some_and(|s| s.c == best.0 && best.0 >= high / 1.0001);
+    Ok(CChoice {
+        c: best.0,
+        accuracy: best.1,
+        scores,
+        at_bound,
+    })
 }
 
 /// The best-scoring `C`; on a tie, the stronger regularisation (smaller `C`).
@@ -658,6 +848,37 @@ mod tests {
                 .collect();
             assert_eq!(per_class, [18, 9, 3], "fold {f}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_c_search_walks_until_the_best_is_inside_what_it_scored() -> candle_core::Result<()> {
+        let (x, y) = blobs_with(150, |i| match i % 10 {
+            0..6 => 0,
+            6..9 => 1,
+            _ => 2,
+        });
+        // Starting deep in the over-regularised region, the walk climbs to where the fit is good.
+        let search = CSearch {
+            start: 1e-5,
+            ..CSearch::default()
+        };
+        let mut cv = CrossValidation::new(&x, &y, None, 3, 5, 0, &FitOptions::default());
+        let choice = search_c(&mut cv, search)?;
+        assert!(choice.accuracy > 0.9, "{choice:?}");
+        assert!(!choice.at_bound, "{choice:?}");
+        assert!(choice.scores.iter().any(|s| s.c < choice.c), "{choice:?}");
+        assert!(choice.scores.iter().any(|s| s.c > choice.c), "{choice:?}");
+        assert!(choice.scores.windows(2).all(|w| w[0].c < w[1].c));
+        // Bounded at the start: the choice says it lies at a bound.
+        let bounded = CSearch {
+            start: 1e-5,
+            bounds: (1e-6, 1e-5),
+            ..CSearch::default()
+        };
+        let mut cv = CrossValidation::new(&x, &y, None, 3, 5, 0, &FitOptions::default());
+        let choice = search_c(&mut cv, bounded)?;
+        assert!(choice.at_bound, "{choice:?}");
         Ok(())
     }
 
