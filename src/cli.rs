@@ -567,13 +567,31 @@ pub struct TrainArgs {
     /// Tokens: leave out the word-shape features (capitals, digits, first word).
     #[arg(long)]
     pub no_shape: bool,
+    /// Tokens: labelled sentences to choose C on (by entity F1) when --c is not given (default:
+    /// a tenth of --data, held out by --seed).
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// Tokens: how a sentence's tags are decoded: `viterbi`, the best valid BIO path (no
+    /// `I-X` after `O` or another type), or `greedy`, each word's most probable tag.
+    #[arg(long, value_enum, default_value_t = DecodeArg::Viterbi)]
+    pub decode: DecodeArg,
     /// The generic component to package (default: the linear or token classifier that ships
     /// inside this binary).
     #[arg(long)]
     pub component: Option<PathBuf>,
 }
 
-/// `train --layers`: where a classification head's features come from.
+/// `train --decode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecodeArg {
+    /// The best valid BIO path.
+    Viterbi,
+    /// Each word's most probable tag.
+    Greedy,
+}
+
+/// `train --layers`: where a head's features come from (token heads: auto = the last four
+/// layers' per-token states; a list of at most 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayersArg {
     /// Cross-validation chooses.

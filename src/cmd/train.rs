@@ -13,7 +13,7 @@ use headstream_train::logreg::ClassWeight;
 use headstream_train::{ClassifyOptions, FeatureSource, TokensOptions, data};
 use serde_json::{Value, json};
 
-use crate::cli::{CacheArgs, ClassWeightArg, EvalArgs, LayersArg, TrainArgs, TrainKind};
+use crate::cli::{CacheArgs, ClassWeightArg, DecodeArg, EvalArgs, LayersArg, TrainArgs, TrainKind};
 
 /// Texts per forward pass while training and evaluating.
 const BATCH: usize = 32;
@@ -96,6 +96,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut cache = open_cache(&args.cache, &encoder)?;
 
     let started = std::time::Instant::now();
+    let mut token_layers = Vec::new();
     let (trained, examples) = match args.kind {
         TrainKind::Classify => {
             let mut examples = data::read_examples(&args.data)?;
@@ -132,22 +133,36 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             (trained, n)
         }
         TrainKind::Tokens => {
-            if args.shots.is_some() || args.hidden.is_some() || args.layers != LayersArg::Auto {
-                anyhow::bail!("--shots, --hidden and --layers apply to --kind classify only");
+            if args.shots.is_some() || args.hidden.is_some() {
+                anyhow::bail!("--shots and --hidden apply to --kind classify only");
             }
+            let layers = match &args.layers {
+                LayersArg::Auto => headstream_train::default_token_layers(encoder.num_layers()),
+                LayersArg::Layers(layers) => layers.clone(),
+                LayersArg::Embedding => anyhow::bail!(
+                    "--layers embedding: a token head reads per-token states; name up to 4 layers"
+                ),
+            };
             let sentences = data::read_tagged(&args.data)?;
+            let dev = args.dev.as_deref().map(data::read_tagged).transpose()?;
             let options = TokensOptions {
                 features: headstream_train::tokens::FeatureSet {
                     window: args.window as usize,
                     shape: !args.no_shape,
+                    layers: layers.len(),
                 },
-                c: args.c.unwrap_or(1.0),
+                layers: layers.clone(),
+                c: args.c,
+                seed: args.seed,
+                viterbi: args.decode == DecodeArg::Viterbi,
                 class_weight,
                 max_iter: args.max_iter as usize,
+                ..TokensOptions::default()
             };
             let n = sentences.len();
+            token_layers = layers;
             (
-                headstream_train::train_tagger(&encoder, &sentences, &options)?,
+                headstream_train::train_tagger(&encoder, &sentences, dev.as_deref(), &options)?,
                 n,
             )
         }
@@ -163,6 +178,11 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             "tags": trained.labels,
             "window": args.window,
             "shape": !args.no_shape,
+            "layers": token_layers,
+            "decode": match args.decode {
+                DecodeArg::Viterbi => "viterbi",
+                DecodeArg::Greedy => "greedy",
+            },
         }),
     };
     let manifest = Manifest {

@@ -214,6 +214,8 @@ fn a_tiny_tagger_learns_entities_as_spans() -> Result<(), Box<dyn std::error::Er
             "--component",
             &s(&component),
             "--no-cache",
+            "--dev",
+            &s(&data),
         ],
         b"",
     ));
@@ -221,13 +223,31 @@ fn a_tiny_tagger_learns_entities_as_spans() -> Result<(), Box<dyn std::error::Er
         trained["labels"],
         serde_json::json!(["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
     );
+    // The defaults: the last four layers' states, BIO-constrained Viterbi decoding, C chosen
+    // by entity F1 on the dev split (inside what the search scored).
+    let h = &trained["hyperparameters"];
+    assert_eq!(
+        h["features"]["layers"],
+        serde_json::json!([3, 4, 5, 6]),
+        "{h:#}"
+    );
+    assert_eq!(h["decode"], "viterbi");
+    let scores = h["c_search"]["scores"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(scores.len() >= 3, "{h:#}");
+    let config: Value = serde_json::from_slice(&std::fs::read(package.join("manifest.json"))?)?;
+    assert_eq!(config["config"]["decode"], "viterbi");
+    assert_eq!(config["config"]["layers"], serde_json::json!([3, 4, 5, 6]));
     // A linear head on token states fits its own 12 sentences (22 entities) almost perfectly.
     let f1 = trained["metrics"]["overall"]["f1"].as_f64().unwrap_or(0.0);
     assert!(f1 >= 0.9, "training-set entity F1 {f1}: {trained:#}");
     assert_eq!(trained["metrics"]["overall"]["support"], 22, "{trained:#}");
     // The packaged plugin, run by the host over the same sentences, scores exactly what the
-    // trainer measured natively on its own feature rows: the plugin groups words, builds
-    // features, reads the weights and decodes spans as training did.
+    // trainer measured natively on its own feature rows: the plugin asks for the same layers,
+    // groups words, builds features, reads the weights and decodes paths and spans as
+    // training did.
     assert_eq!(trained["metrics"], trained["fit"], "{trained:#}");
     Ok(())
 }
@@ -422,4 +442,53 @@ fn an_int8_host_serves_an_f32_head_only_once_eval_approved_it()
 fn trained_encoder(package: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let manifest: Value = serde_json::from_slice(&std::fs::read(package.join("manifest.json"))?)?;
     Ok(manifest["encoder"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Whether `got` matches `want`: equal, except numbers within 1e-4 (batch composition moves
+/// encoder outputs by ~1e-6).
+fn close(got: &Value, want: &Value) -> bool {
+    match (got, want) {
+        (Value::Number(a), Value::Number(b)) => {
+            (a.as_f64().unwrap_or(f64::NAN) - b.as_f64().unwrap_or(f64::NAN)).abs() < 1e-4
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| close(x, y))
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| close(v, w)))
+        }
+        _ => got == want,
+    }
+}
+
+#[test]
+fn packages_trained_on_the_last_layer_score_as_they_did() -> Result<(), Box<dyn std::error::Error>>
+{
+    // The 1.0.0 sentiment and entities heads (last-layer features, contract 0.1.0 components,
+    // greedy entity decoding), and what they answered when they shipped.
+    let dir = fixture("packages-1.0");
+    let texts = std::fs::read(dir.join("texts.jsonl"))?;
+    let run = crate::headstream_env(
+        &["run", "--pipeline", &s(&dir.join("pipeline.toml"))],
+        &[("HEADSTREAM_REGISTRY", &s(&dir))],
+        &texts,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let expected = std::fs::read_to_string(dir.join("expected.jsonl"))?;
+    let got: Vec<Value> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let want: Vec<Value> = expected
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["id"], w["id"]);
+        assert_eq!(g["heads"], w["heads"], "{g:#}");
+        assert!(close(&g["results"], &w["results"]), "got {g:#}\nwant {w:#}");
+    }
+    Ok(())
 }

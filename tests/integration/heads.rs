@@ -139,3 +139,57 @@ fn token_classifier_spans_whole_words_by_byte_offset() {
         "{out:?}"
     );
 }
+
+#[test]
+fn token_classifier_reads_the_layers_it_is_configured_with_and_decodes_valid_paths() {
+    let encoder = encoder();
+    let hidden = encoder.hidden_size();
+    let host = PluginHost::new(HostConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    // Rows of two layers' states (no window, no shape); the bias alone prefers I-X.
+    let weight = vec![0.0f32; 3 * 2 * hidden];
+    let bias = [0.0f32, 0.0, 5.0];
+    let weights = safetensors_f32(&[("weight", &[3, 2 * hidden], &weight), ("bias", &[3], &bias)]);
+    let config = |decode: &str| HeadConfig {
+        config: json!({ "tags": ["O", "B-X", "I-X"], "layers": [3, 6], "decode": decode }),
+        assets: vec![Asset {
+            name: "weights".into(),
+            data: weights.clone(),
+        }],
+        ..HeadConfig::default()
+    };
+    let head = host
+        .load(&plugin_path("token-classifier"), config("viterbi"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(head.inputs().token_layers, [3, 6]);
+    assert!(head.wants_token_states());
+    let text = "Ada met Grace";
+    let states = headstream_encoder::States {
+        tokens: true,
+        token_layers: headstream_encoder::LayerSet::of([3, 6]).unwrap_or_else(|e| panic!("{e}")),
+        ..headstream_encoder::States::default()
+    };
+    let encoded = encoder
+        .encode_with(&[text], states)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = head.run(&[item("1", text, &encoded[0], hidden)]);
+    let entities = out[0]
+        .as_ref()
+        .map(|v| v["entities"].clone())
+        .unwrap_or_else(|f| panic!("{f}"));
+    // The best valid path starts B-X (I-X may not start a sentence), then stays inside.
+    assert_eq!(entities[0]["text"], text, "{entities}");
+    assert_eq!(entities.as_array().map(Vec::len), Some(1));
+    // Without its layers' states the head fails that text with a typed error.
+    let last_only = encoder
+        .encode(&[text], true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = head.run(&[item("1", text, &last_only[0], hidden)]);
+    assert!(out[0].is_err(), "{out:?}");
+    // An unknown decoding fails the load, naming the key.
+    let err = host
+        .load(&plugin_path("token-classifier"), config("beam"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("`decode`"), "{err}");
+}

@@ -35,7 +35,7 @@ pub const LINEAR_CLASSIFIER: Builtin = Builtin {
     name: "linear-classifier",
     summary: "softmax layer over the sentence embedding (weights asset `weights`); `train --kind classify`",
     bytes: include_bytes!("../wasm/linear-classifier.wasm"),
-    sha256: "1330400549059e09a485e89f80babcf6c0b099aef8baa311b88a912b4c66c990",
+    sha256: "3f6dc72f046b99926fe9b359a06551220e1f85d2544b5c9de73ee0e7a35f83f7",
 };
 
 /// A per-word BIO tagger over token states; `train --kind tokens` packages it.
@@ -43,7 +43,7 @@ pub const TOKEN_CLASSIFIER: Builtin = Builtin {
     name: "token-classifier",
     summary: "BIO entity tagger over token states (weights asset `weights`); `train --kind tokens`",
     bytes: include_bytes!("../wasm/token-classifier.wasm"),
-    sha256: "a43c3f6bc32bf3162edd3cec44930993f7e4b44989229d9d976f975bc59496a4",
+    sha256: "540831d8bf3f978348149504a74f403f8a76d5dfdcd51016576f07c335bff23e",
 };
 
 /// Zero-shot classification by cosine similarity to example sentences given in its config.
@@ -51,7 +51,7 @@ pub const PROTOTYPE_CLASSIFIER: Builtin = Builtin {
     name: "prototype-classifier",
     summary: "zero-shot labels from example sentences in its config (`labels`, `temperature`)",
     bytes: include_bytes!("../wasm/prototype-classifier.wasm"),
-    sha256: "9785f393b4738ab9c800444d8fc52910a470110a4641f81bf398c2ceda5e8d12",
+    sha256: "47c774d1ba4fcca5be24af0c01ee3bb6ed0063d6107e983084ddf76e8d35424c",
 };
 
 /// Rule-based flags: which configured keyword lists a text mentions.
@@ -59,7 +59,7 @@ pub const KEYWORD_FLAGS: Builtin = Builtin {
     name: "keyword-flags",
     summary: "flags from keyword lists in its config (`flags`), with byte spans",
     bytes: include_bytes!("../wasm/keyword-flags.wasm"),
-    sha256: "272e78c4abb015e752a1fbc022135fc8f9155cfd9c35f3c6473f31d617e7d4b8",
+    sha256: "43301d44cf9e9bf4110cd139950519eadea74f68f21060029b1651c0bccb30ec",
 };
 
 /// Every embedded component, by name.

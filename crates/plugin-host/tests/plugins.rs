@@ -716,10 +716,12 @@ fn asking_past_the_layer_budget_fails_the_load() {
 
 #[test]
 fn a_contract_0_1_0_component_loads_and_answers_as_the_0_2_0_build_does() -> TestResult {
-    // heads/sentiment ships a linear-classifier built against 0.1.0; the one in plugins/ is
-    // now built against 0.2.0. Same weights, same answers.
+    // The sentiment head of 1.0.0 (kept in tests/fixtures/packages-1.0) ships a
+    // linear-classifier built against 0.1.0; the one in plugins/ is now built against 0.2.0.
+    // Same weights, same answers.
     let root = headstream_test_util::workspace_root();
-    let weights = std::fs::read(root.join("heads/sentiment/weights.safetensors"))?;
+    let old_package = root.join("tests/fixtures/packages-1.0/sentiment");
+    let weights = std::fs::read(old_package.join("weights.safetensors"))?;
     let config = || HeadConfig {
         config: json!({ "labels": ["negative", "positive"] }),
         assets: vec![Asset {
@@ -729,8 +731,9 @@ fn a_contract_0_1_0_component_loads_and_answers_as_the_0_2_0_build_does() -> Tes
         ..HeadConfig::default()
     };
     let host = host();
-    let old_bytes = std::fs::read(root.join("heads/sentiment/head.wasm"))?;
-    let old = host.load_bytes("heads/sentiment/head.wasm".as_ref(), &old_bytes, config())?;
+    let old_path = old_package.join("head.wasm");
+    let old_bytes = std::fs::read(&old_path)?;
+    let old = host.load_bytes(&old_path, &old_bytes, config())?;
     let new = host.load(&plugin_path("linear-classifier"), config())?;
     assert_eq!(old.contract(), "0.1.0");
     assert_eq!(new.contract(), "0.2.0");

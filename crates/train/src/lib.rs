@@ -23,6 +23,8 @@ use headstream_encoder::Encoder;
 use headstream_package::{Kind, Package};
 use headstream_plugin_host::{Head, Item, Limits, PluginHost, TokenStates};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng as _;
+use rand::seq::SliceRandom as _;
 use serde_json::{Value, json};
 
 use crate::cache::FeatureCache;
@@ -485,55 +487,158 @@ fn duplicate(values: &[u32]) -> Option<u32> {
 }
 
 /// Token tagger settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TokensOptions {
-    /// Features besides each word's first-piece state.
+    /// Features besides each word's first-piece state (`layers` is set from [`Self::layers`]).
     pub features: tokens::FeatureSet,
-    /// `C`.
-    pub c: f64,
+    /// Layers whose per-token states are concatenated for each piece (at most 4); empty: the
+    /// last layer's token states.
+    pub layers: Vec<u32>,
+    /// `C`; `None` chooses it by entity F1 on the dev split ([`logreg::walk_c`]).
+    pub c: Option<f64>,
+    /// Where the dev-split search for `C` looks.
+    pub search: logreg::CSearch,
+    /// Share of the training sentences held out as the dev split when none is given.
+    pub dev_share: f64,
+    /// Seed for carving the dev split.
+    pub seed: u64,
+    /// Decode a sentence's tags as the best valid BIO path (else each word's best tag).
+    pub viterbi: bool,
     /// Example weighting.
     pub class_weight: ClassWeight,
     /// Most L-BFGS iterations.
     pub max_iter: usize,
 }
 
-/// Trains a per-token tagging head on `sentences`.
-pub fn train_tagger(
+impl Default for TokensOptions {
+    fn default() -> Self {
+        Self {
+            features: tokens::FeatureSet {
+                window: 1,
+                shape: true,
+                layers: 0,
+            },
+            layers: Vec::new(),
+            c: None,
+            search: logreg::CSearch {
+                start: 0.1,
+                ..logreg::CSearch::default()
+            },
+            dev_share: 0.1,
+            seed: 0,
+            viterbi: true,
+            class_weight: ClassWeight::Uniform,
+            max_iter: 1000,
+        }
+    }
+}
+
+/// The token layers `train` reads by default: the last four.
+pub fn default_token_layers(num_layers: u32) -> Vec<u32> {
+    (num_layers.saturating_sub(3)..=num_layers).collect()
+}
+
+/// Feature rows (one per word with a known tag), their tags, and per sentence its gold spans
+/// and the words behind its rows.
+struct TaggedRows {
+    x: Features,
+    y: Vec<usize>,
+    sentences: Vec<SentenceRows>,
+}
+
+fn tagger_rows(
     encoder: &Encoder,
     sentences: &[TaggedSentence],
-    options: &TokensOptions,
-) -> Result<Trained, TrainError> {
-    let tags = tokens::tag_set(sentences);
+    tags: &[String],
+    features: tokens::FeatureSet,
+    layers: &[u32],
+    what: &str,
+) -> Result<TaggedRows, TrainError> {
     let dim = encoder.hidden_size();
-    let mut x = Features::new(options.features.width(dim));
-    let mut y = Vec::new();
-    let mut sentence_rows: Vec<SentenceRows> = Vec::with_capacity(sentences.len());
-    let bar = progress(sentences.len(), "encoding");
+    let states = headstream_encoder::States {
+        tokens: true,
+        token_layers: headstream_encoder::LayerSet::of(layers.iter().copied())?,
+        ..headstream_encoder::States::default()
+    };
+    encoder.check(states)?;
+    let mut rows = TaggedRows {
+        x: Features::new(features.width(dim)),
+        y: Vec::new(),
+        sentences: Vec::with_capacity(sentences.len()),
+    };
+    let bar = progress(sentences.len(), what);
     for chunk in sentences.chunks(CHUNK) {
         let joined: Vec<(String, Vec<(usize, usize)>)> = chunk.iter().map(tokens::join).collect();
         let texts: Vec<&str> = joined.iter().map(|(t, _)| t.as_str()).collect();
-        let encoded = encoder.encode(&texts, true)?;
+        let encoded = encoder.encode_with(&texts, states)?;
         for ((sentence, (text, spans)), enc) in chunk.iter().zip(&joined).zip(&encoded) {
-            let Some(states) = enc.token_states.as_deref() else {
+            let piece_states: Option<Vec<&[f32]>> = if layers.is_empty() {
+                enc.token_states.as_deref().map(|s| vec![s])
+            } else {
+                layers.iter().map(|&l| enc.layer_tokens(l)).collect()
+            };
+            let Some(piece_states) = piece_states else {
                 continue;
             };
             let mut words = Vec::new();
             for (index, word, tag) in tokens::labelled_pieces(sentence, text, spans, &enc.offsets) {
                 if let Some(class) = tags.iter().position(|t| *t == tag) {
-                    options
-                        .features
-                        .push(&mut x.data, states, dim, text, index, word);
-                    y.push(class);
+                    features.push(&mut rows.x.data, &piece_states, dim, text, index, word);
+                    rows.y.push(class);
                     words.push((word.1, word.2));
                 }
             }
-            sentence_rows.push((metrics::spans_from_tags(&sentence.tags, spans), words));
+            rows.sentences
+                .push((metrics::spans_from_tags(&sentence.tags, spans), words));
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    Ok(rows)
+}
+
+/// Trains a per-token tagging head on `sentences`; without `C`, the fit whose entity F1 on
+/// `dev` (else on a share of `sentences` held out) is best.
+pub fn train_tagger(
+    encoder: &Encoder,
+    sentences: &[TaggedSentence],
+    dev: Option<&[TaggedSentence]>,
+    options: &TokensOptions,
+) -> Result<Trained, TrainError> {
+    if options.layers.len() > 4 {
+        return Err(TrainError::Invalid(format!(
+            "a token head reads at most 4 layers, not {}",
+            options.layers.len()
+        )));
+    }
+    if let Some(l) = duplicate(&options.layers) {
+        return Err(TrainError::Invalid(format!("layer {l} is named twice")));
+    }
+    let tags = tokens::tag_set(sentences);
+    let features = tokens::FeatureSet {
+        layers: options.layers.len(),
+        ..options.features
+    };
+    // The dev split: given, carved from the training sentences, or none with a fixed C.
+    let carved: Option<(Vec<TaggedSentence>, Vec<TaggedSentence>)> =
+        (options.c.is_none() && dev.is_none()).then(|| {
+            let mut order: Vec<usize> = (0..sentences.len()).collect();
+            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(options.seed));
+            let held = ((sentences.len() as f64 * options.dev_share).round() as usize)
+                .clamp(1, sentences.len().saturating_sub(1).max(1));
+            let (dev, train) = order.split_at(held.min(order.len()));
+            (
+                train.iter().map(|&i| sentences[i].clone()).collect(),
+                dev.iter().map(|&i| sentences[i].clone()).collect(),
+            )
+        });
+    let (train, dev) = match (&carved, dev) {
+        (Some((train, dev)), _) => (&train[..], Some(&dev[..])),
+        (None, dev) => (sentences, dev),
+    };
+    let rows = tagger_rows(encoder, train, &tags, features, &options.layers, "encoding")?;
     let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
-    for &c in &y {
+    for &c in &rows.y {
         *per_label.entry(tags[c].clone()).or_insert(0) += 1;
     }
     if per_label.len() < 2 {
@@ -541,32 +646,96 @@ pub fn train_tagger(
             "the data has a single tag; a tagger needs at least two".into(),
         ));
     }
-    let model = logreg::fit(
-        &x,
-        &y,
-        tags.len(),
-        &FitOptions {
-            c: options.c,
-            class_weight: options.class_weight,
-            lbfgs: lbfgs::Options {
-                max_iter: options.max_iter,
-                ..lbfgs::Options::default()
-            },
+    let fit_options = FitOptions {
+        c: options.c.unwrap_or(1.0),
+        class_weight: options.class_weight,
+        lbfgs: lbfgs::Options {
+            max_iter: options.max_iter,
+            ..lbfgs::Options::default()
         },
-    )?;
+    };
+    let (model, c, search) = match (options.c, dev) {
+        (Some(_), _) | (None, None) => (
+            logreg::fit(&rows.x, &rows.y, tags.len(), &fit_options)?,
+            fit_options.c,
+            Value::Null,
+        ),
+        (None, Some(dev)) => {
+            let dev_rows = tagger_rows(
+                encoder,
+                dev,
+                &tags,
+                features,
+                &options.layers,
+                "encoding dev",
+            )?;
+            let mut fits: Vec<(f64, LinearModel)> = Vec::new();
+            let choice = logreg::walk_c(options.search, |c| -> Result<f64, TrainError> {
+                let start = fits
+                    .iter()
+                    .min_by(|a, b| (a.0 / c).ln().abs().total_cmp(&(b.0 / c).ln().abs()))
+                    .map(|(_, m)| m);
+                let model = logreg::fit_warm(
+                    &rows.x,
+                    &rows.y,
+                    tags.len(),
+                    &FitOptions { c, ..fit_options },
+                    start,
+                )?;
+                let f1 = tagger_fit(
+                    &model,
+                    &dev_rows.x,
+                    &tags,
+                    &dev_rows.sentences,
+                    options.viterbi,
+                )
+                .overall
+                .f1;
+                tracing::info!(c, f1, iterations = model.iterations, "dev entity F1");
+                fits.push((c, model));
+                Ok(f1)
+            })?;
+            if choice.at_bound {
+                tracing::warn!(
+                    c = choice.c,
+                    "the dev split chose C at a bound of its search"
+                );
+            }
+            let chosen = fits
+                .iter()
+                .position(|(c, _)| *c == choice.c)
+                .ok_or_else(|| TrainError::Invalid("the chosen C was never fitted".into()))?;
+            let model = fits.swap_remove(chosen).1;
+            let search = json!({
+                "dev": if carved.is_some() {
+                    json!({ "carved_share": options.dev_share, "seed": options.seed, "sentences": dev.len() })
+                } else {
+                    json!({ "sentences": dev.len() })
+                },
+                "metric": "entity F1",
+                "f1": choice.accuracy,
+                "at_grid_edge": choice.at_bound,
+                "scores": choice.scores.iter().map(|s| json!({ "c": s.c, "f1": s.accuracy })).collect::<Vec<_>>(),
+            });
+            (model, choice.c, search)
+        }
+    };
     let hyperparameters = json!({
         "model": "per-token multinomial logistic regression (L2, unpenalised intercept)",
         "features": {
             "state": "first word piece of each word",
+            "layers": if options.layers.is_empty() { json!("last") } else { json!(options.layers) },
             "window": options.features.window,
             "shape": options.features.shape,
         },
-        "c": options.c,
+        "decode": if options.viterbi { "viterbi" } else { "greedy" },
+        "c": c,
+        "c_search": search,
         "class_weight": match options.class_weight { ClassWeight::Uniform => "uniform", ClassWeight::Balanced => "balanced" },
-        "rows": y.len(),
+        "rows": rows.y.len(),
         "optimizer": { "name": "L-BFGS", "iterations": model.iterations, "converged": model.converged },
     });
-    let fit = tagger_fit(&model, &x, &tags, &sentence_rows);
+    let fit = tagger_fit(&model, &rows.x, &tags, &rows.sentences, options.viterbi);
     Ok(Trained {
         model,
         labels: tags,
@@ -580,21 +749,28 @@ pub fn train_tagger(
 /// A training sentence's gold spans, and the byte span of the word behind each of its rows.
 type SentenceRows = (Vec<metrics::Span>, Vec<(usize, usize)>);
 
-/// Entity metrics of `model` on its own training rows: each row's tag predicted natively, the
-/// tags of a sentence decoded into spans as the token-classifier plugin decodes them.
+/// Entity metrics of `model` on feature rows `x` of `sentences`: each sentence's tags decoded
+/// natively as the token-classifier plugin decodes them (best valid path with `viterbi`, else
+/// each word's best tag), then into spans.
 fn tagger_fit(
     model: &LinearModel,
     x: &Features,
     tags: &[String],
     sentences: &[SentenceRows],
+    viterbi: bool,
 ) -> metrics::EntityMetrics {
     let mut row = 0;
     let mut gold = Vec::with_capacity(sentences.len());
     let mut predicted = Vec::with_capacity(sentences.len());
     for (spans, words) in sentences {
-        let predicted_tags: Vec<String> = (row..row + words.len())
-            .map(|i| tags[model.predict(x.row(i))].clone())
-            .collect();
+        let rows = row..row + words.len();
+        let path: Vec<usize> = if viterbi {
+            let logits: Vec<Vec<f32>> = rows.map(|i| model.logits(x.row(i))).collect();
+            headstream_token_features::viterbi_bio(tags, &logits)
+        } else {
+            rows.map(|i| model.predict(x.row(i))).collect()
+        };
+        let predicted_tags: Vec<String> = path.iter().map(|&k| tags[k].clone()).collect();
         row += words.len();
         gold.push(spans.clone());
         predicted.push(metrics::spans_from_tags(&predicted_tags, words));

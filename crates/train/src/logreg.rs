@@ -119,6 +119,30 @@ pub struct Hidden {
 }
 
 impl LinearModel {
+    /// Each class's score (logit) for `x`, as [`LinearModel::predict`] compares them (a linear
+    /// model; an MLP's hidden layer is applied first).
+    pub fn logits(&self, x: &[f32]) -> Vec<f32> {
+        let hidden_out: Vec<f32>;
+        let (x, width) = match &self.hidden {
+            Some(h) => {
+                hidden_out = (0..h.units)
+                    .map(|u| {
+                        let w = &h.weight[u * self.dim..(u + 1) * self.dim];
+                        (h.bias[u] + w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>()).max(0.0)
+                    })
+                    .collect();
+                (&hidden_out[..], h.units)
+            }
+            None => (x, self.dim),
+        };
+        (0..self.classes)
+            .map(|c| {
+                let w = &self.weight[c * width..(c + 1) * width];
+                self.bias[c] + w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>()
+            })
+            .collect()
+    }
+
     /// The class with the highest score for `x`.
     pub fn predict(&self, x: &[f32]) -> usize {
         let hidden_out: Vec<f32>;
@@ -289,6 +313,18 @@ pub fn fit_weighted(
     options: &FitOptions,
 ) -> candle_core::Result<LinearModel> {
     fit_from(x, y, Some(weights), classes, options, None)
+}
+
+/// Trains like [`fit`], starting from `start` (a model of the same shape, e.g. the optimum
+/// at a neighbouring `C`) instead of zero.
+pub fn fit_warm(
+    x: &Features,
+    y: &[usize],
+    classes: usize,
+    options: &FitOptions,
+    start: Option<&LinearModel>,
+) -> candle_core::Result<LinearModel> {
+    fit_from(x, y, None, classes, options, start)
 }
 
 fn fit_from(
@@ -652,9 +688,27 @@ pub struct CChoice {
 /// equal one does not count) or a bound, then the best's neighbours at the square root of `step`. The best is therefore never
 /// at the edge of what was scored unless it is at a bound. Ties go to the smaller `C`.
 pub fn search_c(cv: &mut CrossValidation<'_>, search: CSearch) -> candle_core::Result<CChoice> {
-    let (low, high) = search.bounds;
     cv.options.lbfgs.grad_tol = search.grad_tol;
-    let mut best = (search.start, cv.score(search.start)?);
+    walk_c(search, |c| cv.score(c))
+}
+
+/// [`search_c`]'s walk over any score of `C` (higher is better), e.g. entity F1 on a dev split.
+/// `score` is called at most once per `C`.
+pub fn walk_c<E>(
+    search: CSearch,
+    mut score: impl FnMut(f64) -> Result<f64, E>,
+) -> Result<CChoice, E> {
+    let (low, high) = search.bounds;
+    let mut scores: Vec<CvScore> = Vec::new();
+    let mut scored = |c: f64| -> Result<f64, E> {
+        if let Some(s) = scores.iter().find(|s| s.c == c) {
+            return Ok(s.accuracy);
+        }
+        let accuracy = score(c)?;
+        scores.push(CvScore { c, accuracy });
+        Ok(accuracy)
+    };
+    let mut best = (search.start, scored(search.start)?);
     for up in [true, false] {
         let mut c = search.start;
         let mut worse = 0;
@@ -663,7 +717,7 @@ pub fn search_c(cv: &mut CrossValidation<'_>, search: CSearch) -> candle_core::R
             if c > high * 1.0001 || c < low / 1.0001 {
                 break;
             }
-            let accuracy = cv.score(c)?;
+            let accuracy = scored(c)?;
             if accuracy < best.1 {
                 worse += 1;
             } else {
@@ -678,13 +732,13 @@ pub fn search_c(cv: &mut CrossValidation<'_>, search: CSearch) -> candle_core::R
     let centre = best.0;
     for c in [centre / search.step.sqrt(), centre * search.step.sqrt()] {
         if c >= low / 1.0001 && c <= high * 1.0001 {
-            let accuracy = cv.score(c)?;
+            let accuracy = scored(c)?;
             if accuracy > best.1 || (accuracy == best.1 && c < best.0) {
                 best = (c, accuracy);
             }
         }
     }
-    let scores = cv.scores();
+    scores.sort_by(|a, b| a.c.total_cmp(&b.c));
     let at_bound = scores
         .first()
         .is_some_and(|s| s.c == best.0 && best.0 <= low * 1.0001)
@@ -697,19 +751,6 @@ pub fn search_c(cv: &mut CrossValidation<'_>, search: CSearch) -> candle_core::R
         scores,
         at_bound,
     })
-}
-
-/// The best-scoring `C`; on a tie, the stronger regularisation (smaller `C`).
-pub fn best_c(scores: &[CvScore]) -> Option<f64> {
-    scores
-        .iter()
-        .fold(None::<CvScore>, |best, s| match best {
-            Some(b) if b.accuracy > s.accuracy || (b.accuracy == s.accuracy && b.c <= s.c) => {
-                Some(b)
-            }
-            _ => Some(*s),
-        })
-        .map(|s| s.c)
 }
 
 #[cfg(test)]
@@ -840,7 +881,6 @@ mod tests {
         let scores = cross_validate(&x, &y, None, 3, &[1e-4, 1.0], 5, 0, &FitOptions::default())?;
         assert!(scores[0].accuracy < 0.7, "{scores:?}");
         assert!(scores[1].accuracy > 0.9, "{scores:?}");
-        assert_eq!(best_c(&scores), Some(1.0));
         let folds = stratified_folds(&y, 3, 5, 0);
         for f in 0..5 {
             let per_class: Vec<usize> = (0..3)

@@ -62,6 +62,28 @@ test("byte spans and BIO decoding over UTF-8", () => {
   assert.ok(Math.abs(entities[0].score - 0.8) < 1e-9);
 });
 
+test("viterbi never starts or switches type with an inside tag", () => {
+  const tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"];
+  const names = (path) => path.map((k) => tags[k]);
+  // Greedy would say I-PER, I-PER, O, I-LOC: invalid at the start and after O.
+  const probs = [
+    [0.1, 0.35, 0.45, 0.05, 0.05],
+    [0.1, 0.1, 0.7, 0.05, 0.05],
+    [0.8, 0.05, 0.05, 0.05, 0.05],
+    [0.2, 0.05, 0.05, 0.3, 0.4],
+  ];
+  assert.deepEqual(names(hs.viterbiBio(tags, probs)), ["B-PER", "I-PER", "O", "B-LOC"]);
+  assert.deepEqual(names(hs.viterbiBio(tags, [[0, 1, 0, 0, 0], [0.1, 0, 0, 0, 0.9]])), ["B-PER", "O"]);
+  const valid = [
+    [0.1, 0.8, 0.05, 0.03, 0.02],
+    [0.1, 0.1, 0.7, 0.05, 0.05],
+    [0.9, 0.02, 0.03, 0.03, 0.02],
+  ];
+  assert.deepEqual(hs.viterbiBio(tags, valid), [1, 2, 0]);
+  assert.deepEqual(hs.viterbiBio(tags, []), []);
+  assert.deepEqual(hs.viterbiBio([], valid), []);
+});
+
 test("config and assets name what is missing", () => {
   const c = new hs.Config('{"threshold": 0.5}');
   assert.equal(c.get("threshold"), 0.5);

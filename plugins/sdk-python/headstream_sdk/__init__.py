@@ -38,12 +38,13 @@ from wit_world import exports
 from wit_world.imports import host as _host
 from wit_world.imports import types as _t
 
-from .helpers import Dense, TaggedToken, byte_offsets, classify, decode_bio, read_safetensors, softmax, top_k
+from .helpers import (Dense, TaggedToken, byte_offsets, classify, decode_bio, read_safetensors, softmax, top_k,
+                      viterbi_bio)
 
 __all__ = [
     "Assets", "BadAsset", "Classification", "Config", "ConfigInvalid", "Dense", "Description",
     "Entity", "Failed", "Head", "InvalidInput", "Item", "Json", "MissingAsset", "TaggedToken",
-    "TaskKind", "classify", "decode_bio", "describe", "embed", "export", "log", "softmax",
+    "TaskKind", "classify", "decode_bio", "describe", "embed", "export", "log", "softmax", "viterbi_bio",
     "top_k",
 ]
 

@@ -86,5 +86,34 @@ class Helpers(unittest.TestCase):
             hs.Assets([]).require("weights")
 
 
+
+class ViterbiTest(unittest.TestCase):
+    TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+    def names(self, path):
+        return [self.TAGS[k] for k in path]
+
+    def test_never_starts_or_switches_type_with_inside(self):
+        # Greedy would say I-PER, I-PER, O, I-LOC: invalid at the start and after O.
+        probs = [
+            [0.1, 0.35, 0.45, 0.05, 0.05],
+            [0.1, 0.1, 0.7, 0.05, 0.05],
+            [0.8, 0.05, 0.05, 0.05, 0.05],
+            [0.2, 0.05, 0.05, 0.3, 0.4],
+        ]
+        self.assertEqual(self.names(hs.viterbi_bio(self.TAGS, probs)), ["B-PER", "I-PER", "O", "B-LOC"])
+        probs = [[0.0, 1.0, 0.0, 0.0, 0.0], [0.1, 0.0, 0.0, 0.0, 0.9]]
+        self.assertEqual(self.names(hs.viterbi_bio(self.TAGS, probs)), ["B-PER", "O"])
+
+    def test_keeps_a_valid_greedy_path_and_handles_empty_input(self):
+        probs = [
+            [0.1, 0.8, 0.05, 0.03, 0.02],
+            [0.1, 0.1, 0.7, 0.05, 0.05],
+            [0.9, 0.02, 0.03, 0.03, 0.02],
+        ]
+        self.assertEqual(hs.viterbi_bio(self.TAGS, probs), [1, 2, 0])
+        self.assertEqual(hs.viterbi_bio(self.TAGS, []), [])
+        self.assertEqual(hs.viterbi_bio([], probs), [])
+
 if __name__ == "__main__":
     unittest.main()

@@ -214,57 +214,11 @@ pub fn decode_bio(text: &str, tokens: &[TaggedToken<'_>]) -> Vec<Entity> {
 /// type, or the start). Tags that are not `O`, `B-X` or `I-X` are treated as `O`. Spans decoded
 /// from the path ([`decode_bio`]) need no repair. Time `O(tokens × tags²)`.
 pub fn viterbi_bio(tags: &[String], probs: &[Vec<f32>]) -> Vec<usize> {
-    let n = tags.len();
-    if n == 0 || probs.is_empty() {
-        return Vec::new();
-    }
-    // For each tag: `Some(type)` when it is `I-type`, and the type it begins or continues.
-    let inside: Vec<Option<&str>> = tags.iter().map(|t| t.strip_prefix("I-")).collect();
-    let kind: Vec<Option<&str>> = tags
+    let scores: Vec<Vec<f32>> = probs
         .iter()
-        .map(|t| t.strip_prefix("B-").or_else(|| t.strip_prefix("I-")))
+        .map(|row| row.iter().map(|&p| p.max(1e-30).ln()).collect())
         .collect();
-    let allowed = |from: Option<usize>, to: usize| match inside[to] {
-        None => true,
-        Some(x) => from.is_some_and(|f| kind[f] == Some(x)),
-    };
-    let log = |p: f32| p.max(1e-30).ln();
-    let score_of = |row: &Vec<f32>, k: usize| log(row.get(k).copied().unwrap_or(0.0));
-    let mut best: Vec<f32> = (0..n)
-        .map(|k| {
-            if allowed(None, k) {
-                score_of(&probs[0], k)
-            } else {
-                f32::NEG_INFINITY
-            }
-        })
-        .collect();
-    let mut back: Vec<Vec<usize>> = Vec::with_capacity(probs.len());
-    back.push(vec![0; n]);
-    for row in &probs[1..] {
-        let mut next = vec![f32::NEG_INFINITY; n];
-        let mut from = vec![0; n];
-        for k in 0..n {
-            let emit = score_of(row, k);
-            for (j, &b) in best.iter().enumerate() {
-                if b > f32::NEG_INFINITY && allowed(Some(j), k) && b + emit > next[k] {
-                    next[k] = b + emit;
-                    from[k] = j;
-                }
-            }
-        }
-        best = next;
-        back.push(from);
-    }
-    let mut k = (0..n)
-        .max_by(|&a, &b| best[a].total_cmp(&best[b]))
-        .unwrap_or(0);
-    let mut path = vec![0; probs.len()];
-    for t in (0..probs.len()).rev() {
-        path[t] = k;
-        k = back[t][k];
-    }
-    path
+    headstream_token_features::viterbi_bio(tags, &scores)
 }
 
 #[cfg(test)]

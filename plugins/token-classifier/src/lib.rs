@@ -6,18 +6,23 @@
 //! Config: `tags` — the tag names, one per row (e.g. `["O", "B-PER", "I-PER", ...]`);
 //! `window` (0 or 1, default 0) — also feed the states of the pieces before and after;
 //! `shape` (default false) — also feed four word-shape features (initial capital, all capitals,
-//! digit, first word), which an uncased encoder cannot see; `min_score` (default 0) — drop
-//! entities whose mean tag probability is lower. `width` is `hidden × (1 + 2·window) + 4·shape`.
+//! digit, first word), which an uncased encoder cannot see; `layers` (default: none, the last
+//! layer's token states) — the encoder layers whose per-token states are concatenated for each
+//! piece, asked of the host (at most 4); `decode` (`"greedy"`, the default, or `"viterbi"`) —
+//! each word's most probable tag, or the best valid BIO path over the sentence;
+//! `min_score` (default 0) — drop entities whose mean tag probability is lower. `width` is
+//! `hidden × max(1, len(layers)) × (1 + 2·window) + 4·shape`.
 //!
 //! Words are labelled by their first word piece (the convention training uses); a word's span
-//! covers all its pieces. Decoding repairs invalid sequences (an `I-X` without a preceding `X`
-//! starts a new entity), so the output is always a valid set of spans.
+//! covers all its pieces. Greedy decoding repairs invalid sequences (an `I-X` without a
+//! preceding `X` starts a new entity); Viterbi decoding never produces one. Either way the
+//! output is a valid set of spans.
 
 use headstream_sdk::{
-    Assets, Config, ConfigError, Dense, Description, Head, HeadError, Item, Output, TaggedToken,
-    TaskKind, decode_bio, softmax, top_k,
+    Assets, Config, ConfigError, Dense, Description, Head, HeadError, Inputs, Item, LayerStates,
+    Output, TaggedToken, TaskKind, decode_bio, softmax, top_k,
 };
-use headstream_token_features::FeatureSet;
+use headstream_token_features::{FeatureSet, viterbi_bio};
 
 struct TokenClassifier {
     layer: Dense,
@@ -26,6 +31,10 @@ struct TokenClassifier {
     features: FeatureSet,
     /// Entities scoring below this are dropped.
     min_score: f32,
+    /// Layers whose per-token states the rows hold; empty: `item.token_states`.
+    layers: Vec<u32>,
+    /// Best valid path instead of each word's best tag.
+    viterbi: bool,
 }
 
 impl Head for TokenClassifier {
@@ -62,6 +71,16 @@ impl Head for TokenClassifier {
             return Err(ConfigError::Invalid("`window` must be 0 or 1".into()));
         }
         let shape: bool = config.get("shape")?.unwrap_or(false);
+        let layers: Vec<u32> = config.get("layers")?.unwrap_or_default();
+        let viterbi = match config.get::<String>("decode")?.as_deref() {
+            None | Some("greedy") => false,
+            Some("viterbi") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "`decode` must be \"greedy\" or \"viterbi\", not {other:?}"
+                )));
+            }
+        };
         let min_score: f32 = config.get("min_score")?.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&min_score) {
             return Err(ConfigError::Invalid(
@@ -71,9 +90,43 @@ impl Head for TokenClassifier {
         Ok(Self {
             layer,
             tags,
-            features: FeatureSet { window, shape },
+            features: FeatureSet {
+                window,
+                shape,
+                layers: layers.len(),
+            },
             min_score,
+            layers,
+            viterbi,
         })
+    }
+
+    fn inputs(&self) -> Inputs {
+        Inputs {
+            pooled_layers: Vec::new(),
+            token_layers: self.layers.clone(),
+        }
+    }
+
+    fn run_with(
+        &self,
+        batch: Vec<Item>,
+        layers: Vec<LayerStates>,
+    ) -> Vec<Result<Output, HeadError>> {
+        if self.layers.is_empty() {
+            return self.run(batch);
+        }
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let states = layers.get(i).ok_or_else(|| {
+                    HeadError::InvalidInput(format!("no layer states for {}", item.id))
+                })?;
+                let rows: Vec<&[f32]> = states.tokens.iter().map(Vec::as_slice).collect();
+                self.answer(item, &rows)
+            })
+            .collect()
     }
 
     fn run_one(&self, item: &Item) -> Result<Output, HeadError> {
@@ -81,11 +134,27 @@ impl Head for TokenClassifier {
             .token_states
             .as_ref()
             .ok_or_else(|| HeadError::InvalidInput("token states are missing".into()))?;
+        self.answer(item, &[&states.states])
+    }
+}
+
+impl TokenClassifier {
+    /// The entities of `item` from its pieces' states in each of the head's layers.
+    fn answer(&self, item: &Item, layers: &[&[f32]]) -> Result<Output, HeadError> {
+        let states = item
+            .token_states
+            .as_ref()
+            .ok_or_else(|| HeadError::InvalidInput("token states are missing".into()))?;
         let hidden = states.hidden_size as usize;
         let width = self.features.width(hidden);
-        if width != self.layer.inputs() || states.states.len() != states.tokens.len() * hidden {
+        let expected = states.tokens.len() * hidden;
+        if width != self.layer.inputs()
+            || layers.len() != self.layers.len().max(1)
+            || layers.iter().any(|l| l.len() != expected)
+        {
             return Err(HeadError::InvalidInput(format!(
-                "token states of width {hidden} do not fit a head of width {}",
+                "token states of width {hidden} in {} layers do not fit a head of width {}",
+                layers.len(),
                 self.layer.inputs()
             )));
         }
@@ -95,21 +164,33 @@ impl Head for TokenClassifier {
             .map(|t| (t.start as usize, t.end as usize));
         let words = headstream_token_features::words(&item.text, offsets);
         let mut row = Vec::with_capacity(width);
-        let tagged: Vec<TaggedToken<'_>> = words
+        let logits: Vec<Vec<f32>> = words
             .iter()
             .enumerate()
             .map(|(w, &word)| {
                 row.clear();
                 self.features
-                    .push(&mut row, &states.states, hidden, &item.text, w, word);
-                let probs = softmax(&self.layer.forward(&row).unwrap_or_default());
-                let best = top_k(&probs, 1).first().copied().unwrap_or(0);
-                TaggedToken {
-                    tag: &self.tags[best],
-                    start: word.1,
-                    end: word.2,
-                    score: probs.get(best).copied().unwrap_or(0.0),
-                }
+                    .push(&mut row, layers, hidden, &item.text, w, word);
+                self.layer.forward(&row).unwrap_or_default()
+            })
+            .collect();
+        let path: Vec<usize> = if self.viterbi {
+            viterbi_bio(&self.tags, &logits)
+        } else {
+            logits
+                .iter()
+                .map(|l| top_k(&softmax(l), 1).first().copied().unwrap_or(0))
+                .collect()
+        };
+        let tagged: Vec<TaggedToken<'_>> = words
+            .iter()
+            .zip(&logits)
+            .zip(&path)
+            .map(|((word, logits), &best)| TaggedToken {
+                tag: self.tags.get(best).map_or("O", String::as_str),
+                start: word.1,
+                end: word.2,
+                score: softmax(logits).get(best).copied().unwrap_or(0.0),
             })
             .collect();
         let mut entities = decode_bio(&item.text, &tagged);
