@@ -790,6 +790,19 @@ pub struct BenchHeadsArgs {
     /// Timed passes; medians are reported.
     #[arg(long, default_value_t = 5)]
     pub passes: usize,
+    /// Heads over these layers' mean-pooled states (linear classifiers reading their
+    /// concatenation, as `train` writes them); the encoder keeps the layers for them.
+    #[arg(long, value_delimiter = ',', value_name = "L,..", conflicts_with_all = ["plugin", "token_layers"])]
+    pub layers: Vec<u32>,
+    /// Entity heads over these layers' per-token states (the token classifier with window and
+    /// shape features and Viterbi decoding, as `train --kind tokens` writes it; at most 4).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "L,..",
+        conflicts_with = "plugin"
+    )]
+    pub token_layers: Vec<u32>,
 }
 
 /// `headstream bench encoder`

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use headstream_plugin_host::{Asset, HeadConfig, HostConfig, Item, PluginHost};
+use headstream_plugin_host::{Asset, HeadConfig, HostConfig, Item, PluginHost, TokenStates};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
@@ -24,21 +24,57 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
     let encoder = super::load_encoder(&args.model, args.model.precision(), batch)?;
     let hidden = encoder.hidden_size();
 
-    // Encoder time per message on this batch (median of passes).
-    let mut encode_times = Vec::new();
+    let tokens = !args.token_layers.is_empty();
+    let states = headstream_encoder::States {
+        tokens,
+        pooled: headstream_encoder::LayerSet::of(args.layers.iter().copied())?,
+        token_layers: headstream_encoder::LayerSet::of(args.token_layers.iter().copied())?,
+    };
+    encoder.check(states)?;
+    // Encoder time per message on this batch (median of passes), with and without the states
+    // the heads ask for, alternated.
+    let (mut encode_times, mut plain_times) = (Vec::new(), Vec::new());
     let mut encoded = Vec::new();
-    for _ in 0..args.passes.max(1) + 1 {
+    for pass in 0..args.passes.max(1) + 1 {
         let t = Instant::now();
-        encoded = encoder.encode(&texts, false)?;
-        encode_times.push(t.elapsed().as_secs_f64());
+        encoded = encoder.encode_with(&texts, states)?;
+        let with = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        encoder.encode(&texts, false)?;
+        if pass > 0 {
+            encode_times.push(with);
+            plain_times.push(t.elapsed().as_secs_f64());
+        }
     }
-    encode_times.remove(0);
     let encode_s = median(&mut encode_times);
+    let plain_s = median(&mut plain_times);
 
-    // A realistic head: a 3-label linear classifier over the embedding.
-    let weights = linear_weights(3, hidden)?;
+    // A realistic head: a 3-label linear classifier over the embedding or the asked layers, or
+    // an entity tagger over the asked layers' token states.
+    let (weights, config_json) = if tokens {
+        let features = headstream_train::tokens::FeatureSet {
+            window: 1,
+            shape: true,
+            layers: args.token_layers.len(),
+        };
+        (
+            linear_weights(3, features.width(hidden), &[])?,
+            json!({
+                "tags": ["O", "B-X", "I-X"],
+                "layers": args.token_layers,
+                "window": 1,
+                "shape": true,
+                "decode": "viterbi",
+            }),
+        )
+    } else {
+        (
+            linear_weights(3, hidden * args.layers.len().max(1), &args.layers)?,
+            json!({ "labels": ["a", "b", "c"] }),
+        )
+    };
     let config = || HeadConfig {
-        config: json!({ "labels": ["a", "b", "c"] }),
+        config: config_json.clone(),
         assets: vec![Asset {
             name: "weights".into(),
             data: weights.clone(),
@@ -52,7 +88,11 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
         encoder: Some(encoder.fingerprint().clone()),
         ..HostConfig::default()
     };
-    let builtin = headstream_components::LINEAR_CLASSIFIER;
+    let builtin = if tokens {
+        headstream_components::TOKEN_CLASSIFIER
+    } else {
+        headstream_components::LINEAR_CLASSIFIER
+    };
     let (origin, bytes) = match &args.plugin {
         Some(path) => (
             path.clone(),
@@ -81,7 +121,12 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
             id: ID[i % ID.len()],
             text,
             embedding: &e.embedding,
-            token_states: None,
+            token_states: e.token_states.as_deref().map(|states| TokenStates {
+                ids: &e.input_ids,
+                offsets: &e.offsets,
+                states,
+                hidden_size: hidden,
+            }),
             upstream: Vec::new(),
             layers: &e.layers,
         })
@@ -126,6 +171,10 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
         "component_bytes": bytes.len(),
         "batch_size": batch,
         "heads": heads.len(),
+        "pooled_layers": args.layers,
+        "token_layers": args.token_layers,
+        "encoder_plain_us_per_message": round(per_msg(plain_s), 1),
+        "keeping_layers_share_of_encoder": round(encode_s / plain_s - 1.0, 4),
         "compile_ms": round(compile_s * 1e3, 2),
         "cached_load_ms": round(cached_load_s * 1e3, 2),
         "reinstantiate_and_configure_us": round(restart_s * 1e6, 1),
@@ -141,7 +190,9 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
 
 const ID: [&str; 4] = ["a", "b", "c", "d"];
 
-fn linear_weights(labels: usize, hidden: usize) -> anyhow::Result<Vec<u8>> {
+/// Weights of a `labels × width` linear layer; over `pooled_layers` when not empty.
+fn linear_weights(labels: usize, width: usize, pooled_layers: &[u32]) -> anyhow::Result<Vec<u8>> {
+    let hidden = width;
     let weight: Vec<u8> = (0..labels * hidden)
         .flat_map(|i| (((i * 7919) % 97) as f32 / 97.0 - 0.5).to_le_bytes())
         .collect();
@@ -153,5 +204,9 @@ fn linear_weights(labels: usize, hidden: usize) -> anyhow::Result<Vec<u8>> {
         ),
         ("bias", TensorView::new(Dtype::F32, vec![labels], &bias)?),
     ];
-    Ok(safetensors::serialize(tensors, None)?)
+    let metadata = (!pooled_layers.is_empty()).then(|| {
+        let list: Vec<String> = pooled_layers.iter().map(u32::to_string).collect();
+        std::collections::HashMap::from([("pooled_layers".to_owned(), list.join(","))])
+    });
+    Ok(safetensors::serialize(tensors, metadata)?)
 }

@@ -1,4 +1,4 @@
-//! `headstream bench encoder` and `bench pipeline` run end to end and print the figures the
+//! `headstream bench encoder`, `bench heads` and `bench pipeline` run end to end and print the figures the
 //! README's Performance section and benches/compare.sh read (small inputs: these check the
 //! commands, not the speed). `bench pipeline` starts a real `serve` process on a real
 //! nats-server. Needs `cargo plugins` for the pipeline's heads.
@@ -143,4 +143,55 @@ fn bench_pipeline_serves_ten_heads_through_nats() {
         );
     }
     assert_latencies(&report);
+}
+
+#[test]
+fn bench_heads_measures_heads_over_the_layers_they_ask_for() {
+    let input = fixture("encoder/sentences.jsonl");
+    let input = input.to_string_lossy();
+    let common = [
+        "bench",
+        "heads",
+        "--input",
+        &input,
+        "--batch-size",
+        "4",
+        "--passes",
+        "1",
+        "--heads",
+        "2",
+    ];
+    for (extra, pooled, tokens) in [
+        (&[][..], "[]", "[]"),
+        (&["--layers", "3,4,5,6"][..], "[3,4,5,6]", "[]"),
+        (&["--token-layers", "3,4,5,6"][..], "[]", "[3,4,5,6]"),
+    ] {
+        let args: Vec<&str> = common.iter().chain(extra).copied().collect();
+        let report = run(&args);
+        assert_eq!(report["pooled_layers"].to_string(), pooled, "{report}");
+        assert_eq!(report["token_layers"].to_string(), tokens, "{report}");
+        for field in [
+            "encoder_us_per_message",
+            "encoder_plain_us_per_message",
+            "all_heads_us_per_message",
+            "all_heads_share_of_encoder",
+        ] {
+            assert!(
+                report[field].as_f64().is_some_and(|v| v > 0.0),
+                "{field}: {report}"
+            );
+        }
+    }
+    // A fifth per-token layer is over a head's budget: the load fails, naming it.
+    let args: Vec<&str> = common
+        .iter()
+        .chain(&["--token-layers", "1,2,3,4,5"])
+        .copied()
+        .collect();
+    let out = headstream(&args, b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("at most 4"),
+        "{stderr}"
+    );
 }
