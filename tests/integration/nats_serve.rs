@@ -367,7 +367,7 @@ fn serves_results_replies_and_errors_over_nats() {
             status["results"].as_u64().is_some_and(|n| n >= 20),
             "{status}"
         );
-        assert_eq!(status["heads"]["sentiment"], "sentiment@1.0.0", "{status}");
+        assert_eq!(status["heads"]["sentiment"], "sentiment@1.1.0", "{status}");
         let all = ask(&client, "headstream.status").await;
         assert!(
             all["pipelines"]["support-triage"]["heads"].is_object(),

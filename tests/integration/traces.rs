@@ -224,7 +224,7 @@ fn a_trace_runs_from_publish_through_every_stage_to_the_result() {
     assert!(get("publish").start_time_unix_nano >= get("head sentiment").end_time_unix_nano);
     assert_eq!(
         attr(get("head sentiment"), "headstream.head.version").as_deref(),
-        Some("sentiment@1.0.0")
+        Some("sentiment@1.1.0")
     );
     println!("process: {} µs", duration(process) / 1000);
 }
