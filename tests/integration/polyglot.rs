@@ -306,7 +306,7 @@ fn the_python_sdk_unit_tests_pass() {
     let said = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{said}");
     assert!(
-        said.contains("Ran 5 tests") && said.contains("OK"),
+        said.contains("Ran 7 tests") && said.contains("OK"),
         "{said}"
     );
 }
@@ -327,7 +327,7 @@ fn the_javascript_sdk_unit_tests_pass() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(
-        said.contains("# pass 5") && said.contains("# fail 0"),
+        said.contains("# pass 6") && said.contains("# fail 0"),
         "{said}"
     );
 }

@@ -1,5 +1,5 @@
 //! `headstream replay` over a real stream and embedding store: a host serves a storing pipeline
-//! (the shipped sentiment head and a builtin) while messages go into a JetStream stream; the host
+//! (the 1.0.0 sentiment head, over the embedding, and a builtin) while messages go into a JetStream stream; the host
 //! stops; a replay gives the live results again from the stored vectors alone (no encoding),
 //! and again from the encoder with `--no-store`; a replay SIGKILLed half-way and `--resume`d
 //! writes every result exactly once.
@@ -75,7 +75,9 @@ fn replay_scores_history_from_the_store_and_resumes_after_sigkill() {
              [[heads]]\nname = \"sentiment\"\npackage = {:?}\n\
              [[heads]]\nname = \"flags\"\nbuiltin = \"keyword-flags\"\n\
              [heads.config.flags]\nrefund = [\"refund\", \"money back\"]\n",
-            root.join("heads/sentiment").display().to_string()
+            root.join("tests/fixtures/packages-1.0/sentiment")
+                .display()
+                .to_string()
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -328,6 +330,7 @@ fn replay_scores_history_from_the_store_and_resumes_after_sigkill() {
     );
 
     // A deployed pipeline (packages from the cluster registry), by name and by revision,
+    // pinned to 1.0 (the 1.1.0 heads read layers, which the store does not hold),
     // against the file: the same heads give the same answers.
     let deployed = dir.path().join("rv-deployed.toml");
     let text3 = std::fs::read_to_string(&pipeline)
@@ -336,16 +339,20 @@ fn replay_scores_history_from_the_store_and_resumes_after_sigkill() {
         .replace(
             &format!(
                 "package = {:?}",
-                root.join("heads/sentiment").display().to_string()
+                root.join("tests/fixtures/packages-1.0/sentiment")
+                    .display()
+                    .to_string()
             ),
-            "plugin = \"sentiment@^1\"",
+            "plugin = \"sentiment@~1.0\"",
         );
     std::fs::write(&deployed, text3).unwrap_or_else(|e| panic!("{e}"));
     for what in [
         vec![
             "deploy",
             "plugin",
-            root.join("heads/sentiment").to_str().unwrap_or_default(),
+            root.join("tests/fixtures/packages-1.0/sentiment")
+                .to_str()
+                .unwrap_or_default(),
         ],
         vec!["deploy", "pipeline", deployed.to_str().unwrap_or_default()],
     ] {
