@@ -192,15 +192,14 @@ const ID: [&str; 4] = ["a", "b", "c", "d"];
 
 /// Weights of a `labels × width` linear layer; over `pooled_layers` when not empty.
 fn linear_weights(labels: usize, width: usize, pooled_layers: &[u32]) -> anyhow::Result<Vec<u8>> {
-    let hidden = width;
-    let weight: Vec<u8> = (0..labels * hidden)
+    let weight: Vec<u8> = (0..labels * width)
         .flat_map(|i| (((i * 7919) % 97) as f32 / 97.0 - 0.5).to_le_bytes())
         .collect();
     let bias = vec![0u8; labels * 4];
     let tensors = [
         (
             "weight",
-            TensorView::new(Dtype::F32, vec![labels, hidden], &weight)?,
+            TensorView::new(Dtype::F32, vec![labels, width], &weight)?,
         ),
         ("bias", TensorView::new(Dtype::F32, vec![labels], &bias)?),
     ];

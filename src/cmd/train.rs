@@ -96,7 +96,6 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut cache = open_cache(&args.cache, &encoder)?;
 
     let started = std::time::Instant::now();
-    let mut token_layers = Vec::new();
     let (trained, examples) = match args.kind {
         TrainKind::Classify => {
             let mut examples = data::read_examples(&args.data)?;
@@ -151,7 +150,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                     shape: !args.no_shape,
                     layers: layers.len(),
                 },
-                layers: layers.clone(),
+                layers,
                 c: args.c,
                 seed: args.seed,
                 viterbi: args.decode == DecodeArg::Viterbi,
@@ -160,7 +159,6 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 ..TokensOptions::default()
             };
             let n = sentences.len();
-            token_layers = layers;
             (
                 headstream_train::train_tagger(&encoder, &sentences, dev.as_deref(), &options)?,
                 n,
@@ -178,7 +176,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             "tags": trained.labels,
             "window": args.window,
             "shape": !args.no_shape,
-            "layers": token_layers,
+            "layers": trained.token_layers,
             "decode": match args.decode {
                 DecodeArg::Viterbi => "viterbi",
                 DecodeArg::Greedy => "greedy",

@@ -145,9 +145,10 @@ fn token_classifier_reads_the_layers_it_is_configured_with_and_decodes_valid_pat
     let encoder = encoder();
     let hidden = encoder.hidden_size();
     let host = PluginHost::new(HostConfig::default()).unwrap_or_else(|e| panic!("{e}"));
-    // Rows of two layers' states (no window, no shape); the bias alone prefers I-X.
+    // Rows of two layers' states (no window, no shape); the bias alone scores every word
+    // I-X 5, O 4, B-X -10.
     let weight = vec![0.0f32; 3 * 2 * hidden];
-    let bias = [0.0f32, 0.0, 5.0];
+    let bias = [4.0f32, -10.0, 5.0];
     let weights = safetensors_f32(&[("weight", &[3, 2 * hidden], &weight), ("bias", &[3], &bias)]);
     let config = |decode: &str| HeadConfig {
         config: json!({ "tags": ["O", "B-X", "I-X"], "layers": [3, 6], "decode": decode }),
@@ -157,9 +158,11 @@ fn token_classifier_reads_the_layers_it_is_configured_with_and_decodes_valid_pat
         }],
         ..HeadConfig::default()
     };
-    let head = host
-        .load(&plugin_path("token-classifier"), config("viterbi"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let load = |decode: &str| {
+        host.load(&plugin_path("token-classifier"), config(decode))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let head = load("viterbi");
     assert_eq!(head.inputs().token_layers, [3, 6]);
     assert!(head.wants_token_states());
     let text = "Ada met Grace";
@@ -171,14 +174,18 @@ fn token_classifier_reads_the_layers_it_is_configured_with_and_decodes_valid_pat
     let encoded = encoder
         .encode_with(&[text], states)
         .unwrap_or_else(|e| panic!("{e}"));
-    let out = head.run(&[item("1", text, &encoded[0], hidden)]);
-    let entities = out[0]
-        .as_ref()
-        .map(|v| v["entities"].clone())
-        .unwrap_or_else(|f| panic!("{f}"));
-    // The best valid path starts B-X (I-X may not start a sentence), then stays inside.
-    assert_eq!(entities[0]["text"], text, "{entities}");
-    assert_eq!(entities.as_array().map(Vec::len), Some(1));
+    let entities = |head: &headstream_plugin_host::Head| {
+        head.run(&[item("1", text, &encoded[0], hidden)])[0]
+            .as_ref()
+            .map(|v| v["entities"].clone())
+            .unwrap_or_else(|f| panic!("{f}"))
+    };
+    // Greedy: every word I-X, repaired into one entity over the text. Viterbi: I-X may not
+    // start a sentence, and B-X I-X I-X (-10 + 5 + 5) loses to O O O (4 × 3): no entity.
+    let greedy = entities(&load("greedy"));
+    assert_eq!(greedy[0]["text"], text, "{greedy}");
+    assert_eq!(greedy.as_array().map(Vec::len), Some(1));
+    assert_eq!(entities(&head), json!([]));
     // Without its layers' states the head fails that text with a typed error.
     let last_only = encoder
         .encode(&[text], true)

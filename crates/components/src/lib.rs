@@ -43,7 +43,7 @@ pub const TOKEN_CLASSIFIER: Builtin = Builtin {
     name: "token-classifier",
     summary: "BIO entity tagger over token states (weights asset `weights`); `train --kind tokens`",
     bytes: include_bytes!("../wasm/token-classifier.wasm"),
-    sha256: "540831d8bf3f978348149504a74f403f8a76d5dfdcd51016576f07c335bff23e",
+    sha256: "8df4e69b7e68c9792ae5e4adea1111a542787135762e26457e35a9941e492c23",
 };
 
 /// Zero-shot classification by cosine similarity to example sentences given in its config.

@@ -143,25 +143,10 @@ impl LinearModel {
             .collect()
     }
 
-    /// The class with the highest score for `x`.
+    /// The class with the highest score for `x` (the first on a tie).
     pub fn predict(&self, x: &[f32]) -> usize {
-        let hidden_out: Vec<f32>;
-        let (x, width) = match &self.hidden {
-            Some(h) => {
-                hidden_out = (0..h.units)
-                    .map(|u| {
-                        let w = &h.weight[u * self.dim..(u + 1) * self.dim];
-                        (h.bias[u] + w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>()).max(0.0)
-                    })
-                    .collect();
-                (&hidden_out[..], h.units)
-            }
-            None => (x, self.dim),
-        };
         let mut best = (0, f32::NEG_INFINITY);
-        for c in 0..self.classes {
-            let w = &self.weight[c * width..(c + 1) * width];
-            let score = self.bias[c] + w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+        for (c, score) in self.logits(x).into_iter().enumerate() {
             if score > best.1 {
                 best = (c, score);
             }
@@ -497,18 +482,18 @@ pub fn stratified_folds(y: &[usize], classes: usize, folds: usize, seed: u64) ->
     fold
 }
 
-/// Stratified k-fold cross-validation of one feature matrix, scoring one `C` at a time (under
-/// a tight tolerance, each fold's fit warm-starts from that fold's fit at the nearest `C`
-/// scored before).
+/// Stratified k-fold cross-validation of one feature matrix, scoring one `C` at a time. Each
+/// fit starts from zero, as scikit-learn's do: with its looser tolerance a warm start from a
+/// neighbouring `C` stops at once, on that `C`'s optimum (the regulariser's share of the mean
+/// gradient is small).
 #[derive(Debug)]
 pub struct CrossValidation<'a> {
     x: &'a Features,
     y: &'a [usize],
     classes: usize,
     options: FitOptions,
-    /// Per fold: training rows (features, labels, weights), held-out rows, fits so far.
+    /// Per fold: training rows (features, labels, weights) and held-out rows.
     folds: Vec<Fold>,
-    scores: Vec<CvScore>,
 }
 
 #[derive(Debug)]
@@ -517,7 +502,6 @@ struct Fold {
     y: Vec<usize>,
     weights: Option<Vec<f32>>,
     held: Vec<usize>,
-    fits: Vec<(f64, LinearModel)>,
 }
 
 impl<'a> CrossValidation<'a> {
@@ -546,7 +530,6 @@ impl<'a> CrossValidation<'a> {
                             .collect()
                     }),
                     held: (0..y.len()).filter(|&i| assignment[i] == fold).collect(),
-                    fits: Vec::new(),
                 }
             })
             .collect();
@@ -556,35 +539,22 @@ impl<'a> CrossValidation<'a> {
             classes,
             options: *options,
             folds,
-            scores: Vec::new(),
         }
     }
 
-    /// The mean held-out accuracy of `c` (remembered: scoring a `C` twice fits once).
+    /// The mean held-out accuracy of `c`.
     pub fn score(&mut self, c: f64) -> candle_core::Result<f64> {
-        if let Some(s) = self.scores.iter().find(|s| s.c == c) {
-            return Ok(s.accuracy);
-        }
         let opts = FitOptions { c, ..self.options };
         let started = std::time::Instant::now();
-        let mut iterations = 0;
-        let mut correct = 0;
-        for fold in &mut self.folds {
-            // A warm start only under a tight tolerance: a loose one accepts a neighbour's
-            // optimum as this C's (the regulariser's share of the mean gradient is small).
-            let start = fold
-                .fits
-                .iter()
-                .filter(|_| opts.lbfgs.grad_tol <= WARM_START_TOL)
-                .min_by(|a, b| (a.0 / c).ln().abs().total_cmp(&(b.0 / c).ln().abs()))
-                .map(|(_, m)| m);
+        let (mut iterations, mut correct) = (0, 0);
+        for fold in &self.folds {
             let model = fit_from(
                 &fold.x,
                 &fold.y,
                 fold.weights.as_deref(),
                 self.classes,
                 &opts,
-                start,
+                None,
             )?;
             correct += fold
                 .held
@@ -592,7 +562,6 @@ impl<'a> CrossValidation<'a> {
                 .filter(|&&i| model.predict(self.x.row(i)) == self.y[i])
                 .count();
             iterations += model.iterations;
-            fold.fits.push((c, model));
         }
         let accuracy = correct as f64 / self.y.len().max(1) as f64;
         tracing::debug!(
@@ -602,15 +571,7 @@ impl<'a> CrossValidation<'a> {
             seconds = started.elapsed().as_secs_f64(),
             "cross-validated C"
         );
-        self.scores.push(CvScore { c, accuracy });
         Ok(accuracy)
-    }
-
-    /// Every `C` scored so far, ascending.
-    pub fn scores(&self) -> Vec<CvScore> {
-        let mut scores = self.scores.clone();
-        scores.sort_by(|a, b| a.c.total_cmp(&b.c));
-        scores
     }
 }
 
@@ -638,9 +599,6 @@ pub fn cross_validate(
         .collect()
 }
 
-/// The loosest gradient tolerance under which [`CrossValidation`] warm-starts.
-const WARM_START_TOL: f64 = 1e-5;
-
 /// Where [`search_c`] looks.
 #[derive(Debug, Clone, Copy)]
 pub struct CSearch {
@@ -652,10 +610,6 @@ pub struct CSearch {
     pub step: f64,
     /// Worse neighbours in a row that end the walk in one direction.
     pub patience: usize,
-    /// The optimiser's gradient tolerance for the cross-validation fits (the final fit keeps
-    /// its own): scikit-learn's default, ten times looser than a final fit's, which moves
-    /// held-out accuracy by less than the noise between folds and halves the iterations.
-    pub grad_tol: f64,
 }
 
 impl Default for CSearch {
@@ -665,7 +619,6 @@ impl Default for CSearch {
             bounds: (1e-6, 1e3),
             step: 10.0,
             patience: 1,
-            grad_tol: 1e-4,
         }
     }
 }
@@ -683,17 +636,17 @@ pub struct CChoice {
     pub at_bound: bool,
 }
 
-/// Chooses `C` by cross-validation without a fixed grid: a walk by factors of `step` from
-/// `start`, upwards then downwards, each direction until `patience` worse scores in a row (an
-/// equal one does not count) or a bound, then the best's neighbours at the square root of `step`. The best is therefore never
-/// at the edge of what was scored unless it is at a bound. Ties go to the smaller `C`.
+/// Chooses `C` by cross-validation without a fixed grid ([`walk_c`] over [`CrossValidation::score`]).
 pub fn search_c(cv: &mut CrossValidation<'_>, search: CSearch) -> candle_core::Result<CChoice> {
-    cv.options.lbfgs.grad_tol = search.grad_tol;
     walk_c(search, |c| cv.score(c))
 }
 
-/// [`search_c`]'s walk over any score of `C` (higher is better), e.g. entity F1 on a dev split.
-/// `score` is called at most once per `C`.
+/// Chooses the `C` whose `score` (higher is better: cross-validated accuracy, entity F1 on a dev
+/// split) is best: a walk by factors of `step` from `start`, upwards then downwards, each
+/// direction until `patience` worse scores in a row (an equal one does not count) or a bound,
+/// then the best's neighbours at the square root of `step`. The best is therefore never at the
+/// edge of what was scored unless it is at a bound. Ties go to the smaller `C`. `score` is
+/// called at most once per `C`.
 pub fn walk_c<E>(
     search: CSearch,
     mut score: impl FnMut(f64) -> Result<f64, E>,

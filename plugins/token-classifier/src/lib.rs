@@ -174,23 +174,24 @@ impl TokenClassifier {
                 self.layer.forward(&row).unwrap_or_default()
             })
             .collect();
+        let probs: Vec<Vec<f32>> = logits.iter().map(|l| softmax(l)).collect();
         let path: Vec<usize> = if self.viterbi {
             viterbi_bio(&self.tags, &logits)
         } else {
-            logits
+            probs
                 .iter()
-                .map(|l| top_k(&softmax(l), 1).first().copied().unwrap_or(0))
+                .map(|p| top_k(p, 1).first().copied().unwrap_or(0))
                 .collect()
         };
         let tagged: Vec<TaggedToken<'_>> = words
             .iter()
-            .zip(&logits)
+            .zip(&probs)
             .zip(&path)
-            .map(|((word, logits), &best)| TaggedToken {
+            .map(|((word, probs), &best)| TaggedToken {
                 tag: self.tags.get(best).map_or("O", String::as_str),
                 start: word.1,
                 end: word.2,
-                score: softmax(logits).get(best).copied().unwrap_or(0.0),
+                score: probs.get(best).copied().unwrap_or(0.0),
             })
             .collect();
         let mut entities = decode_bio(&item.text, &tagged);
