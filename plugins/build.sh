@@ -42,7 +42,7 @@ if [[ -f $dir/app.py ]]; then
         "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY"
     fi
     # componentize-py imports `app` from the head's directory, the SDK from plugins/sdk-python.
-    (cd "$dir" && "$venv/bin/componentize-py" -d "$root/wit" -w headstream:plugin/task-head@0.1.0 componentize app \
+    (cd "$dir" && "$venv/bin/componentize-py" -d "$root/wit" -w headstream:plugin/task-head@0.2.0 componentize app \
         -p "$dir" -p "$root/plugins/sdk-python" -o "$out" >/dev/null)
 elif [[ -f $dir/head.js ]]; then
     sdk=$root/plugins/sdk-js
@@ -61,7 +61,7 @@ elif [[ -f $dir/head.js ]]; then
     # componentize-js reads its inputs through a sandbox rooted at the working directory.
     cp -r "$root/wit" "$work/wit"
     (cd "$work" && "$sdk/node_modules/.bin/componentize-js" head.js --wit wit \
-        --world-name headstream:plugin/task-head@0.1.0 --disable http fetch-event -o "$out" >/dev/null)
+        --world-name headstream:plugin/task-head@0.2.0 --disable http fetch-event -o "$out" >/dev/null)
 else
     echo "error: $dir has neither app.py (Python) nor head.js (JavaScript); Rust heads build with \`cargo plugins\`" >&2
     exit 2

@@ -1,6 +1,6 @@
-"""`rules-classifier`: a linear classifier on the sentence embedding (weights trained by
-`headstream train --component target/heads/rules-classifier.wasm`) with rule-based overrides,
-in Python.
+"""`rules-classifier`: a linear classifier on the sentence embedding, or on the encoder's
+mean-pooled layers (weights trained by `headstream train --component
+target/heads/rules-classifier.wasm`), with rule-based overrides, in Python.
 
 The model decides unless a rule matches: a rule names a label and the words or phrases that
 force it (matched case-insensitively on word boundaries), so a team can pin known cases
@@ -15,7 +15,9 @@ Config (the package's `labels`, plus a pipeline's `[heads.config]`):
     label = "billing"
     any = ["chargeback", "refund"]
 
-Asset: `weights` (safetensors: `weight` [labels, 384] and `bias` [labels], f32).
+Asset: `weights` (safetensors: `weight` [labels, width] and `bias` [labels], f32). When its
+metadata names `pooled_layers` (train chose them), the head asks for those layers' pooled states
+and its features are their concatenation; otherwise the features are the sentence embedding.
 """
 
 import re
@@ -29,7 +31,9 @@ class RulesClassifier(hs.Head):
         return hs.describe("rules-classifier", "1.0.0", hs.TaskKind.CLASSIFY)
 
     def __init__(self, config: hs.Config, assets: hs.Assets):
-        self.layer = hs.Dense.from_safetensors(assets.require("weights"))
+        weights = assets.require("weights")
+        self.layer = hs.Dense.from_safetensors(weights)
+        self.wanted = hs.trained_inputs(weights)
         self.labels = [str(l) for l in config.require("labels", list)]
         if len(self.labels) != self.layer.outputs:
             raise hs.ConfigInvalid(
@@ -49,11 +53,28 @@ class RulesClassifier(hs.Head):
             self.rules.append((rule["label"], re.compile(pattern, re.IGNORECASE)))
         hs.log(f"{len(self.labels)} labels, {len(self.rules)} rules", "debug")
 
+    def inputs(self):
+        return self.wanted
+
+    def run_with(self, batch, layers):
+        if not self.wanted.pooled_layers:
+            return self.run(batch)
+        out = []
+        for item, states in zip(batch, layers):
+            try:
+                out.append(self.answer(item, hs.concat(states.pooled)))
+            except hs.InvalidInput as e:
+                out.append(e)
+        return out
+
     def run_one(self, item: hs.Item):
-        logits = self.layer.forward(item.embedding)
+        return self.answer(item, item.embedding)
+
+    def answer(self, item: hs.Item, features):
+        logits = self.layer.forward(features)
         if logits is None:
             raise hs.InvalidInput(
-                f"embedding has {len(item.embedding)} values, the head expects {self.layer.inputs}")
+                f"features have {len(features)} values, the head expects {self.layer.inputs}")
         result = hs.classify(self.labels, logits)
         for label, pattern in self.rules:
             if pattern.search(item.text):

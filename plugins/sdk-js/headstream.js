@@ -19,14 +19,47 @@
 // `Failed` for a text you cannot handle: that text fails, the others do not. Any other exception
 // fails that text with its name and message; one thrown by the constructor fails `configure`.
 //
-// The contract is wit/plugin.wit (headstream:plugin@0.1.0); componentize-js builds the component
+// The contract is wit/plugin.wit (headstream:plugin@0.2.0); componentize-js builds the component
 // (plugins/build.sh DIR). Items carry `text` (a JS string: entity spans are UTF-8 *byte* offsets,
 // see `byteSpan`), `embedding` (a Float32Array), `tokenStates` and `upstream`.
+//
+// A head may read the states of the encoder's other layers: it answers `inputs()` (say
+// `trainedInputs(weights)`, the layers `headstream train` fitted it on) and gets them in
+// `runWith(batch, layers)`: `layers[i].pooled[j]`, item i's mean-pooled state of the j-th layer
+// it asked for, and `layers[i].tokens[j]`, that layer's row-major `tokens × hidden` states.
 
 import { embed as hostEmbed, log as hostLog } from "headstream:plugin/host@0.1.0";
 
 /** The contract version these bindings implement. */
-export const WIT_VERSION = "0.1.0";
+export const WIT_VERSION = "0.2.0";
+
+/** Asks for no layer: the sentence embedding (and token states, by `needsTokenStates`) only. */
+export function noLayers() {
+  return { pooledLayers: [], tokenLayers: [] };
+}
+
+/** The layers a head trained by `headstream train` reads: the `pooled_layers` its weights'
+ * safetensors metadata names (e.g. "3,4,5,6"), or none (the sentence embedding). */
+export function trainedInputs(weights) {
+  const listed = safetensorsMetadata(weights).pooled_layers;
+  if (listed === undefined) return noLayers();
+  const layers = listed.split(",").map((l) => l.trim());
+  if (!layers.every((l) => /^[0-9]+$/.test(l))) {
+    throw new BadAsset(`weights: pooled_layers ${JSON.stringify(listed)} is not a list of layers`);
+  }
+  return { pooledLayers: layers.map(Number), tokenLayers: [] };
+}
+
+/** The vectors one after another: the features of a head over several pooled layers. */
+export function concat(vectors) {
+  const out = new Float32Array(vectors.reduce((n, v) => n + v.length, 0));
+  let at = 0;
+  for (const v of vectors) {
+    out.set(v, at);
+    at += v.length;
+  }
+  return out;
+}
 
 /** A head's self-description. `kind` is "classify", "tokens" or "other". */
 export function describe(name, version, kind, options = {}) {
@@ -162,8 +195,7 @@ export function classify(labels, logits) {
   return classification(labels[best], probs[best], labels.map((l, i) => [l, probs[i]]));
 }
 
-/** Every f32 tensor of a safetensors file (Uint8Array): name -> {shape, data: Float32Array}. */
-export function readSafetensors(bytes) {
+function safetensorsHeader(bytes) {
   if (bytes.length < 8) throw new BadAsset("not safetensors: shorter than its header length");
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const size = Number(view.getBigUint64(0, true));
@@ -174,7 +206,25 @@ export function readSafetensors(bytes) {
   } catch (e) {
     throw new BadAsset(`not safetensors: header is not JSON: ${e.message}`);
   }
-  const body = bytes.subarray(8 + size);
+  if (header === null || typeof header !== "object" || Array.isArray(header)) {
+    throw new BadAsset("not safetensors: header is not a JSON object");
+  }
+  return [header, bytes.subarray(8 + size)];
+}
+
+/** The `__metadata__` strings of a safetensors file ({} when it has none): where `headstream
+ * train` records what the weights read (`pooled_layers`). */
+export function safetensorsMetadata(bytes) {
+  const meta = safetensorsHeader(bytes)[0].__metadata__ ?? {};
+  if (typeof meta !== "object" || Array.isArray(meta) || !Object.values(meta).every((v) => typeof v === "string")) {
+    throw new BadAsset("safetensors `__metadata__` must map names to strings");
+  }
+  return { ...meta };
+}
+
+/** Every f32 tensor of a safetensors file (Uint8Array): name -> {shape, data: Float32Array}. */
+export function readSafetensors(bytes) {
+  const [header, body] = safetensorsHeader(bytes);
   const out = {};
   for (const [name, info] of Object.entries(header)) {
     if (name === "__metadata__") continue;
@@ -307,7 +357,8 @@ export function viterbiBio(tags, probs) {
 // --- the head ------------------------------------------------------------------------------
 
 /** Base class of a task head: `static describe()`, `constructor(config, assets)`, `runOne(item)`
- * or `run(batch)`. */
+ * or `run(batch)`; a head over the encoder's other layers also `inputs()` and
+ * `runWith(batch, layers)`. */
 export class Head {
   static describe() {
     throw new Error("a head must define static describe()");
@@ -325,7 +376,19 @@ export class Head {
       }
     });
   }
+  /** The encoder layers whose states the head reads ({pooledLayers, tokenLayers}), asked once
+   * after the constructor (a trained head knows them: `trainedInputs`). Default: none. */
+  inputs() {
+    return noLayers();
+  }
+  /** Answers a batch with `layers[i]`, item i's states of the layers `inputs()` asked for.
+   * Heads that ask for layers override this; the default ignores them and calls `run`. */
+  runWith(batch, _layers) {
+    return this.run(batch);
+  }
 }
+
+const isLayerList = (v) => Array.isArray(v) && v.every((l) => Number.isInteger(l) && l >= 0 && l <= 0xffffffff);
 
 function named(e) {
   if (e instanceof Error) return e.message ? `${e.name}: ${e.message}` : e.name;
@@ -364,17 +427,25 @@ export function exportHead(Cls) {
     },
     configure(config, assets) {
       instance = null;
+      let head;
+      let wanted;
       try {
-        instance = new Cls(new Config(config), new Assets(assets));
+        head = new Cls(new Config(config), new Assets(assets));
+        wanted = head.inputs();
+        if (!wanted || !isLayerList(wanted.pooledLayers) || !isLayerList(wanted.tokenLayers)) {
+          throw new ConfigInvalid("inputs() must return {pooledLayers, tokenLayers}, lists of layer numbers");
+        }
       } catch (e) {
         throw configError(e);
       }
+      instance = head;
+      return { pooledLayers: [...wanted.pooledLayers], tokenLayers: [...wanted.tokenLayers] };
     },
-    run(batch) {
+    run(batch, layers) {
       if (!instance) return batch.map(() => result(new Failed("the head is not configured")));
       let answers;
       try {
-        answers = instance.run(batch);
+        answers = instance.runWith(batch, layers ?? []);
       } catch (e) {
         return batch.map(() => result(new Failed(named(e))));
       }

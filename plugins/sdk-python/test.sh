@@ -11,5 +11,5 @@ if [[ ! -x $venv/bin/componentize-py ]]; then
 fi
 bindings=$(mktemp -d)
 trap 'rm -rf "$bindings"' EXIT
-"$venv/bin/componentize-py" -d "$root/wit" -w headstream:plugin/task-head@0.1.0 bindings "$bindings" >/dev/null
+"$venv/bin/componentize-py" -d "$root/wit" -w headstream:plugin/task-head@0.2.0 bindings "$bindings" >/dev/null
 PYTHONPATH="$bindings:$root/plugins/sdk-python" "$venv/bin/python" -m unittest discover -s "$root/plugins/sdk-python/tests" -v

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use headstream_encoder::Encoder;
 use headstream_package::{Approval, FileRef, Kind, Manifest, Package, Training};
-use headstream_plugin_host::{HostConfig, PluginHost};
+use headstream_plugin_host::{Asset, HeadConfig, HostConfig, Limits, PluginHost};
 use headstream_train::cache::FeatureCache;
 use headstream_train::logreg::ClassWeight;
 use headstream_train::{ClassifyOptions, FeatureSource, TokensOptions, data};
@@ -211,6 +211,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         .model
         .to_safetensors_reading(&trained.pooled_layers)
         .context("cannot serialise the weights")?;
+    let host = host(&encoder)?;
+    check_component_reads(&host, &component, &manifest, &weights, &trained, args)?;
     let mut package = headstream_package::write(
         &args.out,
         manifest,
@@ -230,7 +232,6 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         summary["fit"] = fit.clone();
     }
     if let Some(eval) = &args.eval {
-        let host = host(&encoder)?;
         let head = headstream_train::load_for_eval(&host, &package)
             .context("the written package does not load")?;
         let metrics = headstream_train::evaluate(&encoder, &package, &head, eval, cache.as_mut())?;
@@ -245,6 +246,72 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     summary["embedding_cache"] = report_cache(cache.as_ref());
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
+}
+
+/// Fails, before anything is written, when the component would not read the features its
+/// weights were fitted on: a head that ignores the weights' `pooled_layers` (a 0.1.0
+/// component cannot ask for layers at all) would score other features than train measured.
+fn check_component_reads(
+    host: &PluginHost,
+    component: &[u8],
+    manifest: &Manifest,
+    weights: &[u8],
+    trained: &headstream_train::Trained,
+    args: &TrainArgs,
+) -> anyhow::Result<()> {
+    let origin = args
+        .component
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("builtin"));
+    let head = host
+        .load_bytes(
+            &origin,
+            component,
+            HeadConfig {
+                config: manifest.config.clone(),
+                assets: vec![Asset {
+                    name: "weights".into(),
+                    data: weights.to_vec(),
+                }],
+                limits: Limits {
+                    deadline: std::time::Duration::from_secs(30),
+                    ..Limits::default()
+                },
+                encoder: manifest.encoder.clone(),
+                ..HeadConfig::default()
+            },
+        )
+        .with_context(|| {
+            format!(
+                "the component {} does not load with the trained weights",
+                origin.display()
+            )
+        })?;
+    let asks = head.inputs();
+    if asks.pooled_layers == trained.pooled_layers && asks.token_layers == trained.token_layers {
+        return Ok(());
+    }
+    let layers = |l: &[u32]| match l {
+        [] => "none".to_owned(),
+        l => l.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+    };
+    let why = if head.contract() == "0.1.0" {
+        "it implements contract 0.1.0, which cannot ask for layers".to_owned()
+    } else {
+        format!(
+            "it asks for pooled layers {} and token layers {}",
+            layers(&asks.pooled_layers),
+            layers(&asks.token_layers)
+        )
+    };
+    anyhow::bail!(
+        "{} would not read what its weights were trained on (pooled layers {}, token layers {}): {why}; \
+         train it on what it reads (`--layers embedding` for a head on the sentence embedding), \
+         or make it ask for its weights' layers (`trained_inputs`/`trainedInputs` in the SDKs); nothing was written",
+        head.id(),
+        layers(&trained.pooled_layers),
+        layers(&trained.token_layers),
+    )
 }
 
 /// The command as typed, for the manifest (program name shortened to `headstream`).

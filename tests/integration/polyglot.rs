@@ -4,6 +4,7 @@
 //! one pipeline runs both beside a Rust head.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use headstream_test_util::{script_head, workspace_root};
 use serde_json::{Value, json};
@@ -306,7 +307,7 @@ fn the_python_sdk_unit_tests_pass() {
     let said = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{said}");
     assert!(
-        said.contains("Ran 7 tests") && said.contains("OK"),
+        said.contains("Ran 9 tests") && said.contains("OK"),
         "{said}"
     );
 }
@@ -327,7 +328,146 @@ fn the_javascript_sdk_unit_tests_pass() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(
-        said.contains("# pass 6") && said.contains("# fail 0"),
+        said.contains("# pass 7") && said.contains("# fail 0"),
         "{said}"
     );
+}
+
+/// Trains the support fixture head on pooled layers with `component` (the builtin Rust
+/// linear classifier when `None`), with `--eval`, and returns train's summary.
+fn train_on_layers(dir: &Path, name: &str, component: Option<&Path>, layers: &str) -> Output {
+    let root = workspace_root();
+    let data = root.join("tests/fixtures/train/support_train.jsonl");
+    let eval = root.join("tests/fixtures/train/support_test.jsonl");
+    let out = dir.join(name);
+    let mut args = vec![
+        "train".to_owned(),
+        "--kind".into(),
+        "classify".into(),
+        "--data".into(),
+        data.to_string_lossy().into_owned(),
+        "--eval".into(),
+        eval.to_string_lossy().into_owned(),
+        "--layers".into(),
+        layers.into(),
+        "--c".into(),
+        "0.1".into(),
+        "--name".into(),
+        name.into(),
+        "--out".into(),
+        out.to_string_lossy().into_owned(),
+    ];
+    if let Some(component) = component {
+        args.extend([
+            "--component".into(),
+            component.to_string_lossy().into_owned(),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    headstream(&args, b"")
+}
+
+#[test]
+fn python_and_javascript_heads_read_the_layers_their_weights_were_trained_on() {
+    // The same recipe (layers 3-6 pooled, C = 0.1) packaged in three languages: train fits the
+    // same weights, and each head asks for those layers and scores exactly what the Rust one
+    // does on the held-out set, text by text.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let js = script_head("linear-classifier-js");
+    let py = script_head("rules-classifier");
+    let mut metrics = Vec::new();
+    for (name, component) in [
+        ("rust", None),
+        ("js", Some(js.as_path())),
+        ("py", Some(py.as_path())),
+    ] {
+        let out = train_on_layers(dir.path(), name, component, "3,4,5,6");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            summary["hyperparameters"]["features"]["pooled_layers"],
+            json!([3, 4, 5, 6]),
+            "{name}: {summary}"
+        );
+        metrics.push(summary["metrics"].clone());
+    }
+    assert!(
+        metrics[0]["accuracy"].as_f64().unwrap_or_default() >= 0.85,
+        "{}",
+        metrics[0]
+    );
+    assert_eq!(
+        metrics[0]["accuracy"], metrics[1]["accuracy"],
+        "JavaScript: {}",
+        metrics[1]
+    );
+    assert_eq!(
+        metrics[0]["accuracy"], metrics[2]["accuracy"],
+        "Python: {}",
+        metrics[2]
+    );
+
+    // One pipeline with the three: the same label for every text, probabilities within f32
+    // rounding (the Rust head sums in a different order).
+    let heads: String = ["rust", "js", "py"]
+        .iter()
+        .map(|n| {
+            format!(
+                "[[heads]]\nname = \"{n}\"\npackage = \"{}\"\n",
+                dir.path().join(n).display()
+            )
+        })
+        .collect();
+    let file = pipeline(dir.path(), &heads);
+    let input =
+        std::fs::read_to_string(workspace_root().join("tests/fixtures/train/support_test.jsonl"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let out = records(&crate::headstream_ok(
+        &["run", "--pipeline", &file.to_string_lossy()],
+        input.as_bytes(),
+    ));
+    assert!(out.len() >= 10, "{}", out.len());
+    for r in &out {
+        assert_eq!(r["errors"], json!({}), "{r}");
+        let rust = &r["results"]["rust"];
+        for other in ["js", "py"] {
+            let o = &r["results"][other];
+            assert_eq!(rust["label"], o["label"], "{other}: {r}");
+            let (a, b) = (
+                rust["score"].as_f64().unwrap_or(-1.0),
+                o["score"].as_f64().unwrap_or(1.0),
+            );
+            assert!((a - b).abs() < 1e-4, "{other}: {a} vs {b}: {r}");
+        }
+    }
+}
+
+#[test]
+fn train_refuses_a_component_that_would_not_read_its_weights_layers() {
+    // The 1.0.0 linear classifier implements contract 0.1.0: it cannot ask for layers, so
+    // weights fitted on them would meet the sentence embedding. Nothing is written.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let old = workspace_root().join("tests/fixtures/packages-1.0/sentiment/head.wasm");
+    let out = train_on_layers(dir.path(), "old", Some(&old), "5,6");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("would not read what its weights were trained on (pooled layers 5,6")
+            && said.contains("contract 0.1.0")
+            && said.contains("--layers embedding"),
+        "{said}"
+    );
+    assert!(!dir.path().join("old/manifest.json").exists());
+    // On the embedding it reads, it trains.
+    let out = train_on_layers(dir.path(), "old", Some(&old), "embedding");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("old/manifest.json").exists());
 }

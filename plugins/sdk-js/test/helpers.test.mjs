@@ -4,8 +4,8 @@ import { test } from "node:test";
 
 import * as hs from "../headstream.js";
 
-function safetensors(tensors) {
-  const header = {};
+function safetensors(tensors, metadata) {
+  const header = metadata ? { __metadata__: metadata } : {};
   const chunks = [];
   let offset = 0;
   for (const [name, shape, values] of tensors) {
@@ -111,4 +111,60 @@ test("answers that cannot be sent fail their text, not the batch", () => {
   assert.deepEqual(out[0], { tag: "ok", val: { tag: "json", val: '{"ok":true}' } });
   assert.equal(out[1].tag, "err");
   assert.equal(out[2].val.tag, "invalid-input");
+});
+
+test("a head over layers answers its inputs and gets its layers", () => {
+  const weights = safetensors([["weight", [2, 4], [1, 0, 0, 0, 0, 0, 0, 1]], ["bias", [2], [0, 0]]], { pooled_layers: "5,6" });
+  assert.deepEqual(hs.safetensorsMetadata(weights), { pooled_layers: "5,6" });
+  assert.deepEqual(hs.trainedInputs(weights), { pooledLayers: [5, 6], tokenLayers: [] });
+  assert.deepEqual(hs.trainedInputs(safetensors([["bias", [1], [0]]])), hs.noLayers());
+  assert.throws(() => hs.trainedInputs(safetensors([], { pooled_layers: "5,six" })), /"5,six" is not a list of layers/);
+  assert.throws(() => hs.safetensorsMetadata(safetensors([], { pooled_layers: [5] })), /map names to strings/);
+  assert.deepEqual([...hs.concat([new Float32Array([1, 2]), [3]])], [1, 2, 3]);
+
+  let seen;
+  class Probe extends hs.Head {
+    static describe() {
+      return hs.describe("probe", "1.0.0", "classify");
+    }
+    constructor(config, assets) {
+      super();
+      this.layer = hs.Dense.fromSafetensors(assets.require("weights"));
+      this.wanted = hs.trainedInputs(assets.require("weights"));
+    }
+    inputs() {
+      return this.wanted;
+    }
+    runWith(batch, layers) {
+      seen = layers;
+      return layers.map((s) => hs.classify(["first", "last"], this.layer.forward(hs.concat(s.pooled))));
+    }
+  }
+  const head = hs.exportHead(Probe);
+  assert.deepEqual(head.configure("{}", [{ name: "weights", data: weights }]), { pooledLayers: [5, 6], tokenLayers: [] });
+  const states = [{ pooled: [new Float32Array([3, 0]), new Float32Array([0, 1])], tokens: [] }];
+  const [answer] = head.run([{ id: "t1", text: "text" }], states);
+  assert.equal(answer.val.val.label, "first");
+  assert.equal(seen, states);
+
+  // A head that reads no layer keeps `runOne` and answers no inputs.
+  const plain = hs.exportHead(
+    class extends hs.Head {
+      static describe() {
+        return hs.describe("plain", "1.0.0", "other");
+      }
+      runOne(item) {
+        return { text: item.text };
+      }
+    },
+  );
+  assert.deepEqual(plain.configure("{}", []), hs.noLayers());
+  assert.deepEqual(plain.run([{ text: "hi" }], [{ pooled: [], tokens: [] }])[0], { tag: "ok", val: { tag: "json", val: '{"text":"hi"}' } });
+
+  class Wrong extends Probe {
+    inputs() {
+      return [5, 6];
+    }
+  }
+  assert.throws(() => hs.exportHead(Wrong).configure("{}", [{ name: "weights", data: weights }]), (e) => e.payload?.tag === "invalid" && /inputs\(\) must return/.test(e.message));
 });

@@ -90,9 +90,7 @@ class Dense:
 _dot = getattr(math, "sumprod", None) or (lambda a, b: sum(map(operator.mul, a, b)))
 
 
-def read_safetensors(data: bytes) -> Dict[str, Tuple[List[int], array]]:
-    """Every f32 tensor of a safetensors file: name -> (shape, flat values). Raises `BadAsset`
-    for a file that is not safetensors or holds another dtype."""
+def _safetensors_header(data: bytes) -> Tuple[dict, memoryview]:
     from . import BadAsset
 
     if len(data) < 8:
@@ -104,7 +102,38 @@ def read_safetensors(data: bytes) -> Dict[str, Tuple[List[int], array]]:
         header = json.loads(bytes(data[8:8 + size]))
     except ValueError as e:
         raise BadAsset(f"not safetensors: header is not JSON: {e}") from None
-    body = memoryview(data)[8 + size:]
+    if not isinstance(header, dict):
+        raise BadAsset("not safetensors: header is not a JSON object")
+    return header, memoryview(data)[8 + size:]
+
+
+def safetensors_metadata(data: bytes) -> Dict[str, str]:
+    """The `__metadata__` strings of a safetensors file (empty when it has none): where
+    `headstream train` records what the weights read (`pooled_layers`). Raises `BadAsset` for a
+    file that is not safetensors."""
+    from . import BadAsset
+
+    meta = _safetensors_header(data)[0].get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise BadAsset("safetensors `__metadata__` must map names to strings")
+    return dict(meta)
+
+
+def concat(vectors: Sequence[Sequence[float]]) -> List[float]:
+    """The vectors one after another: the features of a head over several pooled layers
+    (`LayerStates.pooled`), in the order its `inputs()` named them."""
+    out: List[float] = []
+    for v in vectors:
+        out.extend(v)
+    return out
+
+
+def read_safetensors(data: bytes) -> Dict[str, Tuple[List[int], array]]:
+    """Every f32 tensor of a safetensors file: name -> (shape, flat values). Raises `BadAsset`
+    for a file that is not safetensors or holds another dtype."""
+    from . import BadAsset
+
+    header, body = _safetensors_header(data)
     out: Dict[str, Tuple[List[int], array]] = {}
     for name, info in header.items():
         if name == "__metadata__":

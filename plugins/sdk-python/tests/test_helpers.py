@@ -6,12 +6,17 @@ import math
 import struct
 import unittest
 
+from componentize_py_types import Err
+from wit_world.imports import types as wit_types
+
 import headstream_sdk as hs
 from headstream_sdk import helpers
 
 
-def safetensors(tensors):
+def safetensors(tensors, metadata=None):
     header, body = {}, b""
+    if metadata is not None:
+        header["__metadata__"] = metadata
     for name, shape, values in tensors:
         data = struct.pack(f"<{len(values)}f", *values)
         header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(body), len(body) + len(data)]}
@@ -85,6 +90,77 @@ class Helpers(unittest.TestCase):
         with self.assertRaises(hs.MissingAsset):
             hs.Assets([]).require("weights")
 
+
+class LayersTest(unittest.TestCase):
+    """A head over the encoder's layers: what it asks for, and what reaches `run_with`."""
+
+    WEIGHTS = safetensors([("weight", [2, 4], [1, 0, 0, 0, 0, 0, 0, 1]), ("bias", [2], [0, 0])],
+                          metadata={"pooled_layers": "5,6"})
+
+    def test_trained_inputs_read_the_layers_from_the_weights(self):
+        self.assertEqual(hs.safetensors_metadata(self.WEIGHTS), {"pooled_layers": "5,6"})
+        wanted = hs.trained_inputs(self.WEIGHTS)
+        self.assertEqual((wanted.pooled_layers, wanted.token_layers), ([5, 6], []))
+        plain = safetensors([("weight", [1, 1], [1]), ("bias", [1], [0])])
+        self.assertEqual(hs.trained_inputs(plain), hs.no_layers())
+        bad = safetensors([("bias", [1], [0])], metadata={"pooled_layers": "5,six"})
+        with self.assertRaisesRegex(hs.BadAsset, "pooled_layers '5,six' is not a list of layers"):
+            hs.trained_inputs(bad)
+        with self.assertRaisesRegex(hs.BadAsset, "map names to strings"):
+            hs.safetensors_metadata(safetensors([], metadata={"pooled_layers": [5]}))
+        self.assertEqual(hs.concat([[1.0, 2.0], [3.0]]), [1.0, 2.0, 3.0])
+
+    def test_the_exported_head_answers_its_inputs_and_gets_its_layers(self):
+        seen = {}
+
+        class Probe(hs.Head):
+            @staticmethod
+            def describe():
+                return hs.describe("probe", "1.0.0", hs.TaskKind.CLASSIFY)
+
+            def __init__(self, config, assets):
+                self.layer = hs.Dense.from_safetensors(assets.require("weights"))
+                self.wanted = hs.trained_inputs(assets.require("weights"))
+
+            def inputs(self):
+                return self.wanted
+
+            def run_with(self, batch, layers):
+                seen["layers"] = layers
+                return [hs.classify(["first", "last"], self.layer.forward(hs.concat(s.pooled)))
+                        for s in layers]
+
+        exported = hs.export(Probe)()
+        asked = exported.configure("{}", [wit_types.Asset("weights", self.WEIGHTS)])
+        self.assertEqual((asked.pooled_layers, asked.token_layers), ([5, 6], []))
+        item = wit_types.Item("t1", "text", [0.0] * 384, None, [])
+        states = [hs.LayerStates([[3.0, 0.0], [0.0, 1.0]], [])]
+        [answer] = exported.run([item], states)
+        self.assertEqual(answer.value.value.label, "first")
+        self.assertIs(seen["layers"], states)
+
+        class Plain(Probe):
+            def inputs(self):
+                return hs.no_layers()
+
+            def run_one(self, item):
+                return hs.Json({"width": len(item.embedding)})
+
+            run_with = hs.Head.run_with
+
+        exported = hs.export(Plain)()
+        self.assertEqual(exported.configure("{}", [wit_types.Asset("weights", self.WEIGHTS)]),
+                         hs.no_layers())
+        [answer] = exported.run([item], [hs.LayerStates([], [])])
+        self.assertEqual(json.loads(answer.value.value), {"width": 384})
+
+        class Wrong(Probe):
+            def inputs(self):
+                return [5, 6]
+
+        with self.assertRaises(Err) as refused:
+            hs.export(Wrong)().configure("{}", [wit_types.Asset("weights", self.WEIGHTS)])
+        self.assertIn("inputs() returned a list, not Inputs", refused.exception.value.value)
 
 
 class ViterbiTest(unittest.TestCase):
