@@ -403,7 +403,7 @@ pub fn train_classifier(
                 folds,
                 options.seed,
                 &cv_options,
-            );
+            )?;
             let choice = match options.c {
                 Some(c) => {
                     let accuracy = cv.score(c)?;

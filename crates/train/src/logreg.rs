@@ -46,6 +46,7 @@ impl Features {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
+    #[cfg(test)]
     fn subset(&self, rows: &[usize]) -> Self {
         let mut out = Self::new(self.cols);
         out.data.reserve(rows.len() * self.cols);
@@ -220,6 +221,7 @@ impl LinearModel {
 }
 
 /// Weighted one-hot targets: row `i` holds its weight (class weight × row weight) at its class.
+#[derive(Debug)]
 struct Targets {
     /// `[n, k]`.
     target: Tensor,
@@ -237,28 +239,36 @@ impl Targets {
         class_weight: ClassWeight,
         dev: &Device,
     ) -> candle_core::Result<Self> {
-        let (n, k) = (y.len(), classes);
+        // Rows weighted zero (a fold's held-out rows) are not there: they count in no class.
+        let k = classes;
+        let present = |i: usize| row_weights.is_none_or(|w| w.get(i).is_none_or(|&w| w != 0.0));
         let mut counts = vec![0usize; k];
-        y.iter().for_each(|&c| counts[c] += 1);
+        let mut n = 0;
+        for (i, &c) in y.iter().enumerate() {
+            if present(i) {
+                counts[c] += 1;
+                n += 1;
+            }
+        }
         let weights: Vec<f32> = y
             .iter()
             .enumerate()
             .map(|(i, &c)| {
                 let class = match class_weight {
                     ClassWeight::Uniform => 1.0,
-                    ClassWeight::Balanced => n as f32 / (k as f32 * counts[c] as f32),
+                    ClassWeight::Balanced => n as f32 / (k as f32 * counts[c].max(1) as f32),
                 };
                 class * row_weights.and_then(|w| w.get(i)).copied().unwrap_or(1.0)
             })
             .collect();
         let total = weights.iter().map(|&w| f64::from(w)).sum();
-        let mut target = vec![0f32; n * k];
+        let mut target = vec![0f32; y.len() * k];
         for (i, (&c, &w)) in y.iter().zip(&weights).enumerate() {
             target[i * k + c] = w;
         }
         Ok(Self {
-            target: Tensor::from_vec(target, (n, k), dev)?,
-            weights: Tensor::from_vec(weights, (n, 1), dev)?,
+            target: Tensor::from_vec(target, (y.len(), k), dev)?,
+            weights: Tensor::from_vec(weights, (y.len(), 1), dev)?,
             total,
         })
     }
@@ -486,22 +496,46 @@ pub fn stratified_folds(y: &[usize], classes: usize, folds: usize, seed: u64) ->
 /// fit starts from zero, as scikit-learn's do: with its looser tolerance a warm start from a
 /// neighbouring `C` stops at once, on that `C`'s optimum (the regulariser's share of the mean
 /// gradient is small).
+///
+/// The folds' fits run in lockstep: every L-BFGS step of every fold is evaluated in one pass
+/// over the whole matrix (each fold's held-out rows weigh zero in its objective), so the matrix
+/// is read once per step instead of once per fold — the products are thin (`classes` columns a
+/// fold) and memory-bound. Each fold's objective, and so its optimum, is the one it would have
+/// alone.
 #[derive(Debug)]
 pub struct CrossValidation<'a> {
     x: &'a Features,
     y: &'a [usize],
     classes: usize,
     options: FitOptions,
-    /// Per fold: training rows (features, labels, weights) and held-out rows.
-    folds: Vec<Fold>,
+    /// The whole matrix, `[n, d]`.
+    xt: Tensor,
+    /// Per fold: its weighted targets over every row (zero on its held-out rows).
+    targets: Vec<Targets>,
+    /// Per fold: its held-out rows.
+    held: Vec<Vec<usize>>,
 }
 
-#[derive(Debug)]
-struct Fold {
-    x: Features,
-    y: Vec<usize>,
-    weights: Option<Vec<f32>>,
-    held: Vec<usize>,
+/// One fold's request for its objective at `params`, answered on `reply`.
+struct Evaluation {
+    fold: usize,
+    params: Vec<f64>,
+    reply: std::sync::mpsc::Sender<candle_core::Result<(f64, Vec<f64>)>>,
+}
+
+enum Request {
+    Evaluate(Evaluation),
+    /// A fold's fit ended (sent on drop: also when it fails).
+    Done,
+}
+
+/// Tells the evaluator a fold is done when its thread ends, however it ends.
+struct DoneOnDrop(std::sync::mpsc::Sender<Request>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(Request::Done);
+    }
 }
 
 impl<'a> CrossValidation<'a> {
@@ -515,49 +549,44 @@ impl<'a> CrossValidation<'a> {
         folds: usize,
         seed: u64,
         options: &FitOptions,
-    ) -> Self {
+    ) -> candle_core::Result<Self> {
         let assignment = stratified_folds(y, classes, folds, seed);
-        let folds = (0..folds)
-            .map(|fold| {
-                let train: Vec<usize> = (0..y.len()).filter(|&i| assignment[i] != fold).collect();
-                Fold {
-                    x: x.subset(&train),
-                    y: train.iter().map(|&i| y[i]).collect(),
-                    weights: weights.map(|w| {
-                        train
-                            .iter()
-                            .map(|&i| w.get(i).copied().unwrap_or(1.0))
-                            .collect()
-                    }),
-                    held: (0..y.len()).filter(|&i| assignment[i] == fold).collect(),
-                }
-            })
+        let dev = Device::Cpu;
+        let held = (0..folds)
+            .map(|fold| (0..y.len()).filter(|&i| assignment[i] == fold).collect())
             .collect();
-        Self {
+        let targets = (0..folds)
+            .map(|fold| {
+                let row_weights: Vec<f32> = (0..y.len())
+                    .map(|i| {
+                        if assignment[i] == fold {
+                            0.0
+                        } else {
+                            weights.and_then(|w| w.get(i)).copied().unwrap_or(1.0)
+                        }
+                    })
+                    .collect();
+                Targets::new(y, Some(&row_weights), classes, options.class_weight, &dev)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
             x,
             y,
             classes,
             options: *options,
-            folds,
-        }
+            xt: Tensor::from_slice(&x.data, (x.rows(), x.cols), &dev)?,
+            targets,
+            held,
+        })
     }
 
     /// The mean held-out accuracy of `c`.
     pub fn score(&mut self, c: f64) -> candle_core::Result<f64> {
-        let opts = FitOptions { c, ..self.options };
         let started = std::time::Instant::now();
+        let models = self.fit_folds(c)?;
         let (mut iterations, mut correct) = (0, 0);
-        for fold in &self.folds {
-            let model = fit_from(
-                &fold.x,
-                &fold.y,
-                fold.weights.as_deref(),
-                self.classes,
-                &opts,
-                None,
-            )?;
-            correct += fold
-                .held
+        for (held, model) in self.held.iter().zip(&models) {
+            correct += held
                 .iter()
                 .filter(|&&i| model.predict(self.x.row(i)) == self.y[i])
                 .count();
@@ -572,6 +601,157 @@ impl<'a> CrossValidation<'a> {
             "cross-validated C"
         );
         Ok(accuracy)
+    }
+
+    /// Fits every fold at `c`: one L-BFGS per fold, each on its own thread, whose objective
+    /// asks this thread; a step is evaluated when every fold still running has asked.
+    fn fit_folds(&self, c: f64) -> candle_core::Result<Vec<LinearModel>> {
+        use std::sync::mpsc;
+        let (d, k) = (self.x.cols, self.classes);
+        let lost = || candle_core::Error::Msg("cross-validation: the evaluator stopped".into());
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::scope(|scope| {
+            let fits: Vec<_> = (0..self.targets.len())
+                .map(|fold| {
+                    let done = DoneOnDrop(tx.clone());
+                    let options = self.options.lbfgs;
+                    scope.spawn(move || {
+                        let (reply, answers) = mpsc::channel();
+                        let objective = |p: &[f64]| {
+                            let ask = Request::Evaluate(Evaluation {
+                                fold,
+                                params: p.to_vec(),
+                                reply: reply.clone(),
+                            });
+                            done.0.send(ask).map_err(|_| lost())?;
+                            answers.recv().map_err(|_| lost())?
+                        };
+                        lbfgs::minimize(objective, vec![0.0; k * d + k], options)
+                    })
+                })
+                .collect();
+            drop(tx);
+            let (mut running, mut asked) = (fits.len(), Vec::new());
+            while running > 0 {
+                match rx.recv() {
+                    Ok(Request::Evaluate(e)) => asked.push(e),
+                    Ok(Request::Done) => running -= 1,
+                    Err(_) => break,
+                }
+                if !asked.is_empty() && asked.len() == running {
+                    let batch = std::mem::take(&mut asked);
+                    match self.evaluate(&batch, c) {
+                        Ok(answers) => {
+                            for (e, answer) in batch.into_iter().zip(answers) {
+                                let _ = e.reply.send(Ok(answer));
+                            }
+                        }
+                        Err(error) => {
+                            let said = error.to_string();
+                            for e in batch {
+                                let _ = e.reply.send(Err(candle_core::Error::Msg(said.clone())));
+                            }
+                        }
+                    }
+                }
+            }
+            fits.into_iter()
+                .map(|fit| {
+                    let out = fit.join().map_err(|_| {
+                        candle_core::Error::Msg("cross-validation: a fold's fit panicked".into())
+                    })??;
+                    let params: Vec<f32> = out.x.iter().map(|&v| v as f32).collect();
+                    Ok(LinearModel {
+                        weight: params[..k * d].to_vec(),
+                        bias: params[k * d..].to_vec(),
+                        classes: k,
+                        dim: d,
+                        iterations: out.iterations,
+                        converged: out.converged,
+                        hidden: None,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Every asked fold's objective (`fit_from`'s) and gradient at its parameters, from one
+    /// pair of products over the whole matrix.
+    fn evaluate(&self, batch: &[Evaluation], c: f64) -> candle_core::Result<Vec<(f64, Vec<f64>)>> {
+        let (n, d, k, m) = (self.x.rows(), self.x.cols, self.classes, batch.len());
+        let dev = Device::Cpu;
+        let mut w = Vec::with_capacity(m * k * d);
+        let mut b = Vec::with_capacity(m * k);
+        for e in batch {
+            w.extend(e.params[..k * d].iter().map(|&v| v as f32));
+            b.extend(e.params[k * d..].iter().map(|&v| v as f32));
+        }
+        let w = Tensor::from_vec(w, (m * k, d), &dev)?;
+        let b = Tensor::from_vec(b, m * k, &dev)?;
+        let logits = self
+            .xt
+            .matmul(&w.t()?)?
+            .broadcast_add(&b)?
+            .reshape((n, m, k))?;
+        let target = Tensor::stack(
+            &batch
+                .iter()
+                .map(|e| &self.targets[e.fold].target)
+                .collect::<Vec<_>>(),
+            1,
+        )?;
+        let weights = Tensor::stack(
+            &batch
+                .iter()
+                .map(|e| &self.targets[e.fold].weights)
+                .collect::<Vec<_>>(),
+            1,
+        )?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let log_probs = shifted.broadcast_sub(&lse)?;
+        // Per row and fold in f32, each fold's total in f64, as `Targets::cross_entropy`.
+        let per_row: Vec<f32> = (&target * &log_probs)?
+            .sum(D::Minus1)?
+            .flatten_all()?
+            .to_vec1()?;
+        let grad = (log_probs.exp()?.broadcast_mul(&weights)? - &target)?.reshape((n, m * k))?;
+        let grad_w: Vec<f32> = grad
+            .t()?
+            .contiguous()?
+            .matmul(&self.xt)?
+            .flatten_all()?
+            .to_vec1()?;
+        let grad_b: Vec<f32> = grad.sum(0)?.to_vec1()?;
+        Ok(batch
+            .iter()
+            .enumerate()
+            .map(|(j, e)| {
+                let total = self.targets[e.fold].total;
+                let ce = -per_row
+                    .iter()
+                    .skip(j)
+                    .step_by(m)
+                    .map(|&v| f64::from(v))
+                    .sum::<f64>();
+                let p = &e.params;
+                let norm: f64 = p[..k * d].iter().map(|v| v * v).sum();
+                let mut g = Vec::with_capacity(p.len());
+                g.extend(
+                    grad_w[j * k * d..(j + 1) * k * d]
+                        .iter()
+                        .zip(&p[..k * d])
+                        .map(|(&g, &wv)| (f64::from(g) + wv / c) / total),
+                );
+                g.extend(
+                    grad_b[j * k..(j + 1) * k]
+                        .iter()
+                        .map(|&g| f64::from(g) / total),
+                );
+                ((ce + 0.5 * norm / c) / total, g)
+            })
+            .collect())
     }
 }
 
@@ -588,7 +768,7 @@ pub fn cross_validate(
     seed: u64,
     options: &FitOptions,
 ) -> candle_core::Result<Vec<CvScore>> {
-    let mut cv = CrossValidation::new(x, y, weights, classes, folds, seed, options);
+    let mut cv = CrossValidation::new(x, y, weights, classes, folds, seed, options)?;
     grid.iter()
         .map(|&c| {
             Ok(CvScore {
@@ -845,6 +1025,46 @@ mod tests {
     }
 
     #[test]
+    fn folds_fitted_in_lockstep_reach_the_optimum_each_would_alone() -> candle_core::Result<()> {
+        // Imbalanced and weighted (balanced classes, one row counting triple): each fold's
+        // objective in the shared pass must be exactly its own rows' one.
+        let (x, y) = blobs_with(150, |i| match i % 10 {
+            0..6 => 0,
+            6..9 => 1,
+            _ => 2,
+        });
+        let mut weights = vec![1.0f32; 150];
+        weights[7] = 3.0;
+        let options = FitOptions {
+            c: 0.3,
+            class_weight: ClassWeight::Balanced,
+            ..FitOptions::default()
+        };
+        let cv = CrossValidation::new(&x, &y, Some(&weights), 3, 5, 0, &options)?;
+        let together = cv.fit_folds(options.c)?;
+        let folds = stratified_folds(&y, 3, 5, 0);
+        for (f, model) in together.iter().enumerate() {
+            let train: Vec<usize> = (0..150).filter(|&i| folds[i] != f).collect();
+            let rows_y: Vec<usize> = train.iter().map(|&i| y[i]).collect();
+            let rows_w: Vec<f32> = train.iter().map(|&i| weights[i]).collect();
+            let alone = fit_weighted(&x.subset(&train), &rows_y, &rows_w, 3, &options)?;
+            assert!(model.converged && alone.converged, "fold {f}");
+            for (a, b) in model
+                .weight
+                .iter()
+                .chain(&model.bias)
+                .zip(alone.weight.iter().chain(&alone.bias))
+            {
+                assert!(
+                    (a - b).abs() < 1e-3 * (1.0 + b.abs()),
+                    "fold {f}: {a} vs {b}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn the_c_search_walks_until_the_best_is_inside_what_it_scored() -> candle_core::Result<()> {
         let (x, y) = blobs_with(150, |i| match i % 10 {
             0..6 => 0,
@@ -856,7 +1076,7 @@ mod tests {
             start: 1e-5,
             ..CSearch::default()
         };
-        let mut cv = CrossValidation::new(&x, &y, None, 3, 5, 0, &FitOptions::default());
+        let mut cv = CrossValidation::new(&x, &y, None, 3, 5, 0, &FitOptions::default())?;
         let choice = search_c(&mut cv, search)?;
         assert!(choice.accuracy > 0.9, "{choice:?}");
         assert!(!choice.at_bound, "{choice:?}");
@@ -869,7 +1089,7 @@ mod tests {
             bounds: (1e-6, 1e-5),
             ..CSearch::default()
         };
-        let mut cv = CrossValidation::new(&x, &y, None, 3, 5, 0, &FitOptions::default());
+        let mut cv = CrossValidation::new(&x, &y, None, 3, 5, 0, &FitOptions::default())?;
         let choice = search_c(&mut cv, bounded)?;
         assert!(choice.at_bound, "{choice:?}");
         Ok(())
