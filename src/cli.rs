@@ -530,7 +530,8 @@ pub struct TrainArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), requires = "c")]
     pub hidden: Option<u32>,
     /// Classify: where the features come from. `auto` (the default): cross-validation chooses
-    /// among the sentence embedding, the top four layers and every layer; `embedding`: the
+    /// between the sentence embedding and the top four layers (with --shots: the top four
+    /// layers, at C = 0.01 unless --c); `embedding`: the
     /// sentence embedding; a list of encoder layers (0 = embedding layer output .. 6 = last
     /// for all-MiniLM-L6-v2), e.g. `3,4,5,6`: their mean-pooled states, concatenated and
     /// standardised (the head asks the host for them).

@@ -4,8 +4,8 @@
 //!   reach the scikit-learn probe's accuracy (SST-2 81.1%, AG News 88.1%, TREC 91.4%), and the
 //!   entity head keeps its measured F1 on CoNLL-2003 test (0.687; the 0.80 target is not reached
 //!   by a linear head on this encoder);
-//! - 8-shot heads (mean over seeds 0–4) reach the probe's few-shot accuracy (SST-2 63.7%,
-//!   AG News 77.3%, TREC 49.9%).
+//! - 8-shot heads (mean over seeds 0–4, `--shots`' recipe: the top four layers, C = 0.01) reach
+//!   SST-2 68%, AG News 77.3%, TREC 66%.
 //!
 //! Embeddings go through the default on-disk cache, so reruns only pay for the few-shot fits.
 
@@ -99,14 +99,22 @@ fn eight_shot_heads_reach_the_probe_accuracy() {
     let mut cache = cache(encoder);
     let datasets = shared_dir().join("datasets");
     let mut failures = Vec::new();
-    for (name, bar) in [("sst2", 0.637), ("ag_news", 0.773), ("trec", 0.499)] {
+    // Bars: the probe's on its own samples (SST-2 63.7%, AG News 77.3%, TREC 49.9%), raised
+    // where the top-four-layer recipe measured higher (SST-2 68.8%, TREC 66.8%).
+    for (name, bar) in [("sst2", 0.68), ("ag_news", 0.773), ("trec", 0.66)] {
         let train = data::read_examples(&datasets.join(name).join("train.jsonl"))
             .unwrap_or_else(|e| panic!("{e}"));
         let test = data::read_examples(&datasets.join(name).join("test.jsonl"))
             .unwrap_or_else(|e| panic!("{e}"));
         let texts: Vec<&str> = test.iter().map(|e| e.text.as_str()).collect();
-        let x = headstream_train::embed(encoder, &texts, Some(&mut cache))
+        // Layers 3-6's pooled states side by side (the standardisation is in the weights).
+        let (_, all) = headstream_train::sentence_features(encoder, &texts, Some(&mut cache), true)
             .unwrap_or_else(|e| panic!("{e}"));
+        let all = all.unwrap_or_else(|| panic!("no layer states"));
+        let hidden = encoder.hidden_size();
+        let rows: Vec<Vec<f32>> = (0..texts.len())
+            .map(|i| all.row(i)[3 * hidden..7 * hidden].to_vec())
+            .collect();
         let mut accuracies = Vec::new();
         for seed in 0..5 {
             let shots = data::sample_shots(&train, 8, seed);
@@ -117,8 +125,8 @@ fn eight_shot_heads_reach_the_probe_accuracy() {
                     seed,
                     // What `headstream train --shots` does by default.
                     label_names: Some(2.0),
-                    c: Some(1.0),
-                    features: vec![FeatureSource::Embedding],
+                    c: Some(0.01),
+                    features: vec![FeatureSource::Pooled(vec![3, 4, 5, 6])],
                     ..ClassifyOptions::default()
                 },
                 Some(&mut cache),
@@ -127,7 +135,7 @@ fn eight_shot_heads_reach_the_probe_accuracy() {
             let correct = test
                 .iter()
                 .enumerate()
-                .filter(|(i, e)| trained.labels[trained.model.predict(x.row(*i))] == e.label)
+                .filter(|(i, e)| trained.labels[trained.model.predict(&rows[*i])] == e.label)
                 .count();
             accuracies.push(correct as f64 / test.len() as f64);
         }
