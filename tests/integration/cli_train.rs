@@ -492,3 +492,43 @@ fn packages_trained_on_the_last_layer_score_as_they_did() -> Result<(), Box<dyn 
     }
     Ok(())
 }
+
+#[test]
+fn few_shot_heads_read_the_top_four_layers_at_the_measured_c()
+-> Result<(), Box<dyn std::error::Error>> {
+    // `--shots` fixes the recipe that measured best at 8 shots (heads/README.md): the top four
+    // layers, C = 0.01, the label names as examples; the packaged head asks for those layers.
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("few");
+    let trained = json_out(&headstream(
+        &[
+            "train",
+            "--kind",
+            "classify",
+            "--data",
+            &s(&fixture("train/support_train.jsonl")),
+            "--eval",
+            &s(&fixture("train/support_test.jsonl")),
+            "--shots",
+            "4",
+            "--out",
+            &s(&package),
+        ],
+        b"",
+    ));
+    let h = &trained["hyperparameters"];
+    assert_eq!(
+        h["features"]["pooled_layers"],
+        serde_json::json!([3, 4, 5, 6]),
+        "{trained:#}"
+    );
+    assert_eq!(h["c"], 0.01, "{trained:#}");
+    assert_eq!(h["label_names"]["weight"], 2.0, "{trained:#}");
+    assert_eq!(h["cross_validation"], Value::Null, "{trained:#}");
+    assert_eq!(trained["examples"], 12, "{trained:#}");
+    assert!(
+        trained["metrics"]["accuracy"].as_f64().is_some(),
+        "{trained:#}"
+    );
+    Ok(())
+}
