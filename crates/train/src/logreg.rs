@@ -120,6 +120,20 @@ pub struct Hidden {
 }
 
 impl LinearModel {
+    /// The linear model at an L-BFGS outcome over `classes × dim` weights then `classes` biases.
+    fn from_outcome(out: lbfgs::Outcome, classes: usize, dim: usize) -> Self {
+        let params: Vec<f32> = out.x.iter().map(|&v| v as f32).collect();
+        Self {
+            weight: params[..classes * dim].to_vec(),
+            bias: params[classes * dim..].to_vec(),
+            classes,
+            dim,
+            iterations: out.iterations,
+            converged: out.converged,
+            hidden: None,
+        }
+    }
+
     /// Each class's score (logit) for `x`, as [`LinearModel::predict`] compares them (a linear
     /// model; an MLP's hidden layer is applied first).
     pub fn logits(&self, x: &[f32]) -> Vec<f32> {
@@ -277,16 +291,21 @@ impl Targets {
     /// them. Per-row sums in f32, the total in f64: keeps the objective precise enough for the
     /// line search near the optimum.
     fn cross_entropy(&self, logits: &Tensor) -> candle_core::Result<(f64, Tensor)> {
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let log_probs = shifted.broadcast_sub(&lse)?;
+        let log_probs = log_softmax(logits)?;
         // -Σ target ⊙ log p (target rows hold wᵢ at the true class).
         let per_row: Vec<f32> = (&self.target * &log_probs)?.sum(1)?.to_vec1()?;
         let ce = -per_row.iter().map(|&v| f64::from(v)).sum::<f64>();
         let grad = (log_probs.exp()?.broadcast_mul(&self.weights)? - &self.target)?;
         Ok((ce, grad))
     }
+}
+
+/// Log-probabilities over the last dimension of `logits`, computed stably (max subtracted).
+fn log_softmax(logits: &Tensor) -> candle_core::Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
 }
 
 /// Trains on `x` with labels `y` (each `< classes`).
@@ -347,17 +366,7 @@ fn fit_from(
         let grad_b = grad_logits.sum(0)?;
         let grad_w: Vec<f32> = grad_w.flatten_all()?.to_vec1()?;
         let grad_b: Vec<f32> = grad_b.to_vec1()?;
-        let norm: f64 = p[..k * d].iter().map(|v| v * v).sum();
-        let value = (ce + 0.5 * norm / c) / total;
-        let mut grad = Vec::with_capacity(p.len());
-        grad.extend(
-            grad_w
-                .iter()
-                .zip(&p[..k * d])
-                .map(|(&g, &wv)| (f64::from(g) + wv / c) / total),
-        );
-        grad.extend(grad_b.iter().map(|&g| f64::from(g) / total));
-        Ok((value, grad))
+        Ok(regularised(ce, &grad_w, &grad_b, p, c, total))
     };
     let x0 = match start {
         Some(m) => m
@@ -368,17 +377,35 @@ fn fit_from(
             .collect(),
         None => vec![0.0; k * d + k],
     };
-    let out = lbfgs::minimize(objective, x0, options.lbfgs)?;
-    let params: Vec<f32> = out.x.iter().map(|&v| v as f32).collect();
-    Ok(LinearModel {
-        weight: params[..k * d].to_vec(),
-        bias: params[k * d..].to_vec(),
-        classes: k,
-        dim: d,
-        iterations: out.iterations,
-        converged: out.converged,
-        hidden: None,
-    })
+    Ok(LinearModel::from_outcome(
+        lbfgs::minimize(objective, x0, options.lbfgs)?,
+        k,
+        d,
+    ))
+}
+
+/// `(C·ΣCE + ½‖W‖²) / total` and its gradient, from the cross-entropy `ce` and its gradients
+/// `grad_w`, `grad_b` at parameters `p` (`W` row-major, then the biases): the objective of every
+/// linear fit, alone or in lockstep.
+fn regularised(
+    ce: f64,
+    grad_w: &[f32],
+    grad_b: &[f32],
+    p: &[f64],
+    c: f64,
+    total: f64,
+) -> (f64, Vec<f64>) {
+    let kd = grad_w.len();
+    let norm: f64 = p[..kd].iter().map(|v| v * v).sum();
+    let mut grad = Vec::with_capacity(p.len());
+    grad.extend(
+        grad_w
+            .iter()
+            .zip(&p[..kd])
+            .map(|(&g, &wv)| (f64::from(g) + wv / c) / total),
+    );
+    grad.extend(grad_b.iter().map(|&g| f64::from(g) / total));
+    ((ce + 0.5 * norm / c) / total, grad)
 }
 
 /// Trains a small MLP head: one ReLU layer of `units` before the softmax, L2 on both weight
@@ -660,16 +687,7 @@ impl<'a> CrossValidation<'a> {
                     let out = fit.join().map_err(|_| {
                         candle_core::Error::Msg("cross-validation: a fold's fit panicked".into())
                     })??;
-                    let params: Vec<f32> = out.x.iter().map(|&v| v as f32).collect();
-                    Ok(LinearModel {
-                        weight: params[..k * d].to_vec(),
-                        bias: params[k * d..].to_vec(),
-                        classes: k,
-                        dim: d,
-                        iterations: out.iterations,
-                        converged: out.converged,
-                        hidden: None,
-                    })
+                    Ok(LinearModel::from_outcome(out, k, d))
                 })
                 .collect()
         })
@@ -707,10 +725,7 @@ impl<'a> CrossValidation<'a> {
                 .collect::<Vec<_>>(),
             1,
         )?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let log_probs = shifted.broadcast_sub(&lse)?;
+        let log_probs = log_softmax(&logits)?;
         // Per row and fold in f32, each fold's total in f64, as `Targets::cross_entropy`.
         let per_row: Vec<f32> = (&target * &log_probs)?
             .sum(D::Minus1)?
@@ -728,28 +743,20 @@ impl<'a> CrossValidation<'a> {
             .iter()
             .enumerate()
             .map(|(j, e)| {
-                let total = self.targets[e.fold].total;
                 let ce = -per_row
                     .iter()
                     .skip(j)
                     .step_by(m)
                     .map(|&v| f64::from(v))
                     .sum::<f64>();
-                let p = &e.params;
-                let norm: f64 = p[..k * d].iter().map(|v| v * v).sum();
-                let mut g = Vec::with_capacity(p.len());
-                g.extend(
-                    grad_w[j * k * d..(j + 1) * k * d]
-                        .iter()
-                        .zip(&p[..k * d])
-                        .map(|(&g, &wv)| (f64::from(g) + wv / c) / total),
-                );
-                g.extend(
-                    grad_b[j * k..(j + 1) * k]
-                        .iter()
-                        .map(|&g| f64::from(g) / total),
-                );
-                ((ce + 0.5 * norm / c) / total, g)
+                regularised(
+                    ce,
+                    &grad_w[j * k * d..(j + 1) * k * d],
+                    &grad_b[j * k..(j + 1) * k],
+                    &e.params,
+                    c,
+                    self.targets[e.fold].total,
+                )
             })
             .collect())
     }
