@@ -473,22 +473,10 @@ pub fn train_classifier(
             options.seed,
             &fit_options,
         )?,
-        // From the folds' mean model at the chosen C: near this optimum, it must still shrink
-        // its gradient tenfold (and meet the final fit's tolerance).
-        None => logreg::fit_weighted_warm(
-            &x,
-            &y,
-            &weights,
-            labels.len(),
-            &FitOptions {
-                lbfgs: lbfgs::Options {
-                    grad_reduction: logreg::WARM_GRAD_REDUCTION,
-                    ..fit_options.lbfgs
-                },
-                ..fit_options
-            },
-            start.as_ref(),
-        )?,
+        // From the folds' mean model at the chosen C, when cross-validated.
+        None => {
+            logreg::fit_weighted_warm(&x, &y, &weights, labels.len(), &fit_options, start.as_ref())?
+        }
     };
     if let Some((mean, scale)) = &standardised {
         model.fold_standardisation(mean, scale);

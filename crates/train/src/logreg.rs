@@ -341,8 +341,8 @@ pub fn fit_weighted(
 }
 
 /// Trains like [`fit`], starting from `start` (a model of the same shape, e.g. the optimum
-/// at a neighbouring `C`) instead of zero ([`lbfgs::Options::grad_reduction`] makes it move
-/// even from a start that already meets the tolerance).
+/// at a neighbouring `C`) instead of zero. It stops at once if the start already meets the
+/// tolerance; [`fit_weighted_warm`] does not.
 pub fn fit_warm(
     x: &Features,
     y: &[usize],
@@ -353,7 +353,9 @@ pub fn fit_warm(
     fit_from(x, y, None, classes, options, start)
 }
 
-/// [`fit_weighted`] from `start` (see [`fit_warm`]).
+/// [`fit_weighted`] from `start` (e.g. the folds' mean model at the same `C`), which it must
+/// leave: it also shrinks the starting gradient by [`WARM_GRAD_REDUCTION`], as a warm-started
+/// cross-validation fit does. Without a start it is [`fit_weighted`].
 pub fn fit_weighted_warm(
     x: &Features,
     y: &[usize],
@@ -362,7 +364,19 @@ pub fn fit_weighted_warm(
     options: &FitOptions,
     start: Option<&LinearModel>,
 ) -> candle_core::Result<LinearModel> {
-    fit_from(x, y, Some(weights), classes, options, start)
+    let options = FitOptions {
+        lbfgs: leaving_the_start(options.lbfgs, start.is_some()),
+        ..*options
+    };
+    fit_from(x, y, Some(weights), classes, &options, start)
+}
+
+/// `options`, requiring [`WARM_GRAD_REDUCTION`] when the fit starts from a given model.
+fn leaving_the_start(options: lbfgs::Options, warm: bool) -> lbfgs::Options {
+    lbfgs::Options {
+        grad_reduction: if warm { WARM_GRAD_REDUCTION } else { 0.0 },
+        ..options
+    }
 }
 
 fn fit_from(
@@ -566,7 +580,7 @@ pub struct CrossValidation<'a> {
     fitted: Vec<(f64, Vec<LinearModel>)>,
 }
 
-/// How far a warm-started cross-validation fit must shrink its starting gradient
+/// How far a warm-started fit must shrink its starting gradient
 /// ([`lbfgs::Options::grad_reduction`]).
 pub const WARM_GRAD_REDUCTION: f64 = 0.1;
 
@@ -716,16 +730,9 @@ impl<'a> CrossValidation<'a> {
             let fits: Vec<_> = (0..self.targets.len())
                 .map(|fold| {
                     let done = DoneOnDrop(tx.clone());
-                    let (x0, options) = match start.and_then(|models| models.get(fold)) {
-                        Some(m) => (
-                            m.parameters(),
-                            lbfgs::Options {
-                                grad_reduction: WARM_GRAD_REDUCTION,
-                                ..self.options.lbfgs
-                            },
-                        ),
-                        None => (vec![0.0; k * d + k], self.options.lbfgs),
-                    };
+                    let from = start.and_then(|models| models.get(fold));
+                    let options = leaving_the_start(self.options.lbfgs, from.is_some());
+                    let x0 = from.map_or_else(|| vec![0.0; k * d + k], LinearModel::parameters);
                     scope.spawn(move || {
                         let (reply, answers) = mpsc::channel();
                         let objective = |p: &[f64]| {
@@ -924,9 +931,9 @@ pub fn search_c(cv: &mut CrossValidation<'_>, search: CSearch) -> candle_core::R
 /// Chooses the `C` whose `score` (higher is better: cross-validated accuracy, entity F1 on a dev
 /// split) is best: a walk by factors of `step` from `start`, upwards, then downwards unless the
 /// climb rose above the start, each direction until `patience` worse scores in a row (an equal
-/// one does not count) or a bound, then the best's neighbours at the square root of `step`. The best is therefore never at the
-/// edge of what was scored unless it is at a bound. Ties go to the smaller `C`. `score` is
-/// called at most once per `C`.
+/// one does not count) or a bound, then the best's neighbours at the square root of `step`.
+/// The best is therefore never at the edge of what was scored unless it is at a bound. Ties go
+/// to the smaller `C`. `score` is called at most once per `C`.
 pub fn walk_c<E>(
     search: CSearch,
     mut score: impl FnMut(f64) -> Result<f64, E>,
@@ -1227,48 +1234,35 @@ mod tests {
 
     #[test]
     fn a_walk_that_climbs_above_its_start_does_not_walk_down() {
-        // A single peak at 1: from 0.01 the climb passes it; below 0.01 nothing is scored.
-        let peak = |c: f64| -(c.log10()).abs();
-        let mut asked = Vec::new();
-        let choice = walk_c(
-            CSearch {
-                start: Some(0.01),
-                ..CSearch::default()
-            },
-            |c| -> Result<f64, ()> {
-                asked.push(c);
-                Ok(peak(c))
-            },
-        );
-        assert!(choice.is_ok_and(|ch| (ch.c - 1.0).abs() < 1e-9));
+        // A single peak at 1. Returns the chosen C and every C scored, in order.
+        let walk_from = |start: f64| {
+            let mut asked = Vec::new();
+            let choice = walk_c(
+                CSearch {
+                    start: Some(start),
+                    ..CSearch::default()
+                },
+                |c| -> Result<f64, ()> {
+                    asked.push(c);
+                    Ok(-(c.log10()).abs())
+                },
+            );
+            (choice.map(|ch| ch.c), asked)
+        };
+        // From 0.01 the climb passes the peak; below 0.01 nothing is scored.
+        let (chosen, asked) = walk_from(0.01);
+        assert!(chosen.is_ok_and(|c| (c - 1.0).abs() < 1e-9), "{asked:?}");
         assert!(asked.iter().all(|&c| c >= 0.01 * 0.999), "{asked:?}");
         // The best's neighbours at √10 are scored on both sides.
-        assert!(
-            asked
-                .iter()
-                .any(|&c| (c - 10f64.sqrt().recip()).abs() < 1e-9),
-            "{asked:?}"
-        );
-        assert!(
-            asked.iter().any(|&c| (c - 10f64.sqrt()).abs() < 1e-9),
-            "{asked:?}"
-        );
+        for neighbour in [10f64.sqrt().recip(), 10f64.sqrt()] {
+            assert!(
+                asked.iter().any(|&c| (c - neighbour).abs() < 1e-9),
+                "{neighbour}: {asked:?}"
+            );
+        }
         // From above the peak, it walks down.
-        let mut asked = Vec::new();
-        let choice = walk_c(
-            CSearch {
-                start: Some(100.0),
-                ..CSearch::default()
-            },
-            |c| -> Result<f64, ()> {
-                asked.push(c);
-                Ok(peak(c))
-            },
-        );
-        assert!(
-            choice.is_ok_and(|ch| (ch.c - 1.0).abs() < 1e-9),
-            "{asked:?}"
-        );
+        let (chosen, asked) = walk_from(100.0);
+        assert!(chosen.is_ok_and(|c| (c - 1.0).abs() < 1e-9), "{asked:?}");
     }
 
     #[test]
