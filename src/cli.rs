@@ -797,13 +797,16 @@ pub struct BenchHeadsArgs {
     pub layers: Vec<u32>,
     /// Entity heads over these layers' per-token states (the token classifier with window and
     /// shape features and Viterbi decoding, as `train --kind tokens` writes it; at most 4).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "L,..",
-        conflicts_with = "plugin"
-    )]
+    /// With `--plugin`, the token head runs on the token classifier's config unless `--config`
+    /// gives its own.
+    #[arg(long, value_delimiter = ',', value_name = "L,..")]
     pub token_layers: Vec<u32>,
+    /// The head's config (a JSON object) instead of the built-in one, for a `--plugin` head of
+    /// another shape: `--plugin target/wasm32-wasip2/release/hostile.wasm --token-layers 3,4,5,6
+    /// --config '{"mode":"layers","tokens":[3,4,5,6]}'` measures what the layers' states alone
+    /// cost the host (the hostile head's layers mode only reports what it received).
+    #[arg(long, value_name = "JSON", requires = "plugin")]
+    pub config: Option<String>,
 }
 
 /// `headstream bench encoder`

@@ -73,6 +73,18 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
             json!({ "labels": ["a", "b", "c"] }),
         )
     };
+    let config_json = match &args.config {
+        Some(text) => {
+            let value =
+                serde_json::from_str::<serde_json::Value>(text).context("--config is not JSON")?;
+            anyhow::ensure!(
+                value.is_object(),
+                "--config must be a JSON object, not {value}"
+            );
+            value
+        }
+        None => config_json,
+    };
     let config = || HeadConfig {
         config: config_json.clone(),
         assets: vec![Asset {
@@ -173,6 +185,7 @@ pub fn run(args: &BenchHeadsArgs) -> anyhow::Result<()> {
         "heads": heads.len(),
         "pooled_layers": args.layers,
         "token_layers": args.token_layers,
+        "config": config_json,
         "encoder_plain_us_per_message": round(per_msg(plain_s), 1),
         "keeping_layers_share_of_encoder": round(encode_s / plain_s - 1.0, 4),
         "compile_ms": round(compile_s * 1e3, 2),

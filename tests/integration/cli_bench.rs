@@ -3,7 +3,7 @@
 //! commands, not the speed). `bench pipeline` starts a real `serve` process on a real
 //! nats-server. Needs `cargo plugins` for the pipeline's heads.
 
-use headstream_test_util::{NatsServer, fixture};
+use headstream_test_util::{NatsServer, fixture, plugin_path};
 use serde_json::Value;
 
 use crate::headstream;
@@ -182,6 +182,44 @@ fn bench_heads_measures_heads_over_the_layers_they_ask_for() {
             );
         }
     }
+    // Another head, given its own config: the hostile head's layers mode, which only reports
+    // what it received, measures what the layers' states alone cost the host.
+    let hostile = plugin_path("hostile");
+    let hostile = hostile.to_string_lossy();
+    let config = r#"{"mode":"layers","tokens":[3,4,5,6]}"#;
+    let with_config = |config: &'static str| -> Vec<String> {
+        common
+            .iter()
+            .copied()
+            .chain([
+                "--plugin",
+                &hostile,
+                "--token-layers",
+                "3,4,5,6",
+                "--config",
+                config,
+            ])
+            .map(str::to_owned)
+            .collect()
+    };
+    let args = with_config(config);
+    let report = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(report["plugin"], "hostile.wasm", "{report}");
+    assert_eq!(report["config"]["mode"], "layers", "{report}");
+    assert_eq!(report["token_layers"].to_string(), "[3,4,5,6]", "{report}");
+    assert!(
+        report["all_heads_us_per_message"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{report}"
+    );
+    let args = with_config("[1]");
+    let out = headstream(&args.iter().map(String::as_str).collect::<Vec<_>>(), b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--config must be a JSON object"),
+        "{stderr}"
+    );
     // A fifth per-token layer is over a head's budget: the load fails, naming it.
     let args: Vec<&str> = common
         .iter()
