@@ -9,6 +9,8 @@ pub mod v1 {
         // `embed` may trap: a head over its embedding budget or setup deadline must fail its
         // `configure`, whatever it does with an error value.
         imports: { "headstream:plugin/host@0.1.0.embed": trappable },
+        // Batches are lowered into a head straight from the host's buffers, not from copies.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -17,6 +19,7 @@ pub mod v2 {
     wasmtime::component::bindgen!({
         world: "headstream:plugin/task-head@0.2.0",
         path: "../../wit",
+        ownership: Borrowing { duplicate_if_necessary: true },
         with: {
             "headstream:plugin/types@0.1.0": super::v1::headstream::plugin0_1_0::types,
             "headstream:plugin/host@0.1.0": super::v1::headstream::plugin0_1_0::host,

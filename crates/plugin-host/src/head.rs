@@ -592,8 +592,8 @@ impl Head {
             .assets
             .iter()
             .map(|a| types::Asset {
-                name: a.name.clone(),
-                data: a.data.clone(),
+                name: &a.name,
+                data: &a.data,
             })
             .collect();
         instance
@@ -653,14 +653,36 @@ impl Head {
     }
 
     fn run_batch(&self, items: &[Item<'_>]) -> Result<Vec<Result<Value, Failure>>, Failure> {
-        let batch: Vec<types::Item> = items.iter().map(|i| self.to_wit(i)).collect();
-        let layers = match &self.pre {
+        // The batch is lowered into the head straight from the encoder's buffers: the host
+        // builds only the small records (tokens, upstream outputs, slices of layer states).
+        let tokens: Vec<Option<Vec<types::Token>>> =
+            items.iter().map(|i| self.tokens_to_wit(i)).collect();
+        let upstream: Vec<Vec<types::Upstream<'_>>> = items
+            .iter()
+            .map(|i| {
+                i.upstream
+                    .iter()
+                    .map(|(head, output)| types::Upstream { head, output })
+                    .collect()
+            })
+            .collect();
+        let batch: Vec<types::Item<'_>> = items
+            .iter()
+            .zip(&tokens)
+            .zip(&upstream)
+            .map(|((item, tokens), upstream)| self.to_wit(item, tokens.as_deref(), upstream))
+            .collect();
+        let states = match &self.pre {
             Contract::V1(_) => Vec::new(),
             Contract::V2(_) => items
                 .iter()
-                .map(|i| self.layers_to_wit(i))
+                .map(|i| self.layers_of(i))
                 .collect::<Result<_, _>>()?,
         };
+        let layers: Vec<features::LayerStates<'_>> = states
+            .iter()
+            .map(|(pooled, tokens)| features::LayerStates { pooled, tokens })
+            .collect();
         let mut slot = self.lock();
         let instance = match slot.as_mut() {
             Some(instance) => instance,
@@ -740,8 +762,12 @@ impl Head {
         }
     }
 
-    /// The states of the layers the head asked for, in its order.
-    fn layers_to_wit(&self, item: &Item<'_>) -> Result<features::LayerStates, Failure> {
+    /// The states of the layers the head asked for, in its order: (pooled, per-token).
+    #[allow(
+        clippy::type_complexity,
+        reason = "two lists of borrowed slices, named at the use"
+    )]
+    fn layers_of<'a>(&self, item: &Item<'a>) -> Result<(Vec<&'a [f32]>, Vec<&'a [f32]>), Failure> {
         let missing = |what: &str, layer: u32| {
             Failure::new(
                 FailureKind::InvalidInput,
@@ -751,57 +777,71 @@ impl Head {
                 ),
             )
         };
-        let find = |layer: u32| item.layers.iter().find(|l| l.layer == layer);
-        let mut states = features::LayerStates {
-            pooled: Vec::with_capacity(self.inputs.pooled_layers.len()),
-            tokens: Vec::with_capacity(self.inputs.token_layers.len()),
-        };
-        for &layer in &self.inputs.pooled_layers {
-            let pooled = find(layer).and_then(|l| l.pooled.as_ref());
-            states
-                .pooled
-                .push(pooled.ok_or_else(|| missing("pooled", layer))?.clone());
-        }
-        for &layer in &self.inputs.token_layers {
-            let tokens = find(layer).and_then(|l| l.tokens.as_ref());
-            states
-                .tokens
-                .push(tokens.ok_or_else(|| missing("per-token", layer))?.clone());
-        }
-        Ok(states)
+        let layers = item.layers;
+        let find = |layer: u32| layers.iter().find(|l| l.layer == layer);
+        let pooled = self
+            .inputs
+            .pooled_layers
+            .iter()
+            .map(|&layer| {
+                find(layer)
+                    .and_then(|l| l.pooled.as_deref())
+                    .ok_or_else(|| missing("pooled", layer))
+            })
+            .collect::<Result<_, _>>()?;
+        let tokens = self
+            .inputs
+            .token_layers
+            .iter()
+            .map(|&layer| {
+                find(layer)
+                    .and_then(|l| l.tokens.as_deref())
+                    .ok_or_else(|| missing("per-token", layer))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((pooled, tokens))
     }
 
-    fn to_wit(&self, item: &Item<'_>) -> types::Item {
-        let token_states = item
+    /// The item's tokens, for a head that gets token states.
+    fn tokens_to_wit(&self, item: &Item<'_>) -> Option<Vec<types::Token>> {
+        let t = item
             .token_states
-            .filter(|_| self.wants_token_states())
-            .map(|t| types::TokenStates {
-                tokens: t
-                    .ids
-                    .iter()
-                    .zip(t.offsets)
-                    .map(|(&id, &(start, end))| types::Token {
-                        id,
-                        start: start as u32,
-                        end: end as u32,
-                    })
-                    .collect(),
-                hidden_size: t.hidden_size as u32,
-                states: t.states.to_vec(),
-            });
-        types::Item {
-            id: item.id.to_owned(),
-            text: item.text.to_owned(),
-            embedding: item.embedding.to_vec(),
-            token_states,
-            upstream: item
-                .upstream
+            .as_ref()
+            .filter(|_| self.wants_token_states())?;
+        Some(
+            t.ids
                 .iter()
-                .map(|(head, output)| types::Upstream {
-                    head: head.clone(),
-                    output: output.clone(),
+                .zip(t.offsets)
+                .map(|(&id, &(start, end))| types::Token {
+                    id,
+                    start: start as u32,
+                    end: end as u32,
                 })
                 .collect(),
+        )
+    }
+
+    fn to_wit<'a>(
+        &self,
+        item: &Item<'a>,
+        tokens: Option<&'a [types::Token]>,
+        upstream: &'a [types::Upstream<'a>],
+    ) -> types::Item<'a> {
+        let token_states =
+            item.token_states
+                .as_ref()
+                .zip(tokens)
+                .map(|(t, tokens)| types::TokenStates {
+                    tokens,
+                    hidden_size: t.hidden_size as u32,
+                    states: t.states,
+                });
+        types::Item {
+            id: item.id,
+            text: item.text,
+            embedding: item.embedding,
+            token_states,
+            upstream,
         }
     }
 
