@@ -890,6 +890,9 @@ pub struct CSearch {
     pub step: f64,
     /// Worse neighbours in a row that end the walk in one direction.
     pub patience: usize,
+    /// Refine only when the coarse walk's best reaches this score: below it, another
+    /// candidate (a feature source scored before) already wins by more than refining gains.
+    pub refine_above: Option<f64>,
 }
 
 impl Default for CSearch {
@@ -899,6 +902,7 @@ impl Default for CSearch {
             bounds: (1e-6, 1e3),
             step: 10.0,
             patience: 1,
+            refine_above: None,
         }
     }
 }
@@ -931,16 +935,18 @@ pub fn search_c(cv: &mut CrossValidation<'_>, search: CSearch) -> candle_core::R
 /// Chooses the `C` whose `score` (higher is better: cross-validated accuracy, entity F1 on a dev
 /// split) is best: a walk by factors of `step` from `start`, upwards, then downwards unless the
 /// climb rose above the start, each direction until `patience` worse scores in a row (an equal
-/// one does not count) or a bound, then the best's neighbours at the square root of `step`.
-/// The best is therefore never at the edge of what was scored unless it is at a bound. Ties go
-/// to the smaller `C`. `score` is called at most once per `C`.
+/// one does not count) or a bound, then (unless the best is under `refine_above`) the point at
+/// the square root of `step` towards the best's better neighbour, where the peak of a smooth
+/// curve through the three lies (both sides when they tie or one is past a bound). The best is
+/// therefore never at the edge of what was scored unless it is at a bound. Ties go to the
+/// smaller `C`. `score` is called at most once per `C`.
 pub fn walk_c<E>(
     search: CSearch,
     mut score: impl FnMut(f64) -> Result<f64, E>,
 ) -> Result<CChoice, E> {
     let (low, high) = search.bounds;
     let mut scores: Vec<CvScore> = Vec::new();
-    let mut scored = |c: f64| -> Result<f64, E> {
+    let mut scored = |scores: &mut Vec<CvScore>, c: f64| -> Result<f64, E> {
         if let Some(s) = scores.iter().find(|s| s.c == c) {
             return Ok(s.accuracy);
         }
@@ -949,7 +955,7 @@ pub fn walk_c<E>(
         Ok(accuracy)
     };
     let start = search.start.unwrap_or(1.0);
-    let mut best = (start, scored(start)?);
+    let mut best = (start, scored(&mut scores, start)?);
     for up in [true, false] {
         // A climb that rose past the start leaves it a worse neighbour below the best: walking
         // down from it could only find a second peak, so it is not walked.
@@ -963,7 +969,7 @@ pub fn walk_c<E>(
             if c > high * 1.0001 || c < low / 1.0001 {
                 break;
             }
-            let accuracy = scored(c)?;
+            let accuracy = scored(&mut scores, c)?;
             if accuracy < best.1 {
                 worse += 1;
             } else {
@@ -976,9 +982,27 @@ pub fn walk_c<E>(
         }
     }
     let centre = best.0;
-    for c in [centre / search.step.sqrt(), centre * search.step.sqrt()] {
+    let neighbour = |c: f64| {
+        scores
+            .iter()
+            .find(|s| (s.c / c - 1.0).abs() < 1e-9)
+            .map(|s| s.accuracy)
+    };
+    let (below, above) = (
+        neighbour(centre / search.step),
+        neighbour(centre * search.step),
+    );
+    let half = search.step.sqrt();
+    let sides: &[f64] = match (below, above) {
+        _ if search.refine_above.is_some_and(|floor| best.1 < floor) => &[],
+        (Some(b), Some(a)) if b > a => &[half.recip()],
+        (Some(b), Some(a)) if a > b => &[half],
+        _ => &[half.recip(), half],
+    };
+    for &factor in sides {
+        let c = centre * factor;
         if c >= low / 1.0001 && c <= high * 1.0001 {
-            let accuracy = scored(c)?;
+            let accuracy = scored(&mut scores, c)?;
             if accuracy > best.1 || (accuracy == best.1 && c < best.0) {
                 best = (c, accuracy);
             }
@@ -1263,6 +1287,43 @@ mod tests {
         // From above the peak, it walks down.
         let (chosen, asked) = walk_from(100.0);
         assert!(chosen.is_ok_and(|c| (c - 1.0).abs() < 1e-9), "{asked:?}");
+    }
+
+    #[test]
+    fn the_refinement_goes_towards_the_better_neighbour_and_only_for_a_contender() {
+        // A single peak at 2: of the coarse best's neighbours, 10 scores better than 0.1.
+        let peak = |c: f64| -> Result<f64, ()> { Ok(-(c.log10() - 2f64.log10()).abs()) };
+        let mut asked = Vec::new();
+        let choice = walk_c(CSearch::default(), |c| {
+            asked.push(c);
+            peak(c)
+        });
+        let root = 10f64.sqrt();
+        assert!(
+            choice.is_ok_and(|ch| (ch.c - root).abs() < 1e-9),
+            "{asked:?}"
+        );
+        assert!(
+            !asked.iter().any(|&c| (c - root.recip()).abs() < 1e-9),
+            "{asked:?}"
+        );
+        // A best under `refine_above` (another source wins) is not refined.
+        let mut asked = Vec::new();
+        let choice = walk_c(
+            CSearch {
+                refine_above: Some(0.5),
+                ..CSearch::default()
+            },
+            |c| {
+                asked.push(c);
+                peak(c)
+            },
+        );
+        assert!(
+            choice.is_ok_and(|ch| (ch.c - 1.0).abs() < 1e-9),
+            "{asked:?}"
+        );
+        assert_eq!(asked.len(), 3, "only the coarse walk: {asked:?}");
     }
 
     #[test]
