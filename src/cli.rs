@@ -44,6 +44,12 @@ pub enum Command {
     Publish(PublishArgs),
     /// Send texts as requests and print the replies (one JSON line each).
     Request(RequestArgs),
+    /// Send feedback labels ("the right answer for this result was X") to the hosts serving a
+    /// pipeline with `[quality] record = true`: one label, or a JSONL/CSV file of them.
+    Feedback(FeedbackArgs),
+    /// Live quality of a pipeline's heads per version, from the feedback labels: accuracy,
+    /// macro-F1, per-label precision/recall, confusion and calibration, with intervals.
+    Quality(QualityArgs),
     /// Scaffold a new task head (Rust, Python or JavaScript) from plugins/template*.
     NewHead(NewHeadArgs),
     /// Check what this machine has and lacks (model, components, cache, NATS and JetStream,
@@ -386,6 +392,59 @@ pub struct RequestArgs {
     /// How long to wait for each reply.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+}
+
+/// `headstream feedback`
+#[derive(Debug, Args)]
+pub struct FeedbackArgs {
+    /// The pipeline whose results are labelled.
+    #[arg(long)]
+    pub pipeline: String,
+    /// The head whose answer is labelled.
+    #[arg(long, required_unless_present = "file")]
+    pub head: Option<String>,
+    /// The right label.
+    #[arg(long, required_unless_present = "file")]
+    pub label: Option<String>,
+    /// The message id of the result.
+    #[arg(long, conflicts_with = "file", required_unless_present_any = ["file", "key"])]
+    pub id: Option<String>,
+    /// The result's idempotency key (instead of --id).
+    #[arg(long, conflicts_with = "file")]
+    pub key: Option<String>,
+    /// Who gives the label (kept with it).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Labels to send: JSONL (`{"id" or "key","head","label","by"}` a line) or CSV with a
+    /// header (`id,head,label[,by]`); `-` reads JSONL from stdin.
+    #[arg(long, conflicts_with_all = ["head", "label"])]
+    pub file: Option<PathBuf>,
+    /// How long to wait for each reply.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `headstream quality`
+#[derive(Debug, Args)]
+pub struct QualityArgs {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Only this head.
+    pub head: Option<String>,
+    /// Labels given since: an RFC 3339 time or a duration back from now (`90s`, `15m`, `2h`,
+    /// `7d`); default: every label the stream keeps.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only the last N labels of each head version.
+    #[arg(long)]
+    pub last: Option<usize>,
+    /// One JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// `headstream dashboard`

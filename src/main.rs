@@ -46,6 +46,8 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::logs::run(&args),
         Command::Publish(args) => cmd::serve::publish(&args),
         Command::Request(args) => cmd::serve::request(&args),
+        Command::Feedback(args) => cmd::quality::feedback(&args),
+        Command::Quality(args) => cmd::quality::quality(&args),
         Command::NewHead(args) => cmd::new_head::run(&args),
         Command::Doctor(args) => cmd::doctor::run(&args, threads),
         Command::Train(args) => cmd::train::train(&args),

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod model;
 pub mod new_head;
 pub mod package;
+pub mod quality;
 pub mod replay;
 pub mod run;
 pub mod serve;

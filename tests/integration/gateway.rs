@@ -13,13 +13,13 @@ use serde_json::{Value, json};
 use crate::nats_serve::Host;
 
 /// A `headstream gateway` process, killed on drop.
-struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
     url: String,
 }
 
 impl Gateway {
-    fn start(nats: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(nats: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_headstream"))
             .args([
@@ -60,7 +60,7 @@ impl Gateway {
         self.curl(path, &[])
     }
 
-    fn post(&self, path: &str, body: &str, key: Option<&str>) -> (u16, String, String) {
+    pub(crate) fn post(&self, path: &str, body: &str, key: Option<&str>) -> (u16, String, String) {
         post(&self.url, path, body, key)
     }
 
@@ -124,12 +124,12 @@ impl Drop for Gateway {
     }
 }
 
-fn json_of(body: &str) -> Value {
+pub(crate) fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// The error object of an OpenAI-shaped error body.
-fn error_of(status: u16, body: &str) -> (u16, String, String) {
+pub(crate) fn error_of(status: u16, body: &str) -> (u16, String, String) {
     let e = &json_of(body)["error"];
     assert!(e["message"].is_string() && e["type"].is_string(), "{body}");
     (

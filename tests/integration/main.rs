@@ -60,6 +60,7 @@ mod nats_security;
 mod nats_serve;
 mod nats_store;
 mod polyglot;
+mod quality;
 mod replay;
 mod shared_datasets;
 mod shared_reference;

@@ -30,7 +30,16 @@ use crate::{ApiError, ErrorBody, Shared};
         title = "headstream gateway",
         description = "OpenAI-compatible embeddings and headstream pipelines over NATS"
     ),
-    paths(embeddings, models, model, run_pipeline, pipelines, hosts, health),
+    paths(
+        embeddings,
+        models,
+        model,
+        run_pipeline,
+        feedback,
+        pipelines,
+        hosts,
+        health
+    ),
     components(schemas(
         EmbeddingsBody,
         EmbeddingsResponse,
@@ -111,6 +120,28 @@ pub(crate) struct PipelineBody {
     /// A batch: `{"id"?, "text", "meta"?}` objects; the answer is `{"results": [...]}`.
     #[schema(value_type = Vec<Object>)]
     messages: Option<Vec<Value>>,
+}
+
+/// `POST /v1/feedback` body: the right answer for one head's result.
+#[derive(Debug, Deserialize, serde::Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeedbackBody {
+    /// The pipeline (or give `key`, which names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pipeline: Option<String>,
+    /// The result's idempotency `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// The message id (instead of `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// The head whose answer is labelled.
+    head: String,
+    /// The right label.
+    label: String,
+    /// Who says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<String>,
 }
 
 /// A 413 naming `param` when a request carries more than `--max-batch` `what`.
@@ -591,6 +622,74 @@ fn message_of(value: Value, i: Option<usize>) -> Result<Value, ApiError> {
 }
 
 /// Runs one message, or a batch (`messages`), through a pipeline; answers its result records.
+/// Sends a feedback label to the hosts serving the pipeline (`headstream.feedback.<pipeline>`);
+/// their refusal comes back as an OpenAI-style error whose `code` is the refusal's kind.
+#[utoipa::path(post, path = "/v1/feedback", request_body = FeedbackBody,
+    responses((status = 200, description = "`{accepted: true, labelled: {...}}`: the label joined with the prediction it judges"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn feedback(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body: FeedbackBody = json_body(body, shared.config.max_body_bytes)?;
+    let pipeline = match (&body.pipeline, &body.key) {
+        (Some(p), _) => p.clone(),
+        (None, Some(key)) => key.split('/').next().unwrap_or_default().to_owned(),
+        (None, None) => {
+            return Err(
+                ApiError::invalid("name the pipeline: `pipeline`, or the result's `key`")
+                    .param("pipeline"),
+            );
+        }
+    };
+    let subject_safe = !pipeline.is_empty()
+        && pipeline.len() <= 64
+        && pipeline
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !pipeline.starts_with('.')
+        && !pipeline.ends_with('.')
+        && !pipeline.contains("..");
+    if !subject_safe {
+        return Err(
+            ApiError::invalid(format!("{pipeline:?} is not a pipeline name")).param("pipeline"),
+        );
+    }
+    let request = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    let subject = format!("{}.{pipeline}", headstream_quality::FEEDBACK_PREFIX);
+    let answer = ask(&shared, subject, request).await.map_err(|mut e| {
+        if e.status == StatusCode::SERVICE_UNAVAILABLE {
+            e.body.message = format!(
+                "{} (feedback for pipeline {pipeline:?} is taken by the hosts serving it with `[quality] record = true`)",
+                e.body.message
+            );
+        }
+        e
+    })?;
+    let answer: Value = serde_json::from_slice(&answer)
+        .map_err(|e| ApiError::internal(format!("a host answered something else: {e}")))?;
+    if answer["accepted"] == true {
+        return Ok(Json(answer));
+    }
+    let message = answer["error"]["message"]
+        .as_str()
+        .unwrap_or("the feedback was refused")
+        .to_owned();
+    Err(match answer["error"]["kind"].as_str().unwrap_or_default() {
+        "not_found" => ApiError::not_found("result_not_found", message),
+        "unknown_head" => ApiError::not_found("head_not_found", message).param("head"),
+        "unknown_label" => ApiError::invalid_as("unknown_label", message).param("label"),
+        "not_a_classification" => {
+            ApiError::invalid_as("not_a_classification", message).param("head")
+        }
+        "key_mismatch" => ApiError::invalid_as("key_mismatch", message).param("key"),
+        "wrong_pipeline" => ApiError::invalid_as("wrong_pipeline", message).param("pipeline"),
+        "unavailable" => ApiError::unavailable(message),
+        _ => ApiError::invalid_as("invalid_feedback", message),
+    })
+}
+
 #[utoipa::path(post, path = "/v1/pipelines/{name}", request_body = PipelineBody,
     params(("name" = String, Path, description = "the pipeline")),
     responses((status = 200, description = "the result record, or `{results: [...]}` for `messages`"),

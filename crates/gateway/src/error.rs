@@ -67,6 +67,16 @@ impl ApiError {
         )
     }
 
+    /// 400 with a stable `code` naming what is wrong.
+    pub fn invalid_as(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some(code),
+            message.into(),
+        )
+    }
+
     /// 401: a missing or wrong API key.
     pub fn unauthorized() -> Self {
         Self::new(

@@ -3,7 +3,7 @@
 //! subject), so gateways, hosts and encoders scale separately.
 //!
 //! Routes: `POST /v1/embeddings` (OpenAI's request and response), `GET /v1/models[/{id}]`,
-//! `POST /v1/pipelines/{name}`, `GET /v1/pipelines`, `GET /v1/hosts`, `GET /health`,
+//! `POST /v1/pipelines/{name}`, `POST /v1/feedback`, `GET /v1/pipelines`, `GET /v1/hosts`, `GET /health`,
 //! `GET /openapi.json` (generated from the types), `GET /metrics` (Prometheus). Errors use
 //! OpenAI's shape ([`ApiError`]). Limits: body bytes and texts per request (413), requests in
 //! flight (429), an answer deadline (503 with `Retry-After`); optional API keys (401); CORS
@@ -125,6 +125,7 @@ pub fn router(client: async_nats::Client, config: GatewayConfig) -> Result<Route
         .route("/v1/models/{id}", get(api::model))
         .route("/v1/pipelines", get(api::pipelines))
         .route("/v1/pipelines/{name}", post(api::run_pipeline))
+        .route("/v1/feedback", post(api::feedback))
         .route("/v1/hosts", get(api::hosts))
         // Authentication first, then a slot in flight, both before any body is read.
         .layer(axum::middleware::from_fn_with_state(

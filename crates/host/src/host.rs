@@ -217,6 +217,8 @@ impl Host {
             registry,
             store: settings.store.clone(),
             store_writer: Arc::default(),
+            quality: headstream_quality::QualityConfig::default(),
+            quality_stores: Arc::default(),
             head_logs: crate::HeadLogs::spawn(client.clone(), host_id.clone(), &metrics).await,
             tracer: tracer.clone(),
         });

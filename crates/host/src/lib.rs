@@ -11,6 +11,7 @@
 
 mod connect;
 mod embeddings;
+mod feedback;
 mod host;
 pub mod live;
 mod logs;
@@ -53,6 +54,9 @@ pub enum HostError {
     /// The embedding store could not be opened (JetStream off, no permission, ...).
     #[error(transparent)]
     Store(#[from] headstream_store::StoreError),
+    /// The predictions bucket or labels stream could not be opened.
+    #[error("quality records: {0}")]
+    Quality(String),
     /// The trace exporter could not be set up.
     #[error(transparent)]
     Trace(headstream_trace::TraceError),

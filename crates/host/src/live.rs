@@ -95,6 +95,10 @@ pub struct HostContext {
     pub store: headstream_store::StoreConfig,
     /// The store's writer, once opened (shared by every pipeline that stores).
     pub store_writer: Arc<tokio::sync::OnceCell<headstream_store::Writer>>,
+    /// Where predictions and feedback labels are kept, and how much of them.
+    pub quality: headstream_quality::QualityConfig,
+    /// The predictions bucket and its writer, once opened (shared by every recording pipeline).
+    pub quality_stores: Arc<tokio::sync::OnceCell<QualityStores>>,
     /// Where heads' log lines go on the bus.
     pub head_logs: crate::HeadLogs,
     /// Where traces go, if anywhere.
@@ -117,6 +121,42 @@ impl HostContext {
     }
 }
 
+impl HostContext {
+    /// The predictions bucket and labels stream: opened (created with their limits if missing)
+    /// the first time a pipeline records.
+    async fn quality_stores(&self) -> Result<QualityStores, HostError> {
+        self.quality_stores
+            .get_or_try_init(|| async {
+                let jetstream = async_nats::jetstream::new(self.client.clone());
+                let opened = |e: headstream_quality::StoreError| {
+                    HostError::Quality(e.to_string())
+                };
+                let kv = headstream_quality::open_predictions(&jetstream, &self.quality)
+                    .await
+                    .map_err(opened)?;
+                headstream_quality::open_labels(&jetstream, &self.quality)
+                    .await
+                    .map_err(opened)?;
+                tracing::info!(bucket = %self.quality.predictions_bucket, stream = %self.quality.labels_stream, "quality records open");
+                Ok::<_, HostError>(QualityStores {
+                    writer: headstream_store::Writer::spawn(kv.clone(), STORE_QUEUE),
+                    predictions: kv,
+                })
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// The predictions bucket, and the writer that puts into it off the serving path.
+#[derive(Debug, Clone)]
+pub struct QualityStores {
+    /// The bucket, for reading predictions back.
+    pub predictions: async_nats::jetstream::kv::Store,
+    /// Puts predictions from a bounded queue; past it they are dropped and counted.
+    pub writer: headstream_store::Writer,
+}
+
 /// Vectors waiting to be written to the embedding store; past it they are dropped, never
 /// waited for.
 const STORE_QUEUE: usize = 8192;
@@ -131,6 +171,8 @@ struct Served {
     resolved: Vec<String>,
     slot: watch::Sender<Arc<Runner>>,
     stop: Option<oneshot::Sender<()>>,
+    /// The feedback service, for a pipeline that records.
+    feedback: Option<tokio::task::AbortHandle>,
     generation: u64,
 }
 
@@ -304,6 +346,10 @@ impl LiveHost {
             true => Some(cx.store_writer().await?),
             false => None,
         };
+        let recorder = match pipeline.quality.record {
+            true => Some(cx.quality_stores().await?.writer),
+            false => None,
+        };
         tokio::task::spawn_blocking(move || {
             let resolved = headstream_runner::resolved_versions(&pipeline, &cx.registry)?;
             let digest = cx.encoder.fingerprint().digest().to_owned();
@@ -323,6 +369,20 @@ impl LiveHost {
                 runner = runner.with_embedding_sink(Arc::new(move |text: &str, e| {
                     let value = headstream_store::encode(&e.embedding, e.truncated, e.n_tokens());
                     writer.offer(headstream_store::key(&digest, text), value);
+                }));
+            }
+            if let Some(recorder) = recorder {
+                let pipeline = pipeline.name.get_ref().clone();
+                runner = runner.with_result_sink(Arc::new(move |record, text| {
+                    let at = now_ms() as u64;
+                    let Some(prediction) = headstream_quality::Prediction::of(record, text, at)
+                    else {
+                        return;
+                    };
+                    if let Ok(value) = serde_json::to_vec(&prediction) {
+                        let key = headstream_quality::prediction_key(&pipeline, &record.id);
+                        recorder.offer(key, value);
+                    }
                 }));
             }
             Ok((runner, resolved))
@@ -354,6 +414,19 @@ impl LiveHost {
             // Same subjects and delivery: swap the runner between batches.
             Some(served) if served.options == options => {
                 served.slot.send_replace(runner);
+                if pipeline.quality.record != served.feedback.is_some() {
+                    if let Some(old) = served.feedback.take() {
+                        old.abort();
+                    }
+                    let slot = served.slot.clone();
+                    let feedback = self.spawn_feedback(&pipeline, &slot).await;
+                    if let Some(served) = self.served.get_mut(&name) {
+                        served.feedback = feedback;
+                    }
+                }
+                let Some(served) = self.served.get_mut(&name) else {
+                    return;
+                };
                 served.origin = origin;
                 served.text = text;
                 served.pipeline = pipeline;
@@ -366,6 +439,7 @@ impl LiveHost {
                 }
                 let (ready, subscribed) = oneshot::channel();
                 let (slot, stop, generation) = self.spawn(&name, &options, runner, ready);
+                let feedback = self.spawn_feedback(&pipeline, &slot).await;
                 self.served.insert(
                     name.clone(),
                     Served {
@@ -376,6 +450,7 @@ impl LiveHost {
                         resolved,
                         slot,
                         stop: Some(stop),
+                        feedback,
                         generation,
                     },
                 );
@@ -438,6 +513,28 @@ impl LiveHost {
             (name, generation, outcome)
         });
         (slot, stop, generation)
+    }
+
+    /// Starts the feedback service of `pipeline` when it records predictions.
+    async fn spawn_feedback(
+        &self,
+        pipeline: &Pipeline,
+        slot: &watch::Sender<Arc<Runner>>,
+    ) -> Option<tokio::task::AbortHandle> {
+        if !pipeline.quality.record {
+            return None;
+        }
+        // Opened already by `build`; an error there refused the pipeline.
+        let stores = self.cx.quality_stores().await.ok()?;
+        let service = crate::feedback::FeedbackService {
+            client: self.cx.client.clone(),
+            pipeline: pipeline.name.get_ref().clone(),
+            runner: slot.subscribe(),
+            predictions: stores.predictions,
+            config: self.cx.quality.clone(),
+            metrics: self.cx.metrics.clone(),
+        };
+        Some(tokio::spawn(service.run()).abort_handle())
     }
 
     /// Stops serving pipeline `name` (its batch in hand finishes first).
@@ -615,6 +712,15 @@ impl Served {
     fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Served {
+    // However it ends (removed, replaced, its subscription failed), its feedback service ends.
+    fn drop(&mut self) {
+        if let Some(feedback) = self.feedback.take() {
+            feedback.abort();
         }
     }
 }

@@ -148,6 +148,16 @@ pub struct Embeddings {
     pub store: bool,
 }
 
+/// `[quality]`: what the host keeps to tell whether the pipeline's heads are right.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quality {
+    /// Keep a compact record of each result's classifications (`record = true`), and take
+    /// feedback labels for them on `headstream.feedback.<pipeline>`.
+    #[serde(default)]
+    pub record: bool,
+}
+
 /// `[embeddings]` in the host config: where and how much the embedding store keeps.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -386,6 +396,9 @@ pub struct Pipeline {
     /// `[embeddings]`.
     #[serde(default)]
     pub embeddings: Embeddings,
+    /// `[quality]`.
+    #[serde(default)]
+    pub quality: Quality,
     /// `[[heads]]`, reordered by [`Pipeline::load`] so each head follows the heads it consumes.
     heads: Vec<Head>,
     /// `[[routes]]`: extra subjects a result is published to when a condition holds.

@@ -98,11 +98,7 @@ pub struct Prediction {
 
 impl Prediction {
     /// The prediction of `record` (made from `text` at `at_ms`); `None` when no head classified.
-    pub fn of(
-        record: &headstream_message::ResultRecord,
-        text: &str,
-        at_ms: u64,
-    ) -> Option<Self> {
+    pub fn of(record: &headstream_message::ResultRecord, text: &str, at_ms: u64) -> Option<Self> {
         let heads: BTreeMap<String, Predicted> = record
             .results
             .iter()
@@ -245,7 +241,11 @@ pub fn parse(pipeline: &str, payload: &[u8]) -> Result<(Feedback, String), Feedb
             "`head` and `label` must not be empty",
         ));
     }
-    if feedback.by.as_ref().is_some_and(|b| b.chars().count() > MAX_BY) {
+    if feedback
+        .by
+        .as_ref()
+        .is_some_and(|b| b.chars().count() > MAX_BY)
+    {
         return Err(FeedbackError::new(
             "invalid",
             format!("`by` is longer than {MAX_BY} characters"),
@@ -259,8 +259,14 @@ pub fn parse(pipeline: &str, payload: &[u8]) -> Result<(Feedback, String), Feedb
                 Some(id) if !id.is_empty() => Some(id.to_owned()),
                 _ => {
                     return Err(FeedbackError::new(
-                        if rest.is_none() { "wrong_pipeline" } else { "invalid" },
-                        format!("{key:?} is not a result key of pipeline {pipeline:?} ({pipeline}/<id>/<digest>)"),
+                        if rest.is_none() {
+                            "wrong_pipeline"
+                        } else {
+                            "invalid"
+                        },
+                        format!(
+                            "{key:?} is not a result key of pipeline {pipeline:?} ({pipeline}/<id>/<digest>)"
+                        ),
                     ));
                 }
             }
@@ -333,7 +339,7 @@ pub fn check(
             ),
         ));
     };
-    if !labels.iter().any(|l| *l == feedback.label) {
+    if !labels.contains(&feedback.label) {
         let shown: Vec<&str> = labels.iter().take(20).map(String::as_str).collect();
         return Err(FeedbackError::new(
             "unknown_label",
@@ -514,7 +520,15 @@ mod tests {
         let (f, id) = parse("reviews", body.as_bytes())?;
         let p = prediction();
         let found = (id == "m-1").then_some(&p);
-        check("reviews", &id, &f, found, Duration::from_secs(7200), labels, 9)
+        check(
+            "reviews",
+            &id,
+            &f,
+            found,
+            Duration::from_secs(7200),
+            labels,
+            9,
+        )
     }
 
     #[test]
@@ -522,10 +536,18 @@ mod tests {
         let l = checked(r#"{"id":"m-1","head":"sentiment","label":"negative","by":"ana"}"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            (l.version.as_str(), l.predicted.as_str(), l.label.as_str(), l.correct),
+            (
+                l.version.as_str(),
+                l.predicted.as_str(),
+                l.label.as_str(),
+                l.correct
+            ),
             ("sentiment@1.1.0", "positive", "negative", false)
         );
-        assert_eq!((l.at_ms, l.predicted_at_ms, l.by.as_deref()), (9, 5, Some("ana")));
+        assert_eq!(
+            (l.at_ms, l.predicted_at_ms, l.by.as_deref()),
+            (9, 5, Some("ana"))
+        );
         let by_key = checked(r#"{"key":"reviews/m-1/abcd","head":"sentiment","label":"positive"}"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(by_key.correct);
@@ -536,23 +558,64 @@ mod tests {
         let cases = [
             ("{not json", "not_json", "not a feedback request"),
             (r#"{"id":"m-1","head":"sentiment"}"#, "invalid", "label"),
-            (r#"{"id":"m-1","head":"sentiment","label":"x","extra":1}"#, "invalid", "extra"),
-            (r#"{"head":"sentiment","label":"positive"}"#, "invalid", "name the result"),
-            (r#"{"id":"m-1","pipeline":"other","head":"sentiment","label":"positive"}"#, "wrong_pipeline", "other"),
-            (r#"{"key":"other/m-1/abcd","head":"sentiment","label":"positive"}"#, "wrong_pipeline", "other/m-1"),
-            (r#"{"id":"m-2","head":"sentiment","label":"positive"}"#, "not_found", "aged out (predictions are kept 2 hours)"),
-            (r#"{"key":"reviews/m-1/ffff","head":"sentiment","label":"positive"}"#, "key_mismatch", "reviews/m-1/abcd"),
-            (r#"{"id":"m-1","head":"topic","label":"positive"}"#, "unknown_head", "\"topic\""),
-            (r#"{"id":"m-1","head":"flags","label":"positive"}"#, "not_a_classification", "\"flags\""),
-            (r#"{"id":"m-1","head":"sentiment","label":"neutral"}"#, "unknown_label", "negative, positive"),
+            (
+                r#"{"id":"m-1","head":"sentiment","label":"x","extra":1}"#,
+                "invalid",
+                "extra",
+            ),
+            (
+                r#"{"head":"sentiment","label":"positive"}"#,
+                "invalid",
+                "name the result",
+            ),
+            (
+                r#"{"id":"m-1","pipeline":"other","head":"sentiment","label":"positive"}"#,
+                "wrong_pipeline",
+                "other",
+            ),
+            (
+                r#"{"key":"other/m-1/abcd","head":"sentiment","label":"positive"}"#,
+                "wrong_pipeline",
+                "other/m-1",
+            ),
+            (
+                r#"{"id":"m-2","head":"sentiment","label":"positive"}"#,
+                "not_found",
+                "aged out (predictions are kept 2 hours)",
+            ),
+            (
+                r#"{"key":"reviews/m-1/ffff","head":"sentiment","label":"positive"}"#,
+                "key_mismatch",
+                "reviews/m-1/abcd",
+            ),
+            (
+                r#"{"id":"m-1","head":"topic","label":"positive"}"#,
+                "unknown_head",
+                "\"topic\"",
+            ),
+            (
+                r#"{"id":"m-1","head":"flags","label":"positive"}"#,
+                "not_a_classification",
+                "\"flags\"",
+            ),
+            (
+                r#"{"id":"m-1","head":"sentiment","label":"neutral"}"#,
+                "unknown_label",
+                "negative, positive",
+            ),
         ];
         for (body, kind, says) in cases {
-            let e = checked(body).err().unwrap_or_else(|| panic!("{body} was accepted"));
+            let e = checked(body)
+                .err()
+                .unwrap_or_else(|| panic!("{body} was accepted"));
             assert_eq!(e.kind, kind, "{body}: {e}");
             assert!(e.message.contains(says), "{body}: {e}");
             assert_eq!(e.reply()["error"]["kind"], kind);
         }
-        let big = format!(r#"{{"id":"m-1","head":"sentiment","label":"{}"}}"#, "x".repeat(5000));
+        let big = format!(
+            r#"{{"id":"m-1","head":"sentiment","label":"{}"}}"#,
+            "x".repeat(5000)
+        );
         assert_eq!(checked(&big).err().map(|e| e.kind), Some("invalid"));
     }
 
@@ -572,7 +635,10 @@ mod tests {
             pipeline: "p".into(),
             redelivered: None,
             results: BTreeMap::from([
-                ("s".to_owned(), serde_json::json!({"label": "positive", "score": 0.75})),
+                (
+                    "s".to_owned(),
+                    serde_json::json!({"label": "positive", "score": 0.75}),
+                ),
                 ("f".to_owned(), serde_json::json!({"flags": ["refund"]})),
             ]),
             routes: Vec::new(),
@@ -604,7 +670,10 @@ mod tests {
             by: None,
         };
         let kept = latest(vec![mk("1", "a", 1), mk("2", "b", 2), mk("1", "b", 3)]);
-        let ids: Vec<(&str, &str)> = kept.iter().map(|l| (l.id.as_str(), l.label.as_str())).collect();
+        let ids: Vec<(&str, &str)> = kept
+            .iter()
+            .map(|l| (l.id.as_str(), l.label.as_str()))
+            .collect();
         assert_eq!(ids, [("2", "b"), ("1", "b")]);
     }
 }

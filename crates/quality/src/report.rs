@@ -220,14 +220,14 @@ fn f1(tp: u64, predicted: u64, actual: u64) -> f64 {
 fn macro_f1(m: &[Vec<u64>], k: usize) -> f64 {
     let mut sum = 0.0;
     let mut seen = 0;
-    for i in 0..k {
-        let predicted: u64 = (0..k).map(|t| m[t][i]).sum();
-        let actual: u64 = m[i].iter().sum();
+    for (i, row) in m.iter().enumerate().take(k) {
+        let predicted: u64 = m.iter().map(|r| r[i]).sum();
+        let actual: u64 = row.iter().sum();
         if predicted + actual == 0 {
             continue;
         }
         seen += 1;
-        sum += f1(m[i][i], predicted, actual);
+        sum += f1(row[i], predicted, actual);
     }
     if seen == 0 { 0.0 } else { sum / seen as f64 }
 }
@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(r.count, 10);
         assert_eq!(r.accuracy.hits, 7);
         assert_eq!(r.labels, ["a", "b", "c"]);
-        assert_eq!(r.confusion, vec![vec![3, 1, 0], vec![1, 2, 0], vec![0, 1, 2]]);
+        assert_eq!(
+            r.confusion,
+            vec![vec![3, 1, 0], vec![1, 2, 0], vec![0, 1, 2]]
+        );
         // a: precision 3/4, recall 3/4; b: 2/4, 2/3; c: 2/2, 2/3.
         let f = |p: f64, r: f64| 2.0 * p * r / (p + r);
         let want = (f(0.75, 0.75) + f(0.5, 2.0 / 3.0) + f(1.0, 2.0 / 3.0)) / 3.0;
@@ -355,7 +358,9 @@ mod tests {
             .calibration
             .buckets
             .iter()
-            .map(|b| b.accuracy.count as f64 / 10.0 * (b.accuracy.estimate.value - b.mean_score).abs())
+            .map(|b| {
+                b.accuracy.count as f64 / 10.0 * (b.accuracy.estimate.value - b.mean_score).abs()
+            })
             .sum();
         assert!((r.calibration.ece.value - gaps).abs() < 1e-12);
         assert!(r.calibration.buckets.iter().all(|b| b.accuracy.count > 0));

@@ -43,6 +43,8 @@ pub struct Stage {
     /// `name@version` as results report it: the package's for packaged heads, else the
     /// component's own description.
     id: String,
+    /// The labels the head answers with: its package's, else its description's.
+    labels: Vec<String>,
     after: Vec<String>,
     canary: Option<Candidate>,
     shadow: Option<Candidate>,
@@ -62,6 +64,7 @@ impl Stage {
 struct Candidate {
     head: Head,
     id: String,
+    labels: Vec<String>,
     percent: f64,
     subject: String,
 }
@@ -171,9 +174,10 @@ fn load_stages(
         let candidate = |reference: &str, percent: f64, subject: &str| {
             let package = resolve(registry, &name, reference)?;
             load_package(host, &package.dir, None, &spec.config, limits, &sink)
-                .map(|(head, id)| Candidate {
+                .map(|(head, id, labels)| Candidate {
                     head,
                     id,
+                    labels,
                     percent,
                     subject: subject.to_owned(),
                 })
@@ -208,7 +212,8 @@ fn load_stages(
             .and_then(|b| headstream_components::get(b.get_ref()));
         let with_id = |head: Head| {
             let id = head.id();
-            (head, id)
+            let labels = head.description().labels.clone();
+            (head, id, labels)
         };
         let loaded = match (&resolved, builtin, &spec.component) {
             (Some(dir), _, _) => load_package(
@@ -229,7 +234,7 @@ fn load_stages(
                 )
                 .map(with_id),
         };
-        let (head, id) = loaded.map_err(|source| RunnerError::Head {
+        let (head, id, labels) = loaded.map_err(|source| RunnerError::Head {
             head: name.clone(),
             source,
         })?;
@@ -238,6 +243,7 @@ fn load_stages(
             name,
             head,
             id,
+            labels,
             after,
             canary,
             shadow,
@@ -352,7 +358,7 @@ fn load_package(
     config: &Value,
     limits: Limits,
     sink: &StageSink<'_>,
-) -> Result<(Head, String), PluginError> {
+) -> Result<(Head, String, Vec<String>), PluginError> {
     let package = Package::load(dir)?;
     if let Some(pin) = pin.filter(|p| !p.eq_ignore_ascii_case(&package.manifest.component.sha256)) {
         return Err(PluginError::DigestMismatch {
@@ -363,7 +369,11 @@ fn load_package(
     }
     let id = format!("{}@{}", package.manifest.name, package.manifest.version);
     let head = host.load_package_with(&package, config, limits, sink(Some(&id)))?;
-    Ok((head, id))
+    let labels = match package.manifest.labels.is_empty() {
+        true => head.description().labels.clone(),
+        false => package.manifest.labels.clone(),
+    };
+    Ok((head, id, labels))
 }
 
 /// Whether message `id` goes to `head`'s canary serving `percent` of messages: a stable hash
@@ -604,6 +614,7 @@ pub struct Runner {
     heads_digest: u64,
     fingerprint: String,
     sink: Option<Arc<EmbeddingSink>>,
+    result_sink: Option<Arc<ResultSink>>,
 }
 
 /// Makes a head's log sink from its stage name in the pipeline and, when known before it loads
@@ -615,6 +626,9 @@ type StageSink<'a> = dyn Fn(Option<&str>) -> Option<Arc<dyn LogSink>> + 'a;
 
 /// Hears every message's text and encoding once it is encoded (the host's embedding store).
 pub type EmbeddingSink = dyn Fn(&str, &EncodedText) + Send + Sync;
+
+/// Hears every served message's result record and text (the host's prediction records).
+pub type ResultSink = dyn Fn(&ResultRecord, &str) + Send + Sync;
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -673,6 +687,7 @@ impl Runner {
             heads_ids,
             fingerprint,
             sink: None,
+            result_sink: None,
         })
     }
 
@@ -680,6 +695,27 @@ impl Runner {
     pub fn with_embedding_sink(mut self, sink: Arc<EmbeddingSink>) -> Self {
         self.sink = Some(sink);
         self
+    }
+
+    /// Hands every result [`Runner::process_batch`] makes, with its text, to `sink` (not those
+    /// of [`Runner::process_encoded`]: replays are not served results).
+    pub fn with_result_sink(mut self, sink: Arc<ResultSink>) -> Self {
+        self.result_sink = Some(sink);
+        self
+    }
+
+    /// The labels pipeline head `head` answers with (its live version's and its canary's: their
+    /// packages', else as the heads describe them); `None` when the pipeline has no such head.
+    pub fn head_labels(&self, head: &str) -> Option<Vec<String>> {
+        let stage = self.stages.iter().find(|s| s.name == head)?;
+        let mut labels: Vec<String> = std::iter::once(&stage.labels)
+            .chain(stage.canary.iter().map(|c| &c.labels))
+            .flatten()
+            .cloned()
+            .collect();
+        labels.sort();
+        labels.dedup();
+        Some(labels)
     }
 
     /// The pipeline's name.
@@ -735,7 +771,13 @@ impl Runner {
             }
         }
         let encode = (encode_start, encode_start + (encoded_at - started));
-        self.run_heads(messages, &encoded, Some(encode))
+        let processed = self.run_heads(messages, &encoded, Some(encode))?;
+        if let Some(sink) = &self.result_sink {
+            for (record, m) in processed.records.iter().zip(messages) {
+                sink(record, &m.text);
+            }
+        }
+        Ok(processed)
     }
 
     /// What the heads read besides embeddings (token states, layers' states): what

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub head_log_dropped: IntCounterVec,
     /// Messages a canary served instead of the live head, by pipeline and head.
     pub canary: IntCounterVec,
+    /// Feedback labels accepted, by pipeline, head, version and outcome (`correct`, `wrong`).
+    pub feedback: IntCounterVec,
+    /// Feedback requests refused, by pipeline and kind (`unknown_label`, `not_found`, ...).
+    pub feedback_rejected: IntCounterVec,
     /// Head log lines (within budget) lost because the bus publisher fell behind.
     pub head_log_lost: prometheus::IntCounter,
     /// Seconds from a message's arrival at the host to its result's publishing, by pipeline.
@@ -85,6 +89,16 @@ impl Metrics {
             "Messages a canary version served instead of the live head.",
             &["pipeline", "head"],
         )?;
+        let feedback = counter(
+            "headstream_feedback_total",
+            "Feedback labels accepted, by head version and outcome (correct, wrong): live accuracy is rate(correct) / rate(correct + wrong).",
+            &["pipeline", "head", "version", "outcome"],
+        )?;
+        let feedback_rejected = counter(
+            "headstream_feedback_rejected_total",
+            "Feedback requests refused, by kind (not_json, invalid, not_found, unknown_label, ...).",
+            &["pipeline", "kind"],
+        )?;
         let deploys = counter(
             "headstream_deploys_total",
             "Deploys this host acted on, by kind and outcome (activated, rejected, removed).",
@@ -130,6 +144,8 @@ impl Metrics {
         Ok(Self {
             head_log_lost,
             canary,
+            feedback,
+            feedback_rejected,
             message_seconds,
             pass_batches,
             registry,
