@@ -768,37 +768,33 @@ impl Head {
         reason = "two lists of borrowed slices, named at the use"
     )]
     fn layers_of<'a>(&self, item: &Item<'a>) -> Result<(Vec<&'a [f32]>, Vec<&'a [f32]>), Failure> {
-        let missing = |what: &str, layer: u32| {
-            Failure::new(
-                FailureKind::InvalidInput,
-                format!(
-                    "the host did not encode the {what} states of layer {layer} for {}",
-                    item.id
-                ),
-            )
+        type Pick = for<'l> fn(&'l headstream_encoder::LayerOutput) -> Option<&'l [f32]>;
+        let states = |wanted: &[u32], what: &str, pick: Pick| {
+            wanted
+                .iter()
+                .map(|&layer| {
+                    item.layers
+                        .iter()
+                        .find(|l| l.layer == layer)
+                        .and_then(pick)
+                        .ok_or_else(|| {
+                            Failure::new(
+                                FailureKind::InvalidInput,
+                                format!(
+                                    "the host did not encode the {what} states of layer {layer} for {}",
+                                    item.id
+                                ),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
         };
-        let layers = item.layers;
-        let find = |layer: u32| layers.iter().find(|l| l.layer == layer);
-        let pooled = self
-            .inputs
-            .pooled_layers
-            .iter()
-            .map(|&layer| {
-                find(layer)
-                    .and_then(|l| l.pooled.as_deref())
-                    .ok_or_else(|| missing("pooled", layer))
-            })
-            .collect::<Result<_, _>>()?;
-        let tokens = self
-            .inputs
-            .token_layers
-            .iter()
-            .map(|&layer| {
-                find(layer)
-                    .and_then(|l| l.tokens.as_deref())
-                    .ok_or_else(|| missing("per-token", layer))
-            })
-            .collect::<Result<_, _>>()?;
+        let pooled = states(&self.inputs.pooled_layers, "pooled", |l| {
+            l.pooled.as_deref()
+        })?;
+        let tokens = states(&self.inputs.token_layers, "per-token", |l| {
+            l.tokens.as_deref()
+        })?;
         Ok((pooled, tokens))
     }
 
